@@ -1,0 +1,158 @@
+"""Command line: one function per subcommand; the sweep itself is described in YAML.
+
+    python -m runner sweep  --config variants/default.yaml [--data PATH] [--address auto] [--max-epochs N]
+    python -m runner list   --config variants/default.yaml
+    python -m runner report runs/<sweep>
+    python -m runner train  --config variants/default.yaml --model resnet18 [--data PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from variants import SpecError, load_sweep
+
+
+def _load(args) -> "SweepSpec":  # noqa: F821
+    overrides = {"epochs": args.max_epochs} if getattr(args, "max_epochs", None) else None
+    spec = load_sweep(args.config)
+    if overrides:  # cap, never raise, each model's epochs
+        capped = {m.key: min(m.recipe.epochs, args.max_epochs) for m in spec.models}
+        spec = load_sweep(args.config, overrides=None)
+        spec = _cap_epochs(spec, capped)
+    return spec
+
+
+def _cap_epochs(spec, capped: dict[str, int]):
+    import dataclasses
+    models = tuple(dataclasses.replace(m, recipe=dataclasses.replace(m.recipe, epochs=capped[m.key]))
+                   for m in spec.models)
+    return dataclasses.replace(spec, models=models)
+
+
+def _data(spec, args):
+    from runner.data import load
+    source = args.data or spec.data.source
+    return load(source, spec.data.root)
+
+
+def cmd_sweep(args) -> int:
+    from runner.sweep import run_sweep
+
+    spec = _load(args)
+    note = ""
+    if args.max_epochs:
+        note = (f"shortened run: epochs capped at {args.max_epochs} "
+                f"({', '.join(f'{m.key} {m.recipe.epochs}' for m in spec.models)})")
+    data = _data(spec, args)
+    print(f"sweep '{spec.name}': {len(spec.models)} model(s) to train, {len(spec.variants)} variant(s) to measure")
+    print(f"data: {data.source}")
+    run_dir = Path(args.out) / spec.name
+    report = run_sweep(spec, data, run_dir, address=args.address, shortened_note=note)
+    print(f"\nreport:   {report}\nresults:  {run_dir / 'results.parquet'}\ntraining: {run_dir / 'training.parquet'}"
+          f"\ntable:    {run_dir / 'final_table.csv'}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    spec = _load(args)
+    print(f"sweep '{spec.name}' from {spec.source_file}")
+    print("\nmodels:")
+    for m in spec.models:
+        r = m.recipe
+        extra = f"  distilled from {m.teacher}" if m.teacher else ""
+        print(f"  {m.key:<16} {m.arch:<26} epochs {r.epochs:<3} batch {r.batch_size:<4} lr {r.lr:<6} "
+              f"amp {r.amp}{extra}")
+    print(f"\nvariants ({len(spec.variants)}):")
+    print(f"  {'id':<5} {'variant_id':<44} {'precision':<9} {'memory':<14} {'compile':<27} graph fold")
+    for v in spec.variants:
+        print(f"  {v.brief_id:<5} {v.variant_id:<44} {v.precision:<9} {v.memory_format:<14} {v.compile:<27} "
+              f"{'on' if v.cuda_graph else 'off':<5} {'on' if v.bn_fold else 'off'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from runner.report import build_report
+    from runner.results import merge
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "results").is_dir() and not (run_dir / "results.parquet").exists():
+        print(f"error: {run_dir} holds no results/ folder or results.parquet (is it a sweep folder?)",
+              file=sys.stderr)
+        return 2
+    if (run_dir / "results").is_dir():
+        merge(run_dir)
+    print(build_report(run_dir))
+    return 0
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from runner.train import train
+
+    spec = _load(args)
+    keys = [m.key for m in spec.models]
+    if args.model not in keys:
+        print(f"error: no model '{args.model}' in {args.config}; models there: {', '.join(keys)}", file=sys.stderr)
+        return 2
+    m = spec.model(args.model)
+    if m.teacher:
+        print(f"error: '{m.key}' is distilled from '{m.teacher}'; run it inside a sweep", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = train(m, _data(spec, args), device)
+    out = Path(args.out) / spec.name / "checkpoints" / f"{m.key}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, out)
+    print(f"{m.key}: top1 {ckpt['top1_pct']:.2f}% (fp32) in {ckpt['train_s']:.1f}s "
+          f"({ckpt['train_img_per_s']:,.0f} img/s on {device}); checkpoint {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runner", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("sweep", help="train every model, measure every variant, write the report")
+    s.add_argument("--config", default="variants/default.yaml")
+    s.add_argument("--data", help="cifar10 | synthetic | PATH (overrides data.source of the config)")
+    s.add_argument("--address", help="join a running Ray cluster (e.g. 'auto'); default: start a local one")
+    s.add_argument("--out", default="runs", help="parent folder of runs/<sweep>/")
+    s.add_argument("--max-epochs", type=int, help="cap every model's epochs (the report marks the run shortened)")
+    s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("list", help="print the variants a config expands to")
+    s.add_argument("--config", default="variants/default.yaml")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("report", help="rebuild report.md from a sweep folder's Parquet files")
+    s.add_argument("run_dir")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("train", help="train one model of a config, outside a sweep")
+    s.add_argument("--config", default="variants/default.yaml")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data")
+    s.add_argument("--out", default="runs")
+    s.add_argument("--max-epochs", type=int)
+    s.set_defaults(fn=cmd_train)
+
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecError as e:
+        print(f"error in sweep file: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from runner.data import DataError
+        if isinstance(e, DataError):
+            print(f"data error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""CIFAR-10 as uint8 tensors, decoded once and cached; batches and augmentation on the device.
+
+    python -m runner sweep --config variants/default.yaml --data /path/to/cifar10-jpeg
+
+Sources (`data.source` in the sweep file, or `--data`):
+  cifar10     torchvision's official CIFAR-10, downloaded into the cache directory when missing
+  PATH        an image-folder tree `train/<class>/*.png|jpg` + `test/<class>/*`, or a folder holding
+              `train.tar.xz` / `test.tar.xz` of such trees (unpacked once into the cache)
+  synthetic   a small generated set whose classes are separable (tests, smoke runs); never a real result
+
+The driver loads a dataset once and ships it to every Ray task through the object store (numpy arrays,
+zero-copy), so workers on other nodes need no data of their own.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Per-channel statistics of the official CIFAR-10 train set, used for every source so that
+# preprocessing is identical across runs (the brief's "same preprocessing").
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+class DataError(RuntimeError):
+    """The data cannot be found or read; the message says where it looked and how to get it."""
+
+
+@dataclass(frozen=True)
+class Cifar:
+    train_x: np.ndarray   # (N, 3, 32, 32) uint8
+    train_y: np.ndarray   # (N,) int64
+    test_x: np.ndarray
+    test_y: np.ndarray
+    source: str           # human-readable: name, where from, checksum of the decoded arrays
+
+    def subset(self, train: int = 0, test: int = 0) -> "Cifar":
+        if not train and not test:
+            return self
+        return Cifar(self.train_x[:train or None], self.train_y[:train or None],
+                     self.test_x[:test or None], self.test_y[:test or None],
+                     f"{self.source} [subset train={train or 'all'} test={test or 'all'}]")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CIFAR_RUNNER_CACHE", Path.home() / ".cache" / "cifar-runner"))
+
+
+def load(source: str = "cifar10", root: str | None = None) -> Cifar:
+    if source == "synthetic":
+        return synthetic()
+    if source == "cifar10":
+        return _load_official(Path(root) if root else cache_dir() / "torchvision")
+    return _load_folder(Path(source).expanduser())
+
+
+def synthetic(n_train: int = 512, n_test: int = 256, seed: int = 0) -> Cifar:
+    """Random images with a class-dependent colour shift: learnable in a few steps, for tests only."""
+    g = np.random.default_rng(seed)
+
+    def make(n):
+        y = g.integers(0, 10, n)
+        base = g.integers(0, 96, (n, 3, 32, 32))
+        shift = (np.stack([y * 15, (9 - y) * 15, (y % 3) * 60], 1)[:, :, None, None])
+        return np.clip(base + shift, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    (trx, tr_y), (tex, te_y) = make(n_train), make(n_test)
+    return Cifar(trx, tr_y, tex, te_y, f"synthetic (seed {seed}, {n_train} train / {n_test} test)")
+
+
+def _checksum(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_official(root: Path) -> Cifar:
+    import torchvision
+
+    try:
+        tr = torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        te = torchvision.datasets.CIFAR10(str(root), train=False, download=True)
+    except Exception as e:  # no network, proxy, disk full ...
+        raise DataError(
+            f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}).\n"
+            f"Either give the machine internet access once, copy torchvision's cifar-10-batches-py/ into {root}, "
+            f"or point --data at an image-folder copy (train/<class>/*.png, test/<class>/*.png) "
+            f"or at a folder holding train.tar.xz and test.tar.xz of one.") from None
+    trx = np.ascontiguousarray(tr.data.transpose(0, 3, 1, 2))
+    tex = np.ascontiguousarray(te.data.transpose(0, 3, 1, 2))
+    tr_y, te_y = np.asarray(tr.targets, np.int64), np.asarray(te.targets, np.int64)
+    return Cifar(trx, tr_y, tex, te_y, f"cifar10 official (torchvision, {root}) sha256:{_checksum(trx, tex)}")
+
+
+def _load_folder(path: Path) -> Cifar:
+    if not path.exists():
+        raise DataError(
+            f"data folder {path} does not exist. Expected an image-folder tree "
+            f"({path}/train/<class>/*.png and {path}/test/<class>/*.png), a folder with train.tar.xz and "
+            f"test.tar.xz of such a tree, or use `--data cifar10` to download the official set.")
+    tree = path
+    if (path / "train.tar.xz").exists() and not (path / "train").is_dir():
+        tree = _unpack(path)
+    cached = cache_dir() / f"decoded-{_tree_key(tree)}.npz"
+    if cached.exists():
+        z = np.load(cached)
+        return Cifar(z["train_x"], z["train_y"], z["test_x"], z["test_y"], str(z["source"]))
+    parts = {}
+    for split in ("train", "test"):
+        split_dir = tree / split
+        if not split_dir.is_dir():
+            raise DataError(f"{split_dir} is missing: an image folder needs {tree}/train/<class>/ and "
+                            f"{tree}/test/<class>/ with one sub-folder per class ({', '.join(CLASSES)}).")
+        parts[split] = _decode_split(split_dir)
+    (trx, tr_y), (tex, te_y) = parts["train"], parts["test"]
+    jpeg = " (JPEG copy: accuracy is a proxy for the official test set)" if _is_jpeg(tree) else ""
+    source = f"image folder {path} sha256:{_checksum(trx, tex)}{jpeg}"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, train_x=trx, train_y=tr_y, test_x=tex, test_y=te_y, source=np.array(source))
+    os.replace(tmp, cached)
+    return Cifar(trx, tr_y, tex, te_y, source)
+
+
+def _is_jpeg(tree: Path) -> bool:
+    first = next((tree / "test").rglob("*.*"), None)
+    return first is not None and first.suffix.lower() in (".jpg", ".jpeg")
+
+
+def _tree_key(tree: Path) -> str:
+    """Identify a tree by its file names and sizes, so an edited copy is decoded again."""
+    h = hashlib.sha256(str(tree.resolve()).encode())
+    for p in sorted(tree.rglob("*")):
+        if p.suffix.lower() in IMAGE_EXTS:
+            h.update(f"{p.relative_to(tree)}:{p.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _unpack(path: Path) -> Path:
+    key = hashlib.sha256(f"{path.resolve()}:{(path / 'train.tar.xz').stat().st_size}".encode()).hexdigest()[:12]
+    dest = cache_dir() / f"unpacked-{key}"
+    if not (dest / ".complete").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        for split in ("train", "test"):
+            archive = path / f"{split}.tar.xz"
+            if not archive.exists():
+                raise DataError(f"{archive} is missing next to {path / 'train.tar.xz'}")
+            with tarfile.open(archive) as t:
+                t.extractall(dest, filter="data")
+        (dest / ".complete").touch()
+    # The archives may hold train/ directly or one folder level above it.
+    if not (dest / "train").is_dir():
+        inner = [d for d in dest.iterdir() if (d / "train").is_dir()]
+        if inner:
+            return inner[0]
+    return dest
+
+
+def _decode_split(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    images, labels = [], []
+    class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir())
+    names = [d.name for d in class_dirs]
+    # torchvision's class order when the folder names are the CIFAR-10 names, alphabetical otherwise.
+    order = list(CLASSES) if sorted(names) == sorted(CLASSES) else sorted(names)
+    if len(order) != 10:
+        raise DataError(f"{split_dir} has {len(order)} class folders ({', '.join(names) or 'none'}); need 10")
+    for d in class_dirs:
+        for p in sorted(d.iterdir()):
+            if p.suffix.lower() not in IMAGE_EXTS:
+                continue
+            with Image.open(p) as im:
+                a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            if a.shape != (32, 32, 3):
+                raise DataError(f"{p} is {a.shape[1]}x{a.shape[0]}; CIFAR-10 images are 32x32")
+            images.append(a)
+            labels.append(order.index(d.name))
+    if not images:
+        raise DataError(f"no images under {split_dir}")
+    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)), np.asarray(labels, np.int64)
+
+
+# ---- on the device -------------------------------------------------------------------------------------
+
+def normalizer(device: torch.device):
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+    return lambda x_uint8: (x_uint8.float() - mean) / std
+
+
+def augment(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image random horizontal flip and pad-and-crop (reflect pad), batch-wide on x's device.
+
+    One gather with per-image offsets instead of a loop over images: the whole batch costs a few kernels.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    flip = torch.rand(n, device=dev, generator=generator) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]          # (n,1,h,1)
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]          # (n,1,1,w)
+    idx_n = torch.arange(n, device=dev)[:, None, None, None]
+    idx_c = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+    return padded[idx_n, idx_c, rows, cols]
+
+
+class DeviceBatches:
+    """The whole split as one tensor on the device; an epoch is a device randperm sliced into batches."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, device: torch.device, batch_size: int, *,
+                 train: bool, seed: int = 0, channels_last: bool = False):
+        self.x = torch.as_tensor(x).to(device, non_blocking=True)
+        self.y = torch.as_tensor(y).to(device, non_blocking=True)
+        self.batch_size, self.train, self.channels_last = batch_size, train, channels_last
+        self.norm = normalizer(device)
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        order = (torch.randperm(n, device=self.x.device, generator=self.gen) if self.train
+                 else torch.arange(n, device=self.x.device))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.x[idx]
+            if self.train:  # drop_last in training keeps every step the same shape (compile-friendly)
+                xb = augment(xb, generator=self.gen)
+            xb = self.norm(xb)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, self.y[idx]

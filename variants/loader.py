@@ -1,0 +1,293 @@
+"""Variant registry: YAML -> frozen, validated `SweepSpec` (models to train + variants to measure).
+
+    python -m runner list --config variants/default.yaml     # prints what this module expands
+
+A sweep file declares the models to train (architecture + recipe), one or more grids of axes
+(precision x memory_format x compile x cuda_graph x bn_fold), exclusions, and named rows carrying the
+brief's ids (B1, B2, O1, ...). Expansion is deterministic: the same YAML always gives the same ids.
+Every mapping is checked against its allowed keys; a wrong key fails with the file, the key path and the
+keys that are allowed, before anything runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRECISIONS = ("fp32", "fp16", "bf16", "amp_fp16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+AXES = ("precision", "memory_format", "compile", "cuda_graph", "bn_fold")
+# Short tokens used in variant ids, so an id reads like the variant: resnet18-fp16-cl-ro-graph-fold.
+_ID_TOKENS = {
+    "contiguous": "nchw", "channels_last": "cl",
+    "none": "eager", "default": "inductor", "reduce-overhead": "ro", "max-autotune": "ma",
+    "max-autotune-no-cudagraphs": "manocg",
+}
+
+
+class SpecError(ValueError):
+    """A sweep file that cannot be used; the message names the file and the key path."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one model is trained. Defaults are a plain, fast GPU recipe (see runner/train.py)."""
+    epochs: int = 10
+    batch_size: int = 512
+    lr: float = 0.2                 # peak LR of the one-cycle schedule, for batch_size
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    warmup_frac: float = 0.2        # fraction of steps spent ramping the LR up
+    amp: str = "bf16"               # bf16 | fp16 | none (training only; inference precision is an axis)
+    channels_last: bool = True
+    compile: bool = False           # torch.compile the training step's model
+    train_subset: int = 0           # 0 = whole train set; >0 = first N images (CPU-sized runs)
+    test_subset: int = 0
+    distill_alpha: float = 0.9      # weight of the KL term when a teacher is set
+    distill_temperature: float = 4.0
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One model to train from scratch (weights=None). `teacher` names another TrainSpec for distillation."""
+    key: str
+    arch: str
+    arch_args: tuple[tuple[str, Any], ...] = ()
+    recipe: Recipe = field(default_factory=Recipe)
+    teacher: str | None = None
+    seed: int = 0
+
+    @property
+    def spec_hash(self) -> str:
+        return stable_hash(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    warmup: int = 200
+    iters: int = 1000
+    repeats: int = 3
+    eval_batch_size: int = 1000
+    cv_flag_pct: float = 3.0        # repeats whose p50 CV exceeds this are flagged as unstable
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "cifar10"         # cifar10 | synthetic | a path (image folders, or train/test .tar.xz)
+    root: str | None = None         # download / cache directory for cifar10
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One (trained model x inference optimisation) to measure."""
+    model: str
+    precision: str = "fp32"
+    memory_format: str = "contiguous"
+    compile: str = "none"
+    cuda_graph: bool = False
+    bn_fold: bool = False
+    brief_id: str = ""              # B1, O2, ... when a named row matches this variant
+    label: str = ""
+
+    @property
+    def variant_id(self) -> str:
+        parts = [self.model, self.precision, _ID_TOKENS[self.memory_format], _ID_TOKENS[self.compile]]
+        if self.cuda_graph:
+            parts.append("graph")
+        if self.bn_fold:
+            parts.append("fold")
+        return "-".join(parts)
+
+    def axes(self) -> dict[str, Any]:
+        return {a: getattr(self, a) for a in AXES}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    source_file: str
+    seed: int
+    data: DataSpec
+    bench: BenchSpec
+    models: tuple[TrainSpec, ...]
+    variants: tuple[Variant, ...]
+
+    def model(self, key: str) -> TrainSpec:
+        return next(m for m in self.models if m.key == key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class _Checker:
+    """Validates one YAML file; every error names the file and the dotted key path."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, where: str, msg: str) -> SpecError:
+        return SpecError(f"{self.path}: {where}: {msg}")
+
+    def mapping(self, value: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping, got {type(value).__name__}")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise self.fail(f"{where}.{unknown[0]}" if where else unknown[0],
+                            f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
+        missing = sorted(required - set(value))
+        if missing:
+            raise self.fail(where or "top level", f"missing required key '{missing[0]}'")
+        return value
+
+    def choice(self, value: Any, where: str, choices: tuple) -> Any:
+        if value not in choices:
+            raise self.fail(where, f"{value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+
+    def dataclass(self, cls, value: Any, where: str):
+        """Build a frozen dataclass from a mapping, checking keys and coercing each value to its field type."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        raw = self.mapping(value, where, set(fields))
+        out = {}
+        for k, v in raw.items():
+            default = fields[k].default
+            kind = type(default) if default is not None and default is not dataclasses.MISSING else None
+            try:
+                if kind is bool:
+                    if not isinstance(v, bool):
+                        raise TypeError
+                elif kind in (int, float):
+                    if isinstance(v, bool) or (kind is int and not float(v).is_integer()):
+                        raise TypeError
+                    v = kind(v)
+                elif kind is str and not isinstance(v, str):
+                    raise TypeError
+            except (TypeError, ValueError):
+                raise self.fail(f"{where}.{k}", f"expected {kind.__name__}, got {v!r}") from None
+            out[k] = v
+        return cls(**out)
+
+
+_TOP_KEYS = {"sweep", "seed", "data", "bench", "models", "grid", "exclude", "named"}
+_MODEL_KEYS = {"arch", "arch_args", "recipe", "teacher"}
+_GRID_KEYS = {"models", *AXES}
+_NAMED_KEYS = {"model", "label", *AXES}
+
+
+def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Load, validate and expand a sweep file. `overrides` patches recipe fields of every model
+    (e.g. {"epochs": 2} for a shortened run) and is recorded in the resolved config."""
+    path = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such sweep file (the shipped ones are in variants/)") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    c = _Checker(path)
+    raw = c.mapping(raw, "", _TOP_KEYS, required={"models"})
+    name = str(raw.get("sweep", Path(path).stem))
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int):
+        raise c.fail("seed", f"expected an integer, got {seed!r}")
+    data = c.dataclass(DataSpec, raw.get("data"), "data")
+    bench = c.dataclass(BenchSpec, raw.get("bench"), "bench")
+
+    from models import list_models  # imported here so `variants` stays importable without torch
+
+    archs = list_models()
+    models: dict[str, TrainSpec] = {}
+    for key, m in c.mapping(raw["models"], "models", set(raw["models"] or {})).items():
+        where = f"models.{key}"
+        m = c.mapping(m, where, _MODEL_KEYS, required={"arch"})
+        c.choice(m["arch"], f"{where}.arch", tuple(archs))
+        recipe_raw = dict(m.get("recipe") or {})
+        recipe_raw.update(overrides or {})
+        recipe = c.dataclass(Recipe, recipe_raw, f"{where}.recipe")
+        c.choice(recipe.amp, f"{where}.recipe.amp", ("bf16", "fp16", "none"))
+        arch_args = c.mapping(m.get("arch_args"), f"{where}.arch_args", set((m.get("arch_args") or {})))
+        models[key] = TrainSpec(key=key, arch=m["arch"], arch_args=tuple(sorted(arch_args.items())),
+                                recipe=recipe, teacher=m.get("teacher"), seed=seed)
+    if not models:
+        raise c.fail("models", "declare at least one model")
+    for key, m in models.items():
+        if m.teacher is not None:
+            c.choice(m.teacher, f"models.{key}.teacher", tuple(k for k in models if k != key))
+            if models[m.teacher].teacher is not None:
+                raise c.fail(f"models.{key}.teacher", "a teacher cannot itself be distilled (one level only)")
+
+    axis_choices = {"precision": PRECISIONS, "memory_format": MEMORY_FORMATS, "compile": COMPILE_MODES,
+                    "cuda_graph": (False, True), "bn_fold": (False, True)}
+
+    def axis_values(block: dict, where: str, axis: str) -> list:
+        vals = block.get(axis, [dataclasses.fields(Variant)[1 + AXES.index(axis)].default])
+        vals = vals if isinstance(vals, list) else [vals]
+        return [c.choice(_norm(v), f"{where}.{axis}", axis_choices[axis]) for v in vals]
+
+    grids = raw.get("grid") or []
+    grids = grids if isinstance(grids, list) else [grids]
+    excludes = [c.mapping(e, f"exclude[{i}]", _GRID_KEYS) for i, e in enumerate(raw.get("exclude") or [])]
+    for i, e in enumerate(excludes):
+        for axis in AXES:
+            if axis in e:
+                axis_values(e, f"exclude[{i}]", axis)
+
+    variants: dict[str, Variant] = {}
+    for gi, block in enumerate(grids):
+        where = f"grid[{gi}]"
+        block = c.mapping(block, where, _GRID_KEYS)
+        keys = block.get("models", list(models))
+        for k in keys:
+            c.choice(k, f"{where}.models", tuple(models))
+        for combo in itertools.product(keys, *(axis_values(block, where, a) for a in AXES)):
+            v = Variant(combo[0], **dict(zip(AXES, combo[1:])))
+            if not any(_matches(v, e) for e in excludes):
+                variants.setdefault(v.variant_id, v)
+
+    for bid, row in c.mapping(raw.get("named"), "named", set(raw.get("named") or {})).items():
+        where = f"named.{bid}"
+        row = c.mapping(row, where, _NAMED_KEYS, required={"model"})
+        c.choice(row["model"], f"{where}.model", tuple(models))
+        axes = {a: axis_values(row, where, a)[0] for a in AXES}
+        v = Variant(row["model"], **axes, brief_id=str(bid), label=str(row.get("label", "")))
+        if v.variant_id in variants and variants[v.variant_id].brief_id:
+            raise c.fail(where, f"same variant as named.{variants[v.variant_id].brief_id}")
+        variants[v.variant_id] = v  # a named row labels the grid point it matches (or adds one)
+
+    if not variants:
+        raise c.fail("grid", "expands to no variant (check grid and exclude)")
+    ordered = sorted(variants.values(), key=lambda v: (list(models).index(v.model), v.variant_id))
+    return SweepSpec(name=name, source_file=path, seed=seed, data=data, bench=bench,
+                     models=tuple(models.values()), variants=tuple(ordered))
+
+
+def _norm(v: Any) -> Any:
+    """YAML spells booleans as on/off/true/false; accept the axis names users write."""
+    if isinstance(v, str) and v.lower() in ("on", "off"):
+        return v.lower() == "on"
+    return v
+
+
+def _matches(v: Variant, rule: dict) -> bool:
+    for k, want in rule.items():
+        want = want if isinstance(want, list) else [want]
+        have = v.model if k == "models" else getattr(v, k)
+        if have not in [_norm(w) for w in want]:
+            return False
+    return True
