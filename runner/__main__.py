@@ -8,27 +8,36 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from variants import SpecError, load_sweep
 
 
-def _load(args) -> "SweepSpec":  # noqa: F821
-    overrides = {"epochs": args.max_epochs} if getattr(args, "max_epochs", None) else None
+def _load(args):
+    """Load the sweep file; --max-epochs / --bench-iters cap (never raise) epochs and timed iterations."""
     spec = load_sweep(args.config)
-    if overrides:  # cap, never raise, each model's epochs
-        capped = {m.key: min(m.recipe.epochs, args.max_epochs) for m in spec.models}
-        spec = load_sweep(args.config, overrides=None)
-        spec = _cap_epochs(spec, capped)
+    max_epochs, bench_iters = getattr(args, "max_epochs", None), getattr(args, "bench_iters", None)
+    if max_epochs:
+        spec = dataclasses.replace(spec, models=tuple(
+            dataclasses.replace(m, recipe=dataclasses.replace(m.recipe, epochs=min(m.recipe.epochs, max_epochs)))
+            for m in spec.models))
+    if bench_iters:
+        b = spec.bench
+        spec = dataclasses.replace(spec, bench=dataclasses.replace(
+            b, iters=min(b.iters, bench_iters), warmup=min(b.warmup, bench_iters)))
     return spec
 
 
-def _cap_epochs(spec, capped: dict[str, int]):
-    import dataclasses
-    models = tuple(dataclasses.replace(m, recipe=dataclasses.replace(m.recipe, epochs=capped[m.key]))
-                   for m in spec.models)
-    return dataclasses.replace(spec, models=models)
+def _shortened_note(spec, args) -> str:
+    parts = []
+    if args.max_epochs:
+        parts.append(f"epochs capped at {args.max_epochs} ("
+                     + ", ".join(f"{m.key} {m.recipe.epochs}" for m in spec.models) + ")")
+    if args.bench_iters:
+        parts.append(f"benchmark capped at {spec.bench.warmup} warm-up / {spec.bench.iters} timed iterations")
+    return ("shortened run: " + "; ".join(parts)) if parts else ""
 
 
 def _data(spec, args):
@@ -41,10 +50,7 @@ def cmd_sweep(args) -> int:
     from runner.sweep import run_sweep
 
     spec = _load(args)
-    note = ""
-    if args.max_epochs:
-        note = (f"shortened run: epochs capped at {args.max_epochs} "
-                f"({', '.join(f'{m.key} {m.recipe.epochs}' for m in spec.models)})")
+    note = _shortened_note(spec, args)
     data = _data(spec, args)
     print(f"sweep '{spec.name}': {len(spec.models)} model(s) to train, {len(spec.variants)} variant(s) to measure")
     print(f"data: {data.source}")
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--address", help="join a running Ray cluster (e.g. 'auto'); default: start a local one")
     s.add_argument("--out", default="runs", help="parent folder of runs/<sweep>/")
     s.add_argument("--max-epochs", type=int, help="cap every model's epochs (the report marks the run shortened)")
+    s.add_argument("--bench-iters", type=int, help="cap warm-up and timed iterations (marks the run shortened)")
     s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("list", help="print the variants a config expands to")

@@ -37,9 +37,9 @@ def stats(samples_ms: np.ndarray) -> dict[str, float]:
 
 
 def cv_pct(values) -> float:
-    """Coefficient of variation (std / mean, %) across repeats: how far repeats disagree."""
+    """Coefficient of variation (sample std / mean, %) across repeats: how far repeats disagree."""
     v = np.asarray(values, dtype=np.float64)
-    return float(100.0 * v.std() / v.mean()) if v.size > 1 and v.mean() > 0 else 0.0
+    return float(100.0 * v.std(ddof=1) / v.mean()) if v.size > 1 and v.mean() > 0 else 0.0
 
 
 @torch.inference_mode()

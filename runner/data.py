@@ -222,8 +222,9 @@ class DeviceBatches:
 
     def __init__(self, x: np.ndarray, y: np.ndarray, device: torch.device, batch_size: int, *,
                  train: bool, seed: int = 0, channels_last: bool = False):
-        self.x = torch.as_tensor(x).to(device, non_blocking=True)
-        self.y = torch.as_tensor(y).to(device, non_blocking=True)
+        # Arrays from Ray's object store are read-only views: copy once (to the device, or on the CPU).
+        self.x = torch.from_numpy(np.array(x)).to(device)
+        self.y = torch.from_numpy(np.array(y)).to(device)
         self.batch_size, self.train, self.channels_last = batch_size, train, channels_last
         self.norm = normalizer(device)
         self.gen = torch.Generator(device=device)

@@ -113,6 +113,12 @@ def merge(run_dir: str | Path) -> dict[str, Path]:
     return out
 
 
+def _all_or_none(values: pd.Series):
+    """True only if every repeat was exclusive; None when nothing was checked (CPU, no NVML)."""
+    v = values.dropna()
+    return None if v.empty else bool(v.astype(bool).all())
+
+
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """One line per variant: accuracy, the median over repeats of each latency statistic, repeat spread."""
     keys = ["variant_id", "brief_id", "label", "model", "precision", "memory_format", "compile", "cuda_graph",
@@ -123,7 +129,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
            "lat_p50_ms": "median", "lat_p95_ms": "median", "lat_p99_ms": "median", "lat_std_ms": "median",
            "lat_min_ms": "min", "host_p50_ms": "median", "host_p95_ms": "median", "lat_cv_pct": "first",
            "unstable": "first", "compile_s": "first", "size_mb": "first", "params": "first",
-           "gpu_exclusive": "all", "gpu_name": "first", "gpu_uuid": "first", "repeat": "count"}
+           "gpu_exclusive": _all_or_none, "gpu_name": "first", "gpu_uuid": "first", "repeat": "count"}
     summary = results.groupby(keys, dropna=False, sort=False).agg(agg).reset_index()
     summary = summary.rename(columns={"repeat": "repeats"})
     summary.loc[summary["status"] != "ok", "repeats"] = 0

@@ -52,8 +52,7 @@ def variant_hash(variant: Variant, model: TrainSpec, bench: BenchSpec, data_sour
 
 # ---- Ray tasks (module-level functions; every input arrives as an argument) ----------------------------
 
-@ray.remote(max_retries=1)
-def train_task(spec: TrainSpec, data: Cifar, teacher_ckpt: dict | None, sweep: str) -> dict:
+def train_job(spec: TrainSpec, data: Cifar, teacher_ckpt: dict | None, sweep: str) -> dict:
     from runner.train import train
 
     device = _task_device()
@@ -76,8 +75,7 @@ def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str)
     return rows
 
 
-@ray.remote(max_retries=1)
-def bench_task(variant: Variant, model_spec: TrainSpec, ckpt: dict, data: Cifar, bench: BenchSpec,
+def bench_job(variant: Variant, model_spec: TrainSpec, ckpt: dict, data: Cifar, bench: BenchSpec,
                sweep: str, spec_hash: str) -> tuple[list[dict], list[dict]]:
     """Prepare one variant, measure its accuracy and batch-1 latency; never raises for a variant's fault."""
     from runner import bench as bench_mod
@@ -131,6 +129,13 @@ def bench_task(variant: Variant, model_spec: TrainSpec, ckpt: dict, data: Cifar,
 
 def _both(a, b):
     return None if a is None or b is None else bool(a and b)
+
+
+# The remote wrappers are made from the plain functions (not with the decorator) so that Ray pickles a
+# reference to an importable function rather than its code and globals. max_retries covers a worker that
+# dies (OOM kill, lost node); an exception inside a job is not retried, it becomes an error row.
+train_task = ray.remote(max_retries=1)(train_job)
+bench_task = ray.remote(max_retries=1)(bench_job)
 
 
 # ---- driver --------------------------------------------------------------------------------------------
