@@ -155,7 +155,11 @@ class Progress:
 
 def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]:
     """Join `address` or start a local cluster; print the dashboard address and how to get in."""
-    env_vars = {"RUNNER_GIT_COMMIT": env.git_commit(), "PYTHONPATH": str(PROJECT_ROOT)}
+    # Workers must import this project *and* whatever the driver's PYTHONPATH already provides (Ray itself
+    # may live there, as on machines where it is unpacked beside the system Python).
+    inherited = os.environ.get("PYTHONPATH", "")
+    env_vars = {"RUNNER_GIT_COMMIT": env.git_commit(),
+                "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), inherited) if p)}
     runtime_env: dict[str, Any] = {"env_vars": env_vars}
     if address:
         # On a real cluster the code travels with the job, so every node runs this exact checkout.
@@ -173,7 +177,24 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
             log("  token authentication is on: the dashboard asks for the token that `ray get-auth-token` "
                 "prints (stored in ~/.ray/auth_token); API calls need `Authorization: Bearer <token>`.")
     log(f"Ray cluster: {len(nodes)} node(s), {gpus} GPU(s), {int(res.get('CPU', 0))} CPU(s)")
+    _probe_workers()
     return {"gpus": gpus, "nodes": len(nodes), "cpus": int(res.get("CPU", 0))}
+
+
+def worker_probe() -> str:
+    import runner.train  # noqa: F401  (the import a real task needs first)
+    return torch.__version__
+
+
+def _probe_workers(timeout_s: float = 180.0) -> None:
+    """Fail in minutes, with a reason, when workers cannot start (Ray retries a crashing worker forever)."""
+    try:
+        ray.get(ray.remote(num_cpus=0)(worker_probe).options(name="probe").remote(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise RuntimeError(
+            f"no Ray worker could run a task within {timeout_s:.0f} s. Workers must be able to import ray, "
+            f"torch and this project ({PROJECT_ROOT}); look for ModuleNotFoundError in the lines above "
+            f"or in /tmp/ray/session_latest/logs/.") from None
 
 
 def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | None = None,
