@@ -37,7 +37,7 @@ DASH = "—"
 # ---------------------------------------------------------------- small helpers
 
 def _missing(x: Any) -> bool:
-    if x is None:
+    if x is None or (isinstance(x, str) and not x.strip()):
         return True
     try:
         return bool(pd.isna(x))
@@ -327,10 +327,12 @@ def _where_line(sweep: dict, results: pd.DataFrame) -> str:
     if on_cpu:
         where = "CPU only: latencies are CPU timings, not GPU latency"
     else:
-        names = cluster.get("gpu_names") or _distinct(results["gpu_name"])
-        counts = pd.Series(names).value_counts() if names else pd.Series(dtype=int)
+        # How many distinct GPUs (by UUID) of each name actually ran benchmarks.
+        used = results.dropna(subset=["gpu_uuid"]).drop_duplicates("gpu_uuid")
+        counts = used["gpu_name"].value_counts() if not used.empty else pd.Series(dtype=int)
         kinds = ", ".join(f"{n} x{c}" for n, c in counts.items()) or "GPU names not recorded"
-        gpus = cluster.get("gpus", len(names) if names else "?")
+        kinds += " ran benchmarks" if not used.empty else ""
+        gpus = cluster.get("gpus", len(used) if not used.empty else "?")
         nodes = cluster.get("nodes", "?")
         where = f"on {gpus} GPU(s), {nodes} node(s): {kinds}"
     return f"{when}, {where}; {wall_txt}."

@@ -32,7 +32,7 @@ def _row(vid, bid, model, prec, mf, comp, graph, top1, rep, p50, **kw):
                lat_p95_ms=p50 * 1.2, lat_p99_ms=p50 * 1.4, lat_std_ms=0.01, lat_min_ms=p50 * 0.9,
                host_p50_ms=p50 + 0.05, timer="cuda_event", warmup=200, iters=1000, unstable=False,
                compile_s=0.0, size_mb=6.0 if model == "mbv3" else 42.7, device="cuda:0", gpu_name="NVIDIA H200",
-               gpu_uuid="GPU-1", gpu_exclusive=True, driver_version="570.1", torch_version="2.11.0",
+               gpu_uuid="GPU-1" if model == "mbv3" else "GPU-2", gpu_exclusive=True, driver_version="570.1", torch_version="2.11.0",
                cuda_version="12.8", cudnn_version="91000", ray_version="2.60.0", hostname="node1",
                git_commit="abc123", data_source="cifar10-jpeg sha256:ab12")
     row.update(kw)
@@ -116,7 +116,7 @@ def test_report_content(run_dir):
         assert (run_dir / png).stat().st_size > 1000
         assert f"]({png})" in text
     env = _section(text, "Environment")
-    assert "distinct GPU UUIDs: 1" in env and "cuda_event" in env and "200" in env
+    assert "distinct GPU UUIDs: 2" in env and "cuda_event" in env and "200" in env
 
 
 def test_decide_directly(run_dir):
