@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 import traceback
 from datetime import datetime, timezone
@@ -242,12 +243,14 @@ def _finished_rows(run_dir: Path) -> dict[str, str]:
     return dict(zip(df["variant_id"], df["spec_hash"]))
 
 
-def _load_checkpoint(run_dir: Path, spec: TrainSpec, data_source: str) -> dict | None:
+def _load_checkpoint(run_dir: Path, spec: TrainSpec, data: Cifar) -> dict | None:
+    """A checkpoint of an earlier run of this sweep, if it was trained from the same spec on the same data."""
     path = run_dir / "checkpoints" / f"{spec.key}.pt"
     if not path.exists():
         return None
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt if ckpt.get("spec_hash") == spec.spec_hash and ckpt.get("data_source") == data_source else None
+    same_data = ckpt.get("data_source") == data.subset(spec.recipe.train_subset, spec.recipe.test_subset).source
+    return ckpt if ckpt.get("spec_hash") == spec.spec_hash and same_data else None
 
 
 def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], hashes: dict[str, str],
@@ -266,7 +269,7 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
     waiting: dict[ray.ObjectRef, tuple[str, Any]] = {}
     # Teachers first (a student's task takes its teacher's checkpoint ref), whatever order the YAML uses.
     for m in sorted((spec.model(k) for k in needed), key=lambda m: m.teacher is not None):
-        cached = _load_checkpoint(run_dir, m, data.source)
+        cached = _load_checkpoint(run_dir, m, data)
         if cached is not None:
             log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")
             ckpt_refs[m.key] = ray.put(cached)
@@ -318,7 +321,9 @@ def _land_bench(ref, v: Variant, m: TrainSpec, run_dir: Path, sweep: str, hashes
     try:
         rows, raw = ray.get(ref)
     except Exception as e:  # the task died (its model failed to train, OOM kill, node lost): still a row
-        cause = f"training of model '{v.model}' failed: " if "train_task" in str(e) else ""
+        # Ray fails a task whose argument (here: the model's checkpoint) could not be computed.
+        upstream = "input arguments for this task could not be computed" in str(e)
+        cause = f"training of model '{v.model}' failed: " if upstream else ""
         rows, raw = [{"sweep": sweep, "variant_id": v.variant_id, "brief_id": v.brief_id, "label": v.label,
                       "model": v.model, "arch": m.arch, **v.axes(), "status": "error",
                       "error": cause + _short(e), "repeat": 0, "spec_hash": hashes[v.variant_id],
@@ -336,6 +341,9 @@ def _land_bench(ref, v: Variant, m: TrainSpec, run_dir: Path, sweep: str, hashes
     progress.landed(f"bench:{v.variant_id}", r["status"], detail)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _short(e: BaseException) -> str:
-    text = str(e)
-    return f"{type(e).__name__}: {text}"[:4000]
+    """The exception as one readable string (Ray colours its task names; the colours go)."""
+    return _ANSI.sub("", f"{type(e).__name__}: {e}")[:4000]
