@@ -43,11 +43,19 @@ class Cifar:
     source: str           # human-readable: name, where from, checksum of the decoded arrays
 
     def subset(self, train: int = 0, test: int = 0) -> "Cifar":
+        """A fixed random subset (same images every call): image folders are stored class by class,
+        so the first N images would all be airplanes."""
         if not train and not test:
             return self
-        return Cifar(self.train_x[:train or None], self.train_y[:train or None],
-                     self.test_x[:test or None], self.test_y[:test or None],
+        tr, te = _pick(len(self.train_y), train), _pick(len(self.test_y), test)
+        return Cifar(self.train_x[tr], self.train_y[tr], self.test_x[te], self.test_y[te],
                      f"{self.source} [subset train={train or 'all'} test={test or 'all'}]")
+
+
+def _pick(n: int, k: int) -> np.ndarray | slice:
+    if not k or k >= n:
+        return slice(None)
+    return np.sort(np.random.default_rng(0).permutation(n)[:k])
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,185 @@
+"""Train models of a sweep file on one device and tabulate time, throughput and accuracy (no Ray).
+
+    python -m runner.train_bench [--config variants/default.yaml] [--models resnet18,mobilenet,...]
+                                 [--data PATH|cifar10|synthetic] [--seeds 0[,1,2]] [--max-epochs N]
+                                 [--device cuda:0] [--out runs/train_bench.parquet]
+
+`--models` takes the model keys of the config (default: all). A distilled model needs its teacher:
+the teacher is trained first, in this process, once per seed (reused when it is in the list too; its
+rows say `requested=False` when it was only trained to teach). Each model is trained with
+`runner.train.train`, so recipes, timing (train_s: training epochs only, synchronized, no evaluation)
+and fp32 top-1 are the sweep's. With several seeds, a per-model summary gives mean / min / max / spread
+of top-1: the seed-to-seed noise that any accuracy comparison has to beat.
+Output: one Parquet row per model x seed; the per-epoch log is in the `log_json` column.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from runner import env
+from runner.data import DataError, load
+from runner.train import train
+from variants import SpecError, TrainSpec, load_sweep
+
+
+def parse_seeds(text: str | None, default: int) -> list[int]:
+    if not text:
+        return [default]
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def select_models(spec, names: str | None) -> list[TrainSpec]:
+    """The requested TrainSpecs, in config order; unknown keys fail with the keys that exist."""
+    if not names:
+        return list(spec.models)
+    want = [n.strip() for n in names.split(",") if n.strip()]
+    keys = [m.key for m in spec.models]
+    unknown = [n for n in want if n not in keys]
+    if unknown:
+        raise SpecError(f"{spec.source_file}: no model {', '.join(unknown)}; models there: {', '.join(keys)}")
+    return [m for m in spec.models if m.key in want]
+
+
+def cap_epochs(m: TrainSpec, max_epochs: int | None) -> TrainSpec:
+    """--max-epochs caps (never raises) a recipe's epochs, as `python -m runner sweep --max-epochs` does."""
+    if not max_epochs:
+        return m
+    return dataclasses.replace(m, recipe=dataclasses.replace(m.recipe, epochs=min(m.recipe.epochs, max_epochs)))
+
+
+def plan(spec, requested: list[TrainSpec], seeds: list[int], max_epochs: int | None) -> list[tuple[TrainSpec, bool]]:
+    """(spec with seed, requested?) in training order: every teacher before its students, each once per seed."""
+    order: list[tuple[TrainSpec, bool]] = []
+    req_keys = {m.key for m in requested}
+    for seed in seeds:
+        done: set[str] = set()
+        for m in requested:
+            chain = [spec.model(m.teacher), m] if m.teacher else [m]
+            for t in chain:
+                if t.key not in done:
+                    done.add(t.key)
+                    order.append((cap_epochs(dataclasses.replace(t, seed=seed), max_epochs), t.key in req_keys))
+    return order
+
+
+def run_one(m: TrainSpec, data, device: torch.device, teacher_ckpt: dict | None, requested: bool) -> tuple[dict, dict]:
+    """Train one (model, seed); return (table row, checkpoint). Wall time includes building and evaluation."""
+    t0 = time.perf_counter()
+    ckpt = train(m, data, device, teacher_ckpt=teacher_ckpt)
+    wall = time.perf_counter() - t0
+    row = {"model": m.key, "arch": m.arch, "arch_args_json": json.dumps(dict(m.arch_args), sort_keys=True),
+           "teacher": m.teacher, "requested": requested, "seed": m.seed, "epochs": ckpt["epochs"],
+           "train_s": ckpt["train_s"], "wall_s": wall, "train_img_per_s": ckpt["train_img_per_s"],
+           "top1_pct": ckpt["top1_pct"], "batch_size": m.recipe.batch_size, "spec_hash": m.spec_hash,
+           "recipe_json": ckpt["recipe_json"], "data_source": ckpt["data_source"],
+           "steady_img_per_s": steady_throughput(ckpt["log"]), "log_json": json.dumps(ckpt["log"])}
+    return row, ckpt
+
+
+def steady_throughput(log: list[dict]) -> float:
+    """Median img/s of epochs 2.. : epoch 1 also pays one-time costs (cuDNN autotuning, compilation)."""
+    rates = [e["train_img_per_s"] for e in log[1:]] or [e["train_img_per_s"] for e in log]
+    return float(pd.Series(rates).median())
+
+
+def train_all(spec, order: list[tuple[TrainSpec, bool]], data, device: torch.device) -> list[dict]:
+    """Train in plan order; keep only the checkpoints a later student needs (teachers), keyed by (key, seed)."""
+    teachers = {m.teacher for m, _ in order if m.teacher}
+    ckpts: dict[tuple[str, int], dict] = {}
+    rows = []
+    for m, requested in order:
+        teacher_ckpt = ckpts[(m.teacher, m.seed)] if m.teacher else None
+        row, ckpt = run_one(m, data, device, teacher_ckpt, requested)
+        if m.key in teachers:
+            ckpts[(m.key, m.seed)] = ckpt
+        rows.append(row)
+    return rows
+
+
+def print_table(df: pd.DataFrame) -> None:
+    head = (f"{'model':<16} {'arch':<26} {'teacher':<10} {'seed':>4} {'epochs':>6} {'train_s':>8} "
+            f"{'img/s':>10} {'img/s ep2+':>10} {'top1 %':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in df.itertuples():
+        name = r.model + ("" if r.requested else " (t)")
+        teacher = r.teacher if isinstance(r.teacher, str) else "-"  # pandas turns a missing teacher into NaN
+        print(f"{name:<16} {r.arch:<26} {teacher:<10} {r.seed:>4} {r.epochs:>6} {r.train_s:>8.1f} "
+              f"{r.train_img_per_s:>10,.0f} {r.steady_img_per_s:>10,.0f} {r.top1_pct:>7.2f}")
+    print("train_s: training epochs only (no evaluation); img/s over all epochs; ep2+: median after epoch 1")
+    if not df["requested"].all():
+        print("(t) trained only as a teacher, not requested")
+
+
+def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model with more than one seed: top-1 mean / min / max / spread (max - min)."""
+    g = df.groupby("model", sort=False)["top1_pct"]
+    s = pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "min": g.min(), "max": g.max()})
+    s["spread"] = s["max"] - s["min"]
+    return s[s["seeds"] > 1]
+
+
+def print_summary(summary: pd.DataFrame) -> None:
+    if summary.empty:
+        return
+    print(f"\n{'top-1 over seeds':<16} {'seeds':>5} {'mean':>7} {'min':>7} {'max':>7} {'spread':>7}")
+    for model, r in summary.iterrows():
+        print(f"{model:<16} {int(r['seeds']):>5} {r['mean']:>7.2f} {r['min']:>7.2f} {r['max']:>7.2f} "
+              f"{r['spread']:>7.2f}")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m runner.train_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="variants/default.yaml")
+    p.add_argument("--models", help="comma-separated model keys of the config (default: all)")
+    p.add_argument("--data", help="cifar10 | synthetic | PATH (default: data.source of the config)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the config's seed)")
+    p.add_argument("--max-epochs", type=int, help="cap every model's epochs")
+    p.add_argument("--device", help="default: cuda when available, else cpu")
+    p.add_argument("--out", default="runs/train_bench.parquet")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = load_sweep(args.config)
+        requested = select_models(spec, args.models)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        data = load(args.data or spec.data.source, spec.data.root)
+    except DataError as e:
+        print(f"data error: {e}", file=sys.stderr)
+        return 2
+    order = plan(spec, requested, parse_seeds(args.seeds, spec.seed), args.max_epochs)
+    info = env.device_info(device)
+    print(f"train_bench: {len(order)} training run(s) on {device} ({info['gpu_name'] or 'cpu'}); data: {data.source}")
+    df = pd.DataFrame(train_all(spec, order, data, device))
+    vers = env.versions()
+    df = df.assign(config=spec.source_file, device=info["device"], gpu_name=info["gpu_name"],
+                   gpu_uuid=info["gpu_uuid"], torch_version=vers["torch_version"], git_commit=vers["git_commit"],
+                   hostname=vers["hostname"])
+    print()
+    print_table(df)
+    print_summary(seed_summary(df))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out, index=False)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
