@@ -69,9 +69,13 @@ def nvml_state(gpu_uuid: str | None) -> dict[str, Any]:
         try:
             h = nv.nvmlDeviceGetHandleByUUID(gpu_uuid)
             me = os.getpid()
-            procs = nv.nvmlDeviceGetComputeRunningProcesses(h)
-            others = sorted({p.pid for p in procs if p.pid != me})
-            out.update(gpu_exclusive=not others, gpu_other_pids=",".join(map(str, others)),
+            pids = {p.pid for p in nv.nvmlDeviceGetComputeRunningProcesses(h)}
+            others = sorted(pids - {me})
+            # Exclusive only when NVML sees *us* and nobody else: if our own pid is missing (another pid
+            # namespace, a sandbox that hides processes), an empty list proves nothing.
+            exclusive = (not others) if me in pids else (False if others else None)
+            note = "" if me in pids else f" (own pid {me} not listed by NVML)"
+            out.update(gpu_exclusive=exclusive, gpu_other_pids=",".join(map(str, others)) + note,
                        sm_clock_mhz=float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
                        temp_c=float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
                        driver_version=_str(nv.nvmlSystemGetDriverVersion()))
