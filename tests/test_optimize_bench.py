@@ -138,7 +138,8 @@ def test_bf16_close_to_fp32(mobilenet):
         out = bf16.forward(bf16.cast_input(x))
     assert out.dtype == torch.bfloat16 and ref.dtype == torch.float32
     # bf16 keeps 8 mantissa bits (relative rounding ~0.4% per op); through ~50 layers of an untrained net
-    # the error accumulates to a few per cent of the logit scale, never to tens of per cent.
+    # the error accumulates to about 1% of the logit scale (0.7% measured here); 5% leaves margin for other
+    # CPU kernels, while a broken cast (overflow, a truncated scale) would be far off.
     rel = ((out.float() - ref).abs().max() / ref.abs().max()).item()
     assert rel < 0.05, rel
     assert (out.float().argmax(1) == ref.argmax(1)).float().mean() >= 0.5

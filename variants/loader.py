@@ -155,6 +155,10 @@ class _Checker:
             raise self.fail(where or "top level", f"missing required key '{missing[0]}'")
         return value
 
+    def free_mapping(self, value: Any, where: str) -> dict:
+        """A mapping whose keys are the user's names (models, named rows, builder arguments)."""
+        return self.mapping(value, where, set(value) if isinstance(value, dict) else set())
+
     def choice(self, value: Any, where: str, choices: tuple) -> Any:
         if value not in choices:
             raise self.fail(where, f"{value!r} is not one of {', '.join(map(str, choices))}")
@@ -213,7 +217,7 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
 
     archs = list_models()
     models: dict[str, TrainSpec] = {}
-    for key, m in c.mapping(raw["models"], "models", set(raw["models"] or {})).items():
+    for key, m in c.free_mapping(raw["models"], "models").items():
         where = f"models.{key}"
         m = c.mapping(m, where, _MODEL_KEYS, required={"arch"})
         c.choice(m["arch"], f"{where}.arch", tuple(archs))
@@ -221,7 +225,7 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
         recipe_raw.update(overrides or {})
         recipe = c.dataclass(Recipe, recipe_raw, f"{where}.recipe")
         c.choice(recipe.amp, f"{where}.recipe.amp", ("bf16", "fp16", "none"))
-        arch_args = c.mapping(m.get("arch_args"), f"{where}.arch_args", set((m.get("arch_args") or {})))
+        arch_args = c.free_mapping(m.get("arch_args"), f"{where}.arch_args")
         models[key] = TrainSpec(key=key, arch=m["arch"], arch_args=tuple(sorted(arch_args.items())),
                                 recipe=recipe, teacher=m.get("teacher"), seed=seed)
     if not models:
@@ -253,6 +257,7 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
         where = f"grid[{gi}]"
         block = c.mapping(block, where, _GRID_KEYS)
         keys = block.get("models", list(models))
+        keys = keys if isinstance(keys, list) else [keys]
         for k in keys:
             c.choice(k, f"{where}.models", tuple(models))
         for combo in itertools.product(keys, *(axis_values(block, where, a) for a in AXES)):
@@ -260,7 +265,7 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
             if not any(_matches(v, e) for e in excludes):
                 variants.setdefault(v.variant_id, v)
 
-    for bid, row in c.mapping(raw.get("named"), "named", set(raw.get("named") or {})).items():
+    for bid, row in c.free_mapping(raw.get("named"), "named").items():
         where = f"named.{bid}"
         row = c.mapping(row, where, _NAMED_KEYS, required={"model"})
         c.choice(row["model"], f"{where}.model", tuple(models))
