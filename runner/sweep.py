@@ -253,14 +253,19 @@ def _load_checkpoint(run_dir: Path, spec: TrainSpec, data: Cifar) -> dict | None
     return ckpt if ckpt.get("spec_hash") == spec.spec_hash and same_data else None
 
 
+def task_resources(gpus: int, cpus_per_node: float) -> tuple[dict, dict]:
+    """Ray resources of a (train, bench) task. With GPUs, each task takes one whole GPU, so Ray runs at
+    most one task per GPU, on every GPU of every node at once. On a CPU-only cluster a benchmark takes
+    every CPU of a node instead, so it still runs alone (and its rows are CPU timings)."""
+    if gpus > 0:
+        return {"num_gpus": 1, "num_cpus": 1}, {"num_gpus": 1, "num_cpus": 1}
+    return {"num_cpus": 1}, {"num_cpus": cpus_per_node}
+
+
 def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], hashes: dict[str, str],
          cluster: dict[str, Any], log: Callable[[str], None]) -> None:
-    on_gpu = cluster["gpus"] > 0
-    # One whole GPU per task. On a CPU-only cluster a benchmark takes every CPU of a node instead,
-    # so it still runs alone (its numbers are CPU timings, and the rows say so).
-    train_opts = {"num_gpus": 1} if on_gpu else {"num_cpus": 1}
     cpu_per_node = min((n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")), default=1)
-    bench_opts = {"num_gpus": 1} if on_gpu else {"num_cpus": cpu_per_node}
+    train_opts, bench_opts = task_resources(cluster["gpus"], cpu_per_node)
 
     needed = {v.model for v in pending}
     needed |= {spec.model(k).teacher for k in needed if spec.model(k).teacher}
