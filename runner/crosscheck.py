@@ -22,16 +22,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from models import get_model
 from runner import bench, env
+from runner.results import write_json
 from runner.optimize import GRAPHING_COMPILE_MODES, prepare, strict_fp32, unsupported_reason
 from variants import Variant
 
@@ -215,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
               "indep_warmup_ms": args.indep_warmup_ms, "indep_rep_ms": args.indep_rep_ms,
               "min_run_time_s": args.min_run_time, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               **env.versions(), **info, **env.nvml_state(info["gpu_uuid"]), "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {out}")
+    print(f"wrote {write_json(report, args.out)}")
     return 0
 
 

@@ -15,19 +15,18 @@ machine without one it says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import selectors
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from models import get_model
 from runner import bench, env
+from runner.results import write_json
 from runner.optimize import prepare
 from variants import Variant
 
@@ -204,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"verdict": line, "detected": line.startswith("EXCLUSIVITY: detected"), "our_pid": os.getpid(),
               "variant_id": VARIANT.variant_id, "seconds": args.seconds, **kw, **load_info,
               **env.versions(), **info, "phases": rows, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {out}")
+    print(f"wrote {write_json(report, args.out)}")
     return 0
 
 

@@ -158,11 +158,10 @@ def prepare(model: nn.Module, variant: Variant, device: torch.device) -> Prepare
         p.requires_grad_(False)
     size_mb, params = state_size_mb(m)
 
-    forward: Callable = m
-    if autocast_dtype is not None:
-        def forward(x, _m=m):
-            with torch.autocast(device.type, dtype=autocast_dtype):
-                return _m(x)
+    def with_autocast(x, _m=m):
+        with torch.autocast(device.type, dtype=autocast_dtype):
+            return _m(x)
+    forward: Callable = m if autocast_dtype is None else with_autocast
     if variant.compile != "none":
         torch._dynamo.reset()  # no cache or guard left over from a previous variant in this process
         # dynamic=False: batch 1 and the evaluation batch get their own static graphs, as in deployment.

@@ -11,7 +11,6 @@ prints as "—", never as a guess.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 

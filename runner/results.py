@@ -85,6 +85,17 @@ def write_atomic(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
+def write_json(obj: Any, path: str | Path) -> Path:
+    """A JSON report (the check scripts' output), written atomically like the Parquet files."""
+    import json
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
 def write_rows(rows: Iterable[dict[str, Any]], path: str | Path, schema: pa.Schema = RESULT_SCHEMA) -> Path:
     return write_atomic(to_table(rows, schema), path)
 
