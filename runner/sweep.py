@@ -209,12 +209,12 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
     if skipped_done:
         log(f"resuming: {skipped_done} variant(s) already finished in {run_dir}, {len(pending)} to run")
     started = _now()
-    cluster = start_ray(address, log)
     try:
+        cluster = start_ray(address, log)
         _run(spec, data, run_dir, pending, hashes, cluster, log)
-    finally:
+    finally:  # also on Ctrl-C or a crash: whatever landed is merged and readable
         ray.shutdown()
-    merged = results.merge(run_dir)
+        merged = results.merge(run_dir)
     meta = {"name": spec.name, "source_file": spec.source_file, "shortened": bool(shortened_note),
             "shortened_note": shortened_note, "data_source": data.source, "started_at": started,
             "finished_at": _now(), "cluster": cluster, "config": spec.to_dict(), "accuracy_bar_pct": 85.0}
