@@ -507,6 +507,26 @@ def _plot_latency_by_variant(ok: pd.DataFrame, path: Path) -> None:
 
 # ---------------------------------------------------------------- entry point
 
+def _tried_section(decisions: pd.DataFrame) -> list[str]:
+    """What was tried, per optimisation, and how often it paid: the decisions table folded by axis."""
+    if decisions is None or decisions.empty or "axis" not in decisions:
+        return []
+    d = decisions.dropna(subset=["axis"])
+    d = d[d["axis"].astype(str).str.len() > 0]
+    if d.empty:
+        return []
+    out = ["## What was tried", "",
+           "Each optimisation, over every model and setting it was applied to (from the decisions below):", "",
+           "| Change | Tried | Kept | Dropped / slower | Median gain (%) | Best gain (%) |", "|---|---|---|---|---|---|"]
+    for change, g in d.groupby(d["change"] if "change" in d else d["axis"], sort=True):
+        kept = int((g["decision"] == "keep").sum())
+        gains = pd.to_numeric(g["gain_pct"], errors="coerce").dropna()
+        med = f"{gains.median():+.1f}" if not gains.empty else DASH
+        best = f"{gains.max():+.1f}" if not gains.empty else DASH
+        out.append(f"| {change} | {len(g)} | {kept} | {len(g) - kept} | {med} | {best} |")
+    return out + [""]
+
+
 def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> Path:
     """Write report.md and its plots for the sweep folder `run_dir`; return the path of report.md."""
     run_dir = Path(run_dir)
@@ -527,6 +547,7 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
                   ""]
     lines += _brief_section(summary)
     lines += _chosen_section(summary, decisions, bar)
+    lines += _tried_section(decisions)
     lines += _decision_section(decisions)
     lines += _all_section(summary)
     lines += _training_section(training)

@@ -85,6 +85,11 @@ def test_report_content(run_dir):
     assert "**Warning: shortened run (epochs capped at 2; a shortened run)" in text
     assert "proxy for the official" in text
     assert "NVIDIA H200 x2" in text
+    tried = _section(text, "What was tried")
+    # One line per kind of change; every decided variant is counted once, kept or not.
+    rows = [l for l in tried.splitlines() if l.startswith("| ") and not l.startswith("| Change")]
+    assert rows and sum(int(l.split("|")[2]) for l in rows) == len(decide(pd.read_parquet(run_dir / "results.parquet"))
+                                                                    .dropna(subset=["axis"]))
 
     brief = _section(text, "The brief's table")
     ids = [line.split("|")[1].strip() for line in brief.splitlines() if line.startswith("| ")][1:]
