@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,17 +16,8 @@ from variants import SpecError, load_sweep
 
 def _load(args):
     """Load the sweep file; --max-epochs / --bench-iters cap (never raise) epochs and timed iterations."""
-    spec = load_sweep(args.config)
-    max_epochs, bench_iters = getattr(args, "max_epochs", None), getattr(args, "bench_iters", None)
-    if max_epochs:
-        spec = dataclasses.replace(spec, models=tuple(
-            dataclasses.replace(m, recipe=dataclasses.replace(m.recipe, epochs=min(m.recipe.epochs, max_epochs)))
-            for m in spec.models))
-    if bench_iters:
-        b = spec.bench
-        spec = dataclasses.replace(spec, bench=dataclasses.replace(
-            b, iters=min(b.iters, bench_iters), warmup=min(b.warmup, bench_iters)))
-    return spec
+    return load_sweep(args.config).capped(max_epochs=getattr(args, "max_epochs", None),
+                                          bench_iters=getattr(args, "bench_iters", None))
 
 
 def _shortened_note(spec, args) -> str:
@@ -155,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:
         from runner.data import DataError
-        if isinstance(e, DataError):
-            print(f"data error: {e}", file=sys.stderr)
+        from runner.sweep import WorkerStartError
+        if isinstance(e, (DataError, WorkerStartError)):
+            print(f"{'data' if isinstance(e, DataError) else 'ray'} error: {e}", file=sys.stderr)
             return 2
         raise
 

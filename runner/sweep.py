@@ -182,6 +182,10 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
     return {"gpus": gpus, "nodes": len(nodes), "cpus": int(res.get("CPU", 0))}
 
 
+class WorkerStartError(RuntimeError):
+    """Ray workers could not run a task (they cannot import ray, torch or this project)."""
+
+
 def worker_probe() -> str:
     import runner.train  # noqa: F401  (the import a real task needs first)
     return torch.__version__
@@ -192,7 +196,7 @@ def _probe_workers(timeout_s: float = 180.0) -> None:
     try:
         ray.get(ray.remote(num_cpus=0)(worker_probe).options(name="probe").remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
-        raise RuntimeError(
+        raise WorkerStartError(
             f"no Ray worker could run a task within {timeout_s:.0f} s. Workers must be able to import ray, "
             f"torch and this project ({PROJECT_ROOT}); look for ModuleNotFoundError in the lines above "
             f"or in /tmp/ray/session_latest/logs/.") from None
@@ -214,7 +218,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
         _run(spec, data, run_dir, pending, hashes, cluster, log)
     finally:  # also on Ctrl-C or a crash: whatever landed is merged and readable
         ray.shutdown()
-        merged = results.merge(run_dir)
+        results.merge(run_dir)
     meta = {"name": spec.name, "source_file": spec.source_file, "shortened": bool(shortened_note),
             "shortened_note": shortened_note, "data_source": data.source, "started_at": started,
             "finished_at": _now(), "cluster": cluster, "config": spec.to_dict(), "accuracy_bar_pct": 85.0}
@@ -224,16 +228,9 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
         meta["previous_runs"] = old.get("previous_runs", []) + [
             {k: old.get(k) for k in ("started_at", "finished_at", "wall_s")}]
     meta["wall_s"] = (datetime.fromisoformat(meta["finished_at"]) - datetime.fromisoformat(started)).total_seconds()
-    meta["cluster"]["gpu_names"] = sorted(set(pd_col(merged["results"], "gpu_name")))
     prev.write_text(json.dumps(meta, indent=2, default=str))
     from runner.report import build_report
     return build_report(run_dir)
-
-
-def pd_col(path: Path, col: str) -> list:
-    import pandas as pd
-    df = pd.read_parquet(path, columns=[col])
-    return [v for v in df[col].dropna().tolist()]
 
 
 def _finished_rows(run_dir: Path) -> dict[str, str]:

@@ -48,14 +48,7 @@ def select_models(spec, names: str | None) -> list[TrainSpec]:
     return [m for m in spec.models if m.key in want]
 
 
-def cap_epochs(m: TrainSpec, max_epochs: int | None) -> TrainSpec:
-    """--max-epochs caps (never raises) a recipe's epochs, as `python -m runner sweep --max-epochs` does."""
-    if not max_epochs:
-        return m
-    return dataclasses.replace(m, recipe=dataclasses.replace(m.recipe, epochs=min(m.recipe.epochs, max_epochs)))
-
-
-def plan(spec, requested: list[TrainSpec], seeds: list[int], max_epochs: int | None) -> list[tuple[TrainSpec, bool]]:
+def plan(spec, requested: list[TrainSpec], seeds: list[int]) -> list[tuple[TrainSpec, bool]]:
     """(spec with seed, requested?) in training order: every teacher before its students, each once per seed."""
     order: list[tuple[TrainSpec, bool]] = []
     req_keys = {m.key for m in requested}
@@ -66,7 +59,7 @@ def plan(spec, requested: list[TrainSpec], seeds: list[int], max_epochs: int | N
             for t in chain:
                 if t.key not in done:
                     done.add(t.key)
-                    order.append((cap_epochs(dataclasses.replace(t, seed=seed), max_epochs), t.key in req_keys))
+                    order.append((dataclasses.replace(t, seed=seed), t.key in req_keys))
     return order
 
 
@@ -152,7 +145,7 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        spec = load_sweep(args.config)
+        spec = load_sweep(args.config).capped(max_epochs=args.max_epochs)
         requested = select_models(spec, args.models)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -163,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 2
-    order = plan(spec, requested, parse_seeds(args.seeds, spec.seed), args.max_epochs)
+    order = plan(spec, requested, parse_seeds(args.seeds, spec.seed))
     info = env.device_info(device)
     print(f"train_bench: {len(order)} training run(s) on {device} ({info['gpu_name'] or 'cpu'}); data: {data.source}")
     df = pd.DataFrame(train_all(spec, order, data, device))

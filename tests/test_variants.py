@@ -364,3 +364,12 @@ def test_axes_order_matches_variant_fields():
     v = Variant("m", "bf16", "channels_last", "max-autotune", True, True)
     assert tuple(v.axes()) == AXES
     assert v.variant_id == "m-bf16-cl-ma-graph-fold"
+
+
+def test_capped_shortens_never_lengthens():
+    spec = load_sweep("variants/default.yaml")
+    short = spec.capped(max_epochs=15, bench_iters=500)
+    assert [m.recipe.epochs for m in short.models] == [min(m.recipe.epochs, 15) for m in spec.models]
+    assert (short.bench.warmup, short.bench.iters) == (200, 500)
+    assert spec.capped(max_epochs=1000) == spec  # a cap above every value changes nothing
+    assert short.models[0].spec_hash != spec.models[0].spec_hash  # a shortened run never resumes a full one

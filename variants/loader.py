@@ -127,6 +127,20 @@ class SweepSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def capped(self, *, max_epochs: int | None = None, bench_iters: int | None = None) -> "SweepSpec":
+        """A shortened copy: every model's epochs and the bench's warm-up / timed iterations capped
+        (never raised). Model spec hashes change with it, so a capped run never reuses a full run's rows."""
+        spec = self
+        if max_epochs:
+            spec = dataclasses.replace(spec, models=tuple(
+                dataclasses.replace(m, recipe=dataclasses.replace(m.recipe, epochs=min(m.recipe.epochs, max_epochs)))
+                for m in spec.models))
+        if bench_iters:
+            b = spec.bench
+            spec = dataclasses.replace(spec, bench=dataclasses.replace(
+                b, iters=min(b.iters, bench_iters), warmup=min(b.warmup, bench_iters)))
+        return spec
+
 
 def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
