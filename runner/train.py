@@ -10,6 +10,7 @@ the teacher's logits computed on the same augmented batch in inference mode.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -91,9 +92,31 @@ def train_one_epoch(model, batches, opt, sched, *, amp_dtype, label_smoothing, t
     return loss_sum.item() / max(seen, 1), 100.0 * correct.item() / max(seen, 1), seen
 
 
+@contextlib.contextmanager
+def cudnn_mode(*, deterministic: bool):
+    """cuDNN's algorithm choice for one training run, restored afterwards (a Ray worker process is reused).
+
+    benchmark=True times the candidate kernels of every new shape and keeps the fastest: fastest, but the
+    choice (and so the floating-point summation order of the backward pass) can differ between processes,
+    so the same seed does not give the same weights. deterministic=True pins reproducible algorithms.
+    """
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = (not deterministic), deterministic
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
+
 def train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: dict | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train `spec` from scratch; return a checkpoint dict (loadable with torch.load(weights_only=True))."""
+    with cudnn_mode(deterministic=spec.recipe.deterministic):
+        return _train(spec, data, device, teacher_ckpt=teacher_ckpt, log=log)
+
+
+def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: dict | None,
+           log: Callable[[str], None]) -> dict[str, Any]:
     recipe = spec.recipe
     torch.manual_seed(spec.seed)
     data = data.subset(recipe.train_subset, recipe.test_subset)
@@ -101,8 +124,6 @@ def train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: d
     # Mixed precision and channels_last are GPU speed-ups; on CPU they only slow a test run down.
     amp_dtype = AMP_DTYPES[recipe.amp] if on_gpu else None
     channels_last = recipe.channels_last and on_gpu
-    if on_gpu:
-        torch.backends.cudnn.benchmark = True
 
     model = build_model(spec.arch, dict(spec.arch_args)).to(device)
     if channels_last:

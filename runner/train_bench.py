@@ -1,7 +1,8 @@
 """Train models of a sweep file on one device and tabulate time, throughput and accuracy (no Ray).
 
     python -m runner.train_bench [--config variants/default.yaml] [--models resnet18,mobilenet,...]
-                                 [--data PATH|cifar10|synthetic] [--seeds 0[,1,2]] [--max-epochs N]
+                                 [--data PATH|cifar10|synthetic] [--seeds 0[,1,2]] [--teacher-seed N]
+                                 [--max-epochs N]
                                  [--device cuda:0] [--out runs/train_bench.parquet]
 
 `--models` takes the model keys of the config (default: all). A distilled model needs its teacher:
@@ -48,18 +49,27 @@ def select_models(spec, names: str | None) -> list[TrainSpec]:
     return [m for m in spec.models if m.key in want]
 
 
-def plan(spec, requested: list[TrainSpec], seeds: list[int]) -> list[tuple[TrainSpec, bool]]:
-    """(spec with seed, requested?) in training order: every teacher before its students, each once per seed."""
+def plan(spec, requested: list[TrainSpec], seeds: list[int],
+         teacher_seed: int | None = None) -> list[tuple[TrainSpec, bool]]:
+    """(spec with seed, requested?) in training order: every teacher before its students.
+
+    A teacher is trained once per student seed, or once in all with `teacher_seed` (then every student
+    seed learns from the same teacher, and the students' seed-to-seed spread is the students' own).
+    """
     order: list[tuple[TrainSpec, bool]] = []
     req_keys = {m.key for m in requested}
+    done: set[tuple[str, int]] = set()
     for seed in seeds:
-        done: set[str] = set()
         for m in requested:
-            chain = [spec.model(m.teacher), m] if m.teacher else [m]
-            for t in chain:
-                if t.key not in done:
-                    done.add(t.key)
-                    order.append((dataclasses.replace(t, seed=seed), t.key in req_keys))
+            chain = [(spec.model(m.teacher), seed if teacher_seed is None else teacher_seed)] if m.teacher else []
+            chain.append((m, seed))
+            for t, t_seed in chain:
+                # A model requested with several equal seeds (--seeds 0,0) is trained each time: that is
+                # how run-to-run reproducibility is measured. A teacher is trained once per seed it needs.
+                if (t.key, t_seed) in done and (t.key not in req_keys or t is not m):
+                    continue
+                done.add((t.key, t_seed))
+                order.append((dataclasses.replace(t, seed=t_seed), t.key in req_keys))
     return order
 
 
@@ -83,14 +93,18 @@ def steady_throughput(log: list[dict]) -> float:
     return float(pd.Series(rates).median())
 
 
-def train_all(spec, order: list[tuple[TrainSpec, bool]], data, device: torch.device) -> list[dict]:
+def train_all(spec, order: list[tuple[TrainSpec, bool]], data, device: torch.device,
+              teacher_seed: int | None = None) -> list[dict]:
     """Train in plan order; keep only the checkpoints a later student needs (teachers), keyed by (key, seed)."""
     teachers = {m.teacher for m, _ in order if m.teacher}
     ckpts: dict[tuple[str, int], dict] = {}
     rows = []
     for m, requested in order:
-        teacher_ckpt = ckpts[(m.teacher, m.seed)] if m.teacher else None
+        t_seed = m.seed if teacher_seed is None else teacher_seed
+        teacher_ckpt = ckpts[(m.teacher, t_seed)] if m.teacher else None
         row, ckpt = run_one(m, data, device, teacher_ckpt, requested)
+        row["teacher_seed"] = t_seed if m.teacher else None
+        row["teacher_top1_pct"] = teacher_ckpt["top1_pct"] if teacher_ckpt else None
         if m.key in teachers:
             ckpts[(m.key, m.seed)] = ckpt
         rows.append(row)
@@ -135,7 +149,10 @@ def parse_args(argv):
     p.add_argument("--config", default="variants/default.yaml")
     p.add_argument("--models", help="comma-separated model keys of the config (default: all)")
     p.add_argument("--data", help="cifar10 | synthetic | PATH (default: data.source of the config)")
-    p.add_argument("--seeds", help="comma-separated seeds (default: the config's seed)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the config's seed); repeat one "
+                                   "(0,0) to measure run-to-run reproducibility")
+    p.add_argument("--teacher-seed", type=int,
+                   help="train each teacher once with this seed (default: once per student seed)")
     p.add_argument("--max-epochs", type=int, help="cap every model's epochs")
     p.add_argument("--device", help="default: cuda when available, else cpu")
     p.add_argument("--out", default="runs/train_bench.parquet")
@@ -156,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 2
-    order = plan(spec, requested, parse_seeds(args.seeds, spec.seed))
+    order = plan(spec, requested, parse_seeds(args.seeds, spec.seed), args.teacher_seed)
     info = env.device_info(device)
     print(f"train_bench: {len(order)} training run(s) on {device} ({info['gpu_name'] or 'cpu'}); data: {data.source}")
-    df = pd.DataFrame(train_all(spec, order, data, device))
+    df = pd.DataFrame(train_all(spec, order, data, device, args.teacher_seed))
     vers = env.versions()
     df = df.assign(config=spec.source_file, device=info["device"], gpu_name=info["gpu_name"],
                    gpu_uuid=info["gpu_uuid"], torch_version=vers["torch_version"], git_commit=vers["git_commit"],

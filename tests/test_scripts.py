@@ -118,6 +118,43 @@ def test_train_bench_student_with_teacher_two_seeds(tmp_path, capsys):
     assert (summary["spread"] == summary["max"] - summary["min"]).all()
 
 
+def test_train_bench_plan_teacher_seed_and_repeated_seeds(tmp_path):
+    from variants import load_sweep
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    spec = load_sweep(cfg)
+    kd = [spec.model("tiny_kd")]
+
+    def keys(order):
+        return [(m.key, m.seed, requested) for m, requested in order]
+    # default: one teacher per student seed
+    assert keys(train_bench.plan(spec, kd, [0, 1])) == [
+        ("tiny", 0, False), ("tiny_kd", 0, True), ("tiny", 1, False), ("tiny_kd", 1, True)]
+    # --teacher-seed 7: the teacher is trained once, every student seed learns from it
+    assert keys(train_bench.plan(spec, kd, [0, 1, 2], teacher_seed=7)) == [
+        ("tiny", 7, False), ("tiny_kd", 0, True), ("tiny_kd", 1, True), ("tiny_kd", 2, True)]
+    # --seeds 0,0: a requested model is trained twice (run-to-run reproducibility), its teacher once
+    assert keys(train_bench.plan(spec, kd, [0, 0])) == [("tiny", 0, False), ("tiny_kd", 0, True), ("tiny_kd", 0, True)]
+    both = [spec.model("tiny"), spec.model("tiny_kd")]
+    assert keys(train_bench.plan(spec, both, [0, 0])) == [
+        ("tiny", 0, True), ("tiny_kd", 0, True), ("tiny", 0, True), ("tiny_kd", 0, True)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback path")
+def test_train_bench_teacher_seed_records_the_teacher(tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    out = tmp_path / "tb.parquet"
+    rc = train_bench.main(["--config", str(cfg), "--models", "tiny_kd", "--data", "synthetic", "--seeds", "0,1",
+                           "--teacher-seed", "3", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    df = pd.read_parquet(out)
+    assert list(zip(df["model"], df["seed"])) == [("tiny", 3), ("tiny_kd", 0), ("tiny_kd", 1)]
+    students = df[df["model"] == "tiny_kd"]
+    teacher_top1 = df.loc[df["model"] == "tiny", "top1_pct"].item()
+    assert (students["teacher_seed"] == 3).all() and (students["teacher_top1_pct"] == teacher_top1).all()
+
+
 def test_train_bench_unknown_model(tmp_path, capsys):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)

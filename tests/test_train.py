@@ -196,3 +196,17 @@ def test_weight_decay_groups_exclude_1d_params():
     bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bn and all(any(m.weight is p for p in no_decay["params"]) for m in bn)
     assert decay["lr"] == 0.3 and decay["momentum"] == 0.8 and decay["nesterov"] is True
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cudnn_mode_is_set_for_the_run_and_restored(deterministic):
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, False
+    from runner.train import cudnn_mode
+    with cudnn_mode(deterministic=deterministic):
+        assert torch.backends.cudnn.deterministic is deterministic
+        assert torch.backends.cudnn.benchmark is (not deterministic)   # autotuning picks kernels per process
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, False)
+    with pytest.raises(RuntimeError):
+        with cudnn_mode(deterministic=deterministic):
+            raise RuntimeError("a failed run still restores the flags")
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, False)

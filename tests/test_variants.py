@@ -314,6 +314,23 @@ def test_wrong_recipe_type(tmp_path, field, value, kind):
     assert f"models.m.recipe.{field}" in msg and f"expected {kind}" in msg
 
 
+@pytest.mark.parametrize("field, value", [
+    ("epochs", "0"), ("batch_size", "-8"), ("lr", "0"), ("momentum", "1.0"), ("weight_decay", "-1e-4"),
+    ("label_smoothing", "1.5"), ("warmup_frac", "1"), ("distill_alpha", "1.2"), ("distill_temperature", "0"),
+])
+def test_recipe_value_out_of_range(tmp_path, field, value):
+    p = _write(tmp_path, f"models:\n  m: {{arch: resnet18_cifar, recipe: {{{field}: {value}}}}}\ngrid: [{{}}]\n")
+    msg = _spec_error(p)
+    assert f"models.m.recipe.{field}" in msg and "out of range" in msg
+
+
+def test_recipe_values_at_the_edges_are_accepted(tmp_path):
+    body = ("models:\n  m: {arch: resnet18_cifar, recipe: {epochs: 1, momentum: 0, weight_decay: 0, "
+            "label_smoothing: 0, warmup_frac: 0, distill_alpha: 1, deterministic: true}}\ngrid: [{}]\n")
+    r = load_sweep(_write(tmp_path, body)).model("m").recipe
+    assert r.epochs == 1 and r.distill_alpha == 1.0 and r.deterministic is True
+
+
 def test_wrong_bench_type_and_seed(tmp_path):
     msg = _spec_error(_sweep(tmp_path, "bench: {repeats: three}\ngrid: [{}]\n"))
     assert "bench.repeats" in msg and "expected int" in msg

@@ -50,10 +50,39 @@ class Recipe:
     amp: str = "bf16"               # bf16 | fp16 | none (training only; inference precision is an axis)
     channels_last: bool = True
     compile: bool = False           # torch.compile the training step's model
+    deterministic: bool = False     # fixed cuDNN algorithms: the same seed gives the same weights (GPU)
     train_subset: int = 0           # 0 = whole train set; >0 = first N images (CPU-sized runs)
     test_subset: int = 0
     distill_alpha: float = 0.9      # weight of the KL term when a teacher is set
     distill_temperature: float = 4.0
+
+
+# Allowed value ranges of the numeric recipe fields: (low, high, low inclusive?, high inclusive?).
+# A value outside fails at load time, naming the key, instead of producing NaNs minutes into a run.
+RECIPE_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "epochs": (1, float("inf"), True, False),
+    "batch_size": (1, float("inf"), True, False),
+    "lr": (0, float("inf"), False, False),
+    "momentum": (0, 1, True, False),
+    "weight_decay": (0, float("inf"), True, False),
+    "label_smoothing": (0, 1, True, False),
+    "warmup_frac": (0, 1, True, False),
+    "train_subset": (0, float("inf"), True, False),
+    "test_subset": (0, float("inf"), True, False),
+    "distill_alpha": (0, 1, True, True),
+    "distill_temperature": (0, float("inf"), False, False),
+}
+
+
+def recipe_range_error(field_name: str, value: float) -> str | None:
+    """Why `value` is out of range for `field_name`, or None when it is fine."""
+    lo, hi, lo_in, hi_in = RECIPE_RANGES[field_name]
+    ok = (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
+    if ok:
+        return None
+    left, right = ("[" if lo_in else "("), ("]" if hi_in else ")")
+    hi_txt = "inf" if hi == float("inf") else f"{hi:g}"
+    return f"{value!r} is out of range; expected a value in {left}{lo:g}, {hi_txt}{right}"
 
 
 @dataclass(frozen=True)
@@ -239,6 +268,10 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
         recipe_raw.update(overrides or {})
         recipe = c.dataclass(Recipe, recipe_raw, f"{where}.recipe")
         c.choice(recipe.amp, f"{where}.recipe.amp", ("bf16", "fp16", "none"))
+        for fname in RECIPE_RANGES:
+            problem = recipe_range_error(fname, getattr(recipe, fname))
+            if problem:
+                raise c.fail(f"{where}.recipe.{fname}", problem)
         arch_args = c.free_mapping(m.get("arch_args"), f"{where}.arch_args")
         models[key] = TrainSpec(key=key, arch=m["arch"], arch_args=tuple(sorted(arch_args.items())),
                                 recipe=recipe, teacher=m.get("teacher"), seed=seed)
