@@ -225,15 +225,33 @@ def augment(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = N
     return padded[idx_n, idx_c, rows, cols]
 
 
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero one size x size square per image (DeVries & Taylor 2017), batch-wide on x's device.
+
+    Applied after normalisation, so the square holds the dataset mean. The centre is anywhere in the image,
+    so squares near a border are clipped, as in the paper. One broadcast mask, no loop over images.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    cy = torch.randint(0, h, (n, 1, 1, 1), device=dev, generator=generator)
+    cx = torch.randint(0, w, (n, 1, 1, 1), device=dev, generator=generator)
+    rows = torch.arange(h, device=dev).view(1, 1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, 1, w)
+    lo = size // 2
+    inside = ((rows - cy + lo) >= 0) & ((rows - cy + lo) < size) & ((cols - cx + lo) >= 0) & ((cols - cx + lo) < size)
+    return x.masked_fill(inside, 0.0)
+
+
 class DeviceBatches:
     """The whole split as one tensor on the device; an epoch is a device randperm sliced into batches."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, device: torch.device, batch_size: int, *,
-                 train: bool, seed: int = 0, channels_last: bool = False):
+                 train: bool, seed: int = 0, channels_last: bool = False, cutout_size: int = 0):
         # Arrays from Ray's object store are read-only views: copy once (to the device, or on the CPU).
         self.x = torch.from_numpy(np.array(x)).to(device)
         self.y = torch.from_numpy(np.array(y)).to(device)
         self.batch_size, self.train, self.channels_last = batch_size, train, channels_last
+        self.cutout_size = cutout_size if train else 0
         self.norm = normalizer(device)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
@@ -252,6 +270,8 @@ class DeviceBatches:
             if self.train:  # drop_last in training keeps every step the same shape (compile-friendly)
                 xb = augment(xb, generator=self.gen)
             xb = self.norm(xb)
+            if self.cutout_size:
+                xb = cutout(xb, self.cutout_size, generator=self.gen)
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yield xb, self.y[idx]

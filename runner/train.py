@@ -134,7 +134,7 @@ def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: 
     step_model = torch.compile(model) if (recipe.compile and on_gpu) else model
 
     train_b = DeviceBatches(data.train_x, data.train_y, device, recipe.batch_size, train=True, seed=spec.seed,
-                            channels_last=channels_last)
+                            channels_last=channels_last, cutout_size=recipe.cutout)
     test_b = DeviceBatches(data.test_x, data.test_y, device, 1000, train=False, channels_last=channels_last)
     if len(train_b) == 0:
         raise ValueError(f"batch_size {recipe.batch_size} is larger than the {len(data.train_y)} training images")

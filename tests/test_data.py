@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from runner import data as data_mod
-from runner.data import CLASSES, MEAN, STD, DataError, DeviceBatches, augment, load, normalizer, synthetic
+from runner.data import CLASSES, MEAN, STD, DataError, DeviceBatches, augment, cutout, load, normalizer, synthetic
 
 CPU = torch.device("cpu")
 
@@ -100,6 +100,37 @@ def test_augment_is_a_crop_of_the_reflect_padded_image():
         assert found is not None, f"image {i} is not a flipped/unflipped crop of the padded input"
         offsets.add(found)
     assert len(offsets) > 1  # per-image offsets, not one for the whole batch
+
+
+@pytest.mark.parametrize("size", [1, 8, 16])
+def test_cutout_zeroes_one_clipped_square_per_image(size):
+    x = torch.rand(64, 3, 32, 32) + 0.5          # no zeros of its own: every zero is the cutout's
+    out = cutout(x, size, generator=torch.Generator().manual_seed(3))
+    assert out.shape == x.shape
+    for i in range(len(x)):
+        zero = out[i] == 0
+        assert torch.equal(zero[0], zero[1]) and torch.equal(zero[0], zero[2])  # same square on every channel
+        rows, cols = zero[0].nonzero(as_tuple=True)
+        assert len(rows) > 0                                                     # the centre is in the image
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert h <= size and w <= size and len(rows) == h * w                   # one axis-aligned rectangle
+        assert torch.equal(out[i][~zero], x[i][~zero])                            # the rest is untouched
+    full = [(out[i, 0] == 0).sum().item() == size * size for i in range(len(x))]
+    assert any(full)                                                             # squares away from borders are whole
+    if size > 1:
+        assert not all(full)                                                     # ...and ones at a border are clipped
+
+
+def test_cutout_only_in_training_batches():
+    x = (_images(32) // 2 + 1).numpy()           # no zero pixels before normalisation
+    y = np.zeros(32, dtype=np.int64)
+    norm = normalizer(CPU)
+    train = DeviceBatches(x, y, CPU, 32, train=True, seed=0, cutout_size=8)
+    xb, _ = next(iter(train))
+    assert ((xb == 0).all(dim=1).flatten(1).sum(1) > 0).all()                    # each image has its square
+    test = DeviceBatches(x, y, CPU, 32, train=False, cutout_size=8)
+    xb, _ = next(iter(test))
+    assert torch.equal(xb, norm(torch.from_numpy(x)))                            # evaluation sees whole images
 
 
 # ---- device batches ------------------------------------------------------------------------------------

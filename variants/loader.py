@@ -47,6 +47,7 @@ class Recipe:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     warmup_frac: float = 0.2        # fraction of steps spent ramping the LR up
+    cutout: int = 0                 # side of the square zeroed per training image (0 = off), after flip+crop
     amp: str = "bf16"               # bf16 | fp16 | none (training only; inference precision is an axis)
     channels_last: bool = True
     compile: bool = False           # torch.compile the training step's model
@@ -67,6 +68,7 @@ RECIPE_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "weight_decay": (0, float("inf"), True, False),
     "label_smoothing": (0, 1, True, False),
     "warmup_frac": (0, 1, True, False),
+    "cutout": (0, 32, True, True),
     "train_subset": (0, float("inf"), True, False),
     "test_subset": (0, float("inf"), True, False),
     "distill_alpha": (0, 1, True, True),
