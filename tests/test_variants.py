@@ -83,7 +83,9 @@ def test_default_named_rows_have_the_briefs_axes():
     assert kd.teacher == "resnet18" and kd.arch == "mobilenet_v3_small_cifar"
     assert kd.recipe.distill_alpha == 0.9 and kd.recipe.distill_temperature == 4.0
     assert spec.model("resnet18").teacher is None
-    assert spec.model("resnet18").recipe.epochs == 30
+    r18 = spec.model("resnet18").recipe
+    assert (r18.epochs, r18.batch_size, r18.cutout, r18.label_smoothing) == (60, 1024, 16, 0.0)
+    assert all(m.recipe.deterministic for m in spec.models)  # shipped recipes are reproducible
 
 
 def test_default_grid_size():
