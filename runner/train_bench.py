@@ -21,12 +21,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from runner import env
 from runner.data import DataError, load
+from runner.results import write_atomic
 from runner.train import train
 from variants import SpecError, TrainSpec, load_sweep
 
@@ -94,8 +97,9 @@ def steady_throughput(log: list[dict]) -> float:
 
 
 def train_all(spec, order: list[tuple[TrainSpec, bool]], data, device: torch.device,
-              teacher_seed: int | None = None) -> list[dict]:
-    """Train in plan order; keep only the checkpoints a later student needs (teachers), keyed by (key, seed)."""
+              teacher_seed: int | None = None, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Train in plan order; keep only the checkpoints a later student needs (teachers), keyed by (key, seed).
+    `on_row(rows so far)` is called after every training, so a run cut short keeps what finished."""
     teachers = {m.teacher for m, _ in order if m.teacher}
     ckpts: dict[tuple[str, int], dict] = {}
     rows = []
@@ -108,6 +112,8 @@ def train_all(spec, order: list[tuple[TrainSpec, bool]], data, device: torch.dev
         if m.key in teachers:
             ckpts[(m.key, m.seed)] = ckpt
         rows.append(row)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -176,17 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     order = plan(spec, requested, parse_seeds(args.seeds, spec.seed), args.teacher_seed)
     info = env.device_info(device)
     print(f"train_bench: {len(order)} training run(s) on {device} ({info['gpu_name'] or 'cpu'}); data: {data.source}")
-    df = pd.DataFrame(train_all(spec, order, data, device, args.teacher_seed))
     vers = env.versions()
-    df = df.assign(config=spec.source_file, device=info["device"], gpu_name=info["gpu_name"],
-                   gpu_uuid=info["gpu_uuid"], torch_version=vers["torch_version"], git_commit=vers["git_commit"],
-                   hostname=vers["hostname"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(rows: list[dict]) -> pd.DataFrame:
+        df = pd.DataFrame(rows).assign(
+            config=spec.source_file, device=info["device"], gpu_name=info["gpu_name"], gpu_uuid=info["gpu_uuid"],
+            torch_version=vers["torch_version"], git_commit=vers["git_commit"], hostname=vers["hostname"])
+        write_atomic(pa.Table.from_pandas(df, preserve_index=False), out)
+        return df
+
+    df = save(train_all(spec, order, data, device, args.teacher_seed, on_row=save))
     print()
     print_table(df)
     print_summary(seed_summary(df))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out, index=False)
     print(f"\nwrote {out}")
     return 0
 
