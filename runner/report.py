@@ -61,7 +61,7 @@ def _cell(x: Any) -> str:
     return str(x).replace("\n", " ").replace("|", "\\|")
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return lines
@@ -352,7 +352,7 @@ def _brief_section(summary: pd.DataFrame) -> list[str]:
                              _num(r["lat_p95_ms"], 3), _num(r["size_mb"])])
     head = ["## The brief's table", "",
             "Latencies are medians over repeats of each repeat's mean and p95 (batch 1).", ""]
-    return head + _table(["ID", "Variant", "Acc. (%)", "Mean lat. (ms)", "p95 lat. (ms)", "Size (MB)"],
+    return head + markdown_table(["ID", "Variant", "Acc. (%)", "Mean lat. (ms)", "p95 lat. (ms)", "Size (MB)"],
                          rows) + [""]
 
 
@@ -376,7 +376,7 @@ def _decision_section(decisions: pd.DataFrame) -> list[str]:
         acc = DASH if _missing(d["acc_delta_pts"]) else f"{round(d['acc_delta_pts'], 2) + 0.0:+.2f}"
         rows.append([f"`{d['variant_id']}`", _txt(d["parent_id"]), _txt(d["change"]), _num(d["parent_p50_ms"], 3),
                      _num(d["p50_ms"], 3), gain, _num(d["noise_ms"], 3), acc, d["decision"]])
-    return lines + _table(["Variant", "Parent", "Axis changed", "Parent p50 (ms)", "p50 (ms)", "Gain ms (%)",
+    return lines + markdown_table(["Variant", "Parent", "Axis changed", "Parent p50 (ms)", "p50 (ms)", "Gain ms (%)",
                            "Noise (ms)", "Acc. delta (pts)", "Decision"], rows) + [""]
 
 
@@ -394,7 +394,7 @@ def _all_section(summary: pd.DataFrame) -> list[str]:
                      _num(r["lat_p50_ms"], 3), _num(r["lat_p95_ms"], 3), _num(r["lat_p99_ms"], 3),
                      _num(r["host_p50_ms"], 3), cv, _num(r["compile_s"], 1), _num(r["size_mb"]),
                      _flag(r["gpu_exclusive"]) if r["status"] == "ok" else DASH])
-    lines += _table(["ID", "Brief", "Model", "Precision", "Memory format", "Compile", "Graph", "Fold", "Status",
+    lines += markdown_table(["ID", "Brief", "Model", "Precision", "Memory format", "Compile", "Graph", "Fold", "Status",
                      "Top-1 (%)", "Drift (pts)", "Mean (ms)", "p50 (ms)", "p95 (ms)", "p99 (ms)",
                      "Host p50 (ms)", "p50 CV (%)", "Compile (s)", "Size (MB)", "GPU exclusive"], rows)
     failed = summary[summary["status"] != "ok"]
@@ -419,7 +419,7 @@ def _training_section(training: pd.DataFrame) -> list[str]:
         rows.append([_txt(r["model"]), _txt(r["arch"]), _txt(r["teacher"]),
                      f"{_txt(r['epoch'])}/{_txt(r['epochs'])}", _num(r["train_s"], 1),
                      _num(r["train_img_per_s"], 0), _num(r["top1_pct"]), status])
-    return lines + _table(["Model", "Arch", "Teacher", "Epochs", "Train (s)", "img/s", "Top-1 (%)", "Status"],
+    return lines + markdown_table(["Model", "Arch", "Teacher", "Epochs", "Train (s)", "img/s", "Top-1 (%)", "Status"],
                           rows) + [""]
 
 

@@ -202,3 +202,51 @@ def test_exclusivity_child_plumbing():
     dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], stdout=subprocess.PIPE, text=True)
     assert not exclusivity.wait_ready(dead, timeout_s=30)
     assert exclusivity.stop_load(dead) == 3
+
+
+def test_train_all_reports_every_finished_training(tmp_path):
+    from runner.data import synthetic
+    from variants import load_sweep
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    spec = load_sweep(cfg)
+    seen: list[list[str]] = []
+    order = train_bench.plan(spec, [spec.model("tiny_kd")], [0])
+    rows = train_bench.train_all(spec, order, synthetic(), torch.device("cpu"),
+                                 on_row=lambda rows: seen.append([r["model"] for r in rows]))
+    assert seen == [["tiny"], ["tiny", "tiny_kd"]]       # after each training, all rows so far
+    assert [r["model"] for r in rows] == ["tiny", "tiny_kd"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback path")
+def test_train_summary_merges_rounds_and_tabulates(tmp_path, capsys):
+    from runner import train_summary
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML)
+    outs = [tmp_path / "roundA" / "kd.parquet", tmp_path / "roundB" / "twice.parquet"]
+    assert train_bench.main(["--config", str(cfg), "--models", "tiny_kd", "--data", "synthetic", "--seeds", "0,1",
+                             "--teacher-seed", "0", "--device", "cpu", "--out", str(outs[0])]) == 0
+    assert train_bench.main(["--config", str(cfg), "--models", "tiny", "--data", "synthetic", "--seeds", "0,0",
+                             "--device", "cpu", "--out", str(outs[1])]) == 0
+    capsys.readouterr()
+    merged, md = tmp_path / "training.parquet", tmp_path / "tables.md"
+    assert train_summary.main([*map(str, outs), "--merged-out", str(merged), "--markdown-out", str(md)]) == 0
+    text = capsys.readouterr().out
+    df = pd.read_parquet(merged)
+    assert len(df) == 5 and set(df["round"]) == {"roundA", "roundB"} and set(df["job"]) == {"kd", "twice"}
+    s = train_summary.summarize(df)
+    assert list(zip(s["job"], s["model"], s["seeds"])) == [("kd", "tiny", "0"), ("kd", "tiny_kd", "0,1"),
+                                                           ("twice", "tiny", "0,0")]
+    twice = s[s["job"] == "twice"].iloc[0]
+    assert twice["same_seed_repeats"] == 1 and twice["top1_spread"] == 0.0   # CPU: the same seed, the same result
+    kd = s[s["model"] == "tiny_kd"].iloc[0]
+    vals = df.loc[df["model"] == "tiny_kd", "top1_pct"]
+    assert kd["top1_mean"] == pytest.approx(vals.mean()) and kd["teacher"] == "tiny"
+    assert "tiny (teacher)" in text and "tiny_kd <- tiny" in text and md.read_text() == text
+    assert text.count("\n") == 2 + 3                                          # header, rule, three rows
+
+
+def test_train_summary_without_inputs_fails_cleanly(tmp_path, capsys):
+    from runner import train_summary
+    assert train_summary.main([str(tmp_path / "missing.parquet")]) == 2
+    assert "missing.parquet" in capsys.readouterr().err
