@@ -4,7 +4,9 @@
     (inside a sweep, `runner/sweep.py` calls `train()` in a Ray task pinned to one GPU)
 
 Recipe: SGD with Nesterov momentum, a one-cycle (linear up, linear down) LR per step, label smoothing,
-weight decay on weights only (not on BN / biases), bf16 autocast and channels_last on the GPU.
+weight decay on weights only (not on BN / biases), bf16 autocast and channels_last on the GPU; flip,
+pad-crop and optional cutout on the GPU (runner/data.py); `deterministic` fixes cuDNN's algorithms, so
+a seed gives the same weights in every run (measured on an H200: reports/h200-training/).
 Distillation (the brief's I4): loss = alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE,
 the teacher's logits computed on the same augmented batch in inference mode.
 """
