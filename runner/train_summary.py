@@ -20,10 +20,18 @@ from runner.report import markdown_table
 from runner.results import write_atomic
 
 
+# The train_bench columns the summary reads; a file without them is not a train_bench output.
+NEEDED = ("model", "teacher", "requested", "seed", "epochs", "batch_size", "train_s", "train_img_per_s",
+          "steady_img_per_s", "top1_pct", "gpu_name")
+
+
 def collect(paths: list[str | Path]) -> pd.DataFrame:
     frames = []
     for p in map(Path, paths):
         df = pd.read_parquet(p)
+        missing = [c for c in NEEDED if c not in df.columns]
+        if missing:
+            raise ValueError(f"{p}: not a train_bench output (no column {', '.join(missing)})")
         frames.append(df.assign(round=p.parent.name, job=p.stem))
     if not frames:
         raise ValueError("no train_bench Parquet files given")

@@ -246,7 +246,12 @@ def test_train_summary_merges_rounds_and_tabulates(tmp_path, capsys):
     assert text.count("\n") == 2 + 3                                          # header, rule, three rows
 
 
-def test_train_summary_without_inputs_fails_cleanly(tmp_path, capsys):
+def test_train_summary_bad_inputs_fail_cleanly(tmp_path, capsys):
     from runner import train_summary
     assert train_summary.main([str(tmp_path / "missing.parquet")]) == 2
     assert "missing.parquet" in capsys.readouterr().err
+    other = tmp_path / "results.parquet"
+    pd.DataFrame({"variant_id": ["x"], "p50_ms": [1.0]}).to_parquet(other)
+    assert train_summary.main([str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "results.parquet: not a train_bench output" in err and "model" in err

@@ -7,8 +7,11 @@
 # Everything lands in $OUT/ROUND.tgz (one train_bench Parquet per job, the logs, the GPUs), also when the
 # time budget (BUDGET_S, default 555 s: a device call lasts at most 600 s) stops the jobs still running.
 set -u
-ROUND=$1
+ROUND=${1:?usage: two_gpus.sh ROUND  (with ROUND.gpu0 and ROUND.gpu1 next to this script)}
 HERE=$(dirname "$0")
+for f in "$HERE/$ROUND.gpu0" "$HERE/$ROUND.gpu1"; do
+  [ -f "$f" ] || { echo "no job list $f" >&2; exit 2; }
+done
 OUT=${OUT:-/tmp/out}
 DATA=${DATA:-/tmp/cifar}
 BUDGET_S=${BUDGET_S:-555}
