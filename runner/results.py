@@ -85,6 +85,11 @@ def write_atomic(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
+def write_frame(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = None) -> Path:
+    """A DataFrame to Parquet, atomically (see write_atomic); `schema` fixes the column types."""
+    return write_atomic(pa.Table.from_pandas(df, schema=schema, preserve_index=False), path)
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
     """A JSON report (the check scripts' output), written atomically like the Parquet files."""
     import json
@@ -113,11 +118,9 @@ def merge(run_dir: str | Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     out = {}
     results = read_folder(run_dir / "results", RESULT_SCHEMA)
-    out["results"] = write_atomic(pa.Table.from_pandas(results, schema=RESULT_SCHEMA, preserve_index=False),
-                                  run_dir / "results.parquet")
+    out["results"] = write_frame(results, run_dir / "results.parquet", RESULT_SCHEMA)
     training = read_folder(run_dir / "training", TRAINING_SCHEMA)
-    out["training"] = write_atomic(pa.Table.from_pandas(training, schema=TRAINING_SCHEMA, preserve_index=False),
-                                   run_dir / "training.parquet")
+    out["training"] = write_frame(training, run_dir / "training.parquet", TRAINING_SCHEMA)
     csv = run_dir / "final_table.csv"
     summarize(results).to_csv(csv, index=False, float_format="%.4f")
     out["csv"] = csv

@@ -21,15 +21,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import pandas as pd
-import pyarrow as pa
 import torch
 
 from runner import env
 from runner.data import DataError, load
-from runner.results import write_atomic
+from runner.results import write_frame
 from runner.train import train
 from variants import SpecError, TrainSpec, load_sweep
 
@@ -52,27 +51,34 @@ def select_models(spec, names: str | None) -> list[TrainSpec]:
     return [m for m in spec.models if m.key in want]
 
 
-def plan(spec, requested: list[TrainSpec], seeds: list[int],
-         teacher_seed: int | None = None) -> list[tuple[TrainSpec, bool]]:
-    """(spec with seed, requested?) in training order: every teacher before its students.
+class Step(NamedTuple):
+    """One training of the plan: the spec (seed set), whether the user asked for it, its teacher's seed."""
+    spec: TrainSpec
+    requested: bool
+    teacher_seed: int | None = None
+
+
+def plan(spec, requested: list[TrainSpec], seeds: list[int], teacher_seed: int | None = None) -> list[Step]:
+    """The trainings in order: every teacher before its students.
 
     A teacher is trained once per student seed, or once in all with `teacher_seed` (then every student
     seed learns from the same teacher, and the students' seed-to-seed spread is the students' own).
     """
-    order: list[tuple[TrainSpec, bool]] = []
+    order: list[Step] = []
     req_keys = {m.key for m in requested}
     done: set[tuple[str, int]] = set()
     for seed in seeds:
         for m in requested:
-            chain = [(spec.model(m.teacher), seed if teacher_seed is None else teacher_seed)] if m.teacher else []
-            chain.append((m, seed))
-            for t, t_seed in chain:
+            t_seed = (seed if teacher_seed is None else teacher_seed) if m.teacher else None
+            chain = [(spec.model(m.teacher), t_seed, None)] if m.teacher else []
+            chain.append((m, seed, t_seed))
+            for t, seed_t, its_teacher_seed in chain:
                 # A model requested with several equal seeds (--seeds 0,0) is trained each time: that is
                 # how run-to-run reproducibility is measured. A teacher is trained once per seed it needs.
-                if (t.key, t_seed) in done and (t.key not in req_keys or t is not m):
+                if (t.key, seed_t) in done and (t.key not in req_keys or t is not m):
                     continue
-                done.add((t.key, t_seed))
-                order.append((dataclasses.replace(t, seed=t_seed), t.key in req_keys))
+                done.add((t.key, seed_t))
+                order.append(Step(dataclasses.replace(t, seed=seed_t), t.key in req_keys, its_teacher_seed))
     return order
 
 
@@ -96,18 +102,17 @@ def steady_throughput(log: list[dict]) -> float:
     return float(pd.Series(rates).median())
 
 
-def train_all(spec, order: list[tuple[TrainSpec, bool]], data, device: torch.device,
-              teacher_seed: int | None = None, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+def train_all(spec, order: list[Step], data, device: torch.device,
+              on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Train in plan order; keep only the checkpoints a later student needs (teachers), keyed by (key, seed).
     `on_row(rows so far)` is called after every training, so a run cut short keeps what finished."""
-    teachers = {m.teacher for m, _ in order if m.teacher}
+    teachers = {step.spec.teacher for step in order if step.spec.teacher}
     ckpts: dict[tuple[str, int], dict] = {}
     rows = []
-    for m, requested in order:
-        t_seed = m.seed if teacher_seed is None else teacher_seed
+    for m, requested, t_seed in order:
         teacher_ckpt = ckpts[(m.teacher, t_seed)] if m.teacher else None
         row, ckpt = run_one(m, data, device, teacher_ckpt, requested)
-        row["teacher_seed"] = t_seed if m.teacher else None
+        row["teacher_seed"] = t_seed
         row["teacher_top1_pct"] = teacher_ckpt["top1_pct"] if teacher_ckpt else None
         if m.key in teachers:
             ckpts[(m.key, m.seed)] = ckpt
@@ -190,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         df = pd.DataFrame(rows).assign(
             config=spec.source_file, device=info["device"], gpu_name=info["gpu_name"], gpu_uuid=info["gpu_uuid"],
             torch_version=vers["torch_version"], git_commit=vers["git_commit"], hostname=vers["hostname"])
-        write_atomic(pa.Table.from_pandas(df, preserve_index=False), out)
+        write_frame(df, out)
         return df
 
-    df = save(train_all(spec, order, data, device, args.teacher_seed, on_row=save))
+    df = save(train_all(spec, order, data, device, on_row=save))
     print()
     print_table(df)
     print_summary(seed_summary(df))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from runner.report import markdown_table
-from runner.results import write_atomic
+from runner.results import write_frame
 
 
 # The train_bench columns the summary reads; a file without them is not a train_bench output.
@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(summarize(df))
     print(text, end="")
     if args.merged_out:
-        import pyarrow as pa
-        write_atomic(pa.Table.from_pandas(df, preserve_index=False), args.merged_out)
+        write_frame(df, args.merged_out)
     if args.markdown_out:
         Path(args.markdown_out).write_text(text)
     return 0

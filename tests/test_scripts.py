@@ -126,7 +126,7 @@ def test_train_bench_plan_teacher_seed_and_repeated_seeds(tmp_path):
     kd = [spec.model("tiny_kd")]
 
     def keys(order):
-        return [(m.key, m.seed, requested) for m, requested in order]
+        return [(m.key, m.seed, requested) for m, requested, _ in order]
     # default: one teacher per student seed
     assert keys(train_bench.plan(spec, kd, [0, 1])) == [
         ("tiny", 0, False), ("tiny_kd", 0, True), ("tiny", 1, False), ("tiny_kd", 1, True)]
