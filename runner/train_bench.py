@@ -66,19 +66,20 @@ def plan(spec, requested: list[TrainSpec], seeds: list[int], teacher_seed: int |
     """
     order: list[Step] = []
     req_keys = {m.key for m in requested}
-    done: set[tuple[str, int]] = set()
+    trained: set[tuple[str, int]] = set()       # (key, seed) trained so far, in any pass
     for seed in seeds:
+        this_pass: set[tuple[str, int]] = set()  # one pass per entry of `seeds`: --seeds 0,0 trains twice
         for m in requested:
             t_seed = (seed if teacher_seed is None else teacher_seed) if m.teacher else None
-            chain = [(spec.model(m.teacher), t_seed, None)] if m.teacher else []
-            chain.append((m, seed, t_seed))
-            for t, seed_t, its_teacher_seed in chain:
-                # A model requested with several equal seeds (--seeds 0,0) is trained each time: that is
-                # how run-to-run reproducibility is measured. A teacher is trained once per seed it needs.
-                if (t.key, seed_t) in done and (t.key not in req_keys or t is not m):
-                    continue
-                done.add((t.key, seed_t))
-                order.append(Step(dataclasses.replace(t, seed=seed_t), t.key in req_keys, its_teacher_seed))
+            if m.teacher and (m.teacher, t_seed) not in trained:
+                teacher = spec.model(m.teacher)
+                order.append(Step(dataclasses.replace(teacher, seed=t_seed), m.teacher in req_keys and t_seed == seed))
+                trained.add((m.teacher, t_seed))
+                this_pass.add((m.teacher, t_seed))
+            if (m.key, seed) not in this_pass:    # a requested teacher already trained for its student
+                order.append(Step(dataclasses.replace(m, seed=seed), True, t_seed))
+                trained.add((m.key, seed))
+                this_pass.add((m.key, seed))
     return order
 
 

@@ -138,6 +138,11 @@ def test_train_bench_plan_teacher_seed_and_repeated_seeds(tmp_path):
     both = [spec.model("tiny"), spec.model("tiny_kd")]
     assert keys(train_bench.plan(spec, both, [0, 0])) == [
         ("tiny", 0, True), ("tiny_kd", 0, True), ("tiny", 0, True), ("tiny_kd", 0, True)]
+    # a student listed before its (requested) teacher: the teacher is trained once per seed, not twice
+    assert keys(train_bench.plan(spec, both[::-1], [0])) == [("tiny", 0, True), ("tiny_kd", 0, True)]
+    # a requested teacher trained at --teacher-seed for a student is not one of the requested seeds' runs
+    assert keys(train_bench.plan(spec, both, [0], teacher_seed=7)) == [
+        ("tiny", 0, True), ("tiny", 7, False), ("tiny_kd", 0, True)]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback path")
