@@ -392,3 +392,10 @@ def test_capped_shortens_never_lengthens():
     assert (short.bench.warmup, short.bench.iters) == (200, 500)
     assert spec.capped(max_epochs=1000) == spec  # a cap above every value changes nothing
     assert short.models[0].spec_hash != spec.models[0].spec_hash  # a shortened run never resumes a full one
+
+
+@pytest.mark.parametrize("kw, flag", [({"max_epochs": 0}, "--max-epochs 0"), ({"bench_iters": -5}, "--bench-iters -5")])
+def test_caps_must_be_positive(kw, flag):
+    with pytest.raises(SpecError) as e:
+        load_sweep(DEFAULT).capped(**kw)
+    assert flag in str(e.value) and "positive" in str(e.value)

@@ -161,6 +161,9 @@ class SweepSpec:
     def capped(self, *, max_epochs: int | None = None, bench_iters: int | None = None) -> "SweepSpec":
         """A shortened copy: every model's epochs and the bench's warm-up / timed iterations capped
         (never raised). Model spec hashes change with it, so a capped run never reuses a full run's rows."""
+        for flag, cap in (("--max-epochs", max_epochs), ("--bench-iters", bench_iters)):
+            if cap is not None and cap < 1:
+                raise SpecError(f"{flag} {cap}: expected a positive integer")
         spec = self
         if max_epochs:
             spec = dataclasses.replace(spec, models=tuple(
