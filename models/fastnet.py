@@ -146,13 +146,8 @@ def init_whitening(model: nn.Module, train_images_uint8, *, eps: float = 5e-4,
 
     conv: nn.Conv2d = model.stem[0]
     x = train_images_uint8[:max_images]
-    x = torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
-    x = normalizer(x.device)(x).to(torch.float64)
-    k = conv.kernel_size[0]
-    # (N, 3*k*k, L) -> (N*L, 3*k*k); unfold orders each patch (channel, row, col), like a conv weight.
-    patches = F.unfold(x, k).transpose(1, 2).reshape(-1, 3 * k * k)
-    mean = patches.mean(0)
-    cov = torch.cov(patches.T)
+    x = torch.from_numpy(np.array(x)) if not isinstance(x, torch.Tensor) else x
+    mean, cov = _patch_moments(normalizer(x.device)(x), conv.kernel_size[0], conv.padding[0])
     eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
     half = conv.out_channels // 2
     vals, vecs = eigvals.flip(0)[:half], eigvecs.flip(1)[:, :half]
@@ -162,3 +157,15 @@ def init_whitening(model: nn.Module, train_images_uint8, *, eps: float = 5e-4,
     conv.weight.copy_(weight.to(conv.weight))
     conv.bias.copy_(bias.to(conv.bias))
     conv.weight.requires_grad_(False)
+
+
+def _patch_moments(x: torch.Tensor, k: int, padding: int, chunk: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance (float64) of all k x k patches the stem sees, accumulated a chunk of images at
+    a time: 5000 images hold ~5M patches, too many to hold in float64 at once."""
+    total, outer, n = 0.0, 0.0, 0
+    for i in range(0, len(x), chunk):
+        # (B, 3*k*k, L) -> (B*L, 3*k*k); unfold orders each patch (channel, row, col), like a conv weight.
+        p = F.unfold(x[i:i + chunk].double(), k, padding=padding).transpose(1, 2).reshape(-1, x.shape[1] * k * k)
+        total, outer, n = total + p.sum(0), outer + p.T @ p, n + len(p)
+    mean = total / n
+    return mean, (outer - n * torch.outer(mean, mean)) / (n - 1)
