@@ -7,6 +7,14 @@ A sweep file declares the models to train (architecture + recipe), one or more g
 brief's ids (B1, B2, O1, ...). Expansion is deterministic: the same YAML always gives the same ids.
 Every mapping is checked against its allowed keys; a wrong key fails with the file, the key path and the
 keys that are allowed, before anything runs.
+
+A model's `arch_args` are bound to its builder's signature (and the model built on the meta device) at
+load; `arch_grid` turns one model entry into a family, one model per combination of its lists:
+
+    fast: {arch: fastnet_cifar, arch_args: {act: gelu},
+           arch_grid: {widths: [[64, 128, 256], [64, 256, 256]], convs_per_block: [[1, 1, 1], [2, 2, 2]]}}
+
+gives fast-w64.128.256-cpb1.1.1, ... (see `_token`); `fast` then stands for all four in grid / exclude.
 """
 from __future__ import annotations
 
