@@ -66,7 +66,8 @@ def plot_pareto(df: pd.DataFrame, acc_col: str, lat_col: str, *, label_col: str 
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_xlabel(f"{lat_col} ({lat_unit}, log scale)")
+    # The column's own unit suffix would contradict lat_unit once scaled: lat_p95_ms -> "lat_p95 (us, ...)".
+    ax.set_xlabel(f"{lat_col.removesuffix('_ms').removesuffix('_us')} ({lat_unit}, log scale)")
     ax.set_ylabel(acc_col)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

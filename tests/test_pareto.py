@@ -62,7 +62,7 @@ def test_plot_draws_points_front_labels_and_bars(tmp_path):
               ("mid", 88.0, 0.05), ("nan", math.nan, 0.04)])
     fig = plot_pareto(df, "acc", "lat", label_col="name", lat_scale=1000, lat_unit="us", acc_bars=(85.0, 90.0))
     ax = fig.axes[0]
-    assert ax.get_xscale() == "log"
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "lat (us, log scale)"
     labels = sorted(t.get_text() for t in ax.texts)
     assert labels == ["85%", "90%", "fast_bad", "mid", "slow_good"]  # front points only, and the bars
     hlines = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
