@@ -44,3 +44,13 @@ def get_model(name: str, *, num_classes: int = 10, **kwargs) -> nn.Module:
             f"unknown model {name!r}; available: {', '.join(list_models())}"
         ) from None
     return builder(num_classes=num_classes, **kwargs)
+
+
+def get_builder(name: str) -> Builder:
+    """The registered builder itself, e.g. to bind YAML `arch_args` to its signature before training."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}; available: {', '.join(list_models())}"
+        ) from None

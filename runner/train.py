@@ -18,10 +18,12 @@ import json
 import time
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from models import get_model
+from models.fastnet import has_whitening_stem, init_whitening
 from runner.data import Cifar, DeviceBatches
 from runner.evaluate import accuracy
 from variants import TrainSpec
@@ -128,6 +130,8 @@ def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: 
     channels_last = recipe.channels_last and on_gpu
 
     model = build_model(spec.arch, dict(spec.arch_args)).to(device)
+    if has_whitening_stem(model):  # a whitening stem is set from the training patches, then frozen
+        init_whitening(model, torch.from_numpy(np.array(data.train_x[:5000])).to(device))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     teacher = model_from_checkpoint(teacher_ckpt, device) if teacher_ckpt is not None else None

@@ -7,13 +7,23 @@ A sweep file declares the models to train (architecture + recipe), one or more g
 brief's ids (B1, B2, O1, ...). Expansion is deterministic: the same YAML always gives the same ids.
 Every mapping is checked against its allowed keys; a wrong key fails with the file, the key path and the
 keys that are allowed, before anything runs.
+
+A model's `arch_args` are bound to its builder's signature (and the model built on the meta device) at
+load; `arch_grid` turns one model entry into a family, one model per combination of its lists:
+
+    fast: {arch: fastnet_cifar, arch_args: {act: gelu},
+           arch_grid: {widths: [[64, 128, 256], [64, 256, 256]], convs_per_block: [[1, 1, 1], [2, 2, 2]]}}
+
+gives fast-w64.128.256-cpb1.1.1, ... (see `_token`); `fast` then stands for all four in grid / exclude.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,7 +247,7 @@ class _Checker:
 
 
 _TOP_KEYS = {"sweep", "seed", "data", "bench", "models", "grid", "exclude", "named"}
-_MODEL_KEYS = {"arch", "arch_args", "recipe", "teacher"}
+_MODEL_KEYS = {"arch", "arch_args", "arch_grid", "recipe", "teacher"}
 _GRID_KEYS = {"models", *AXES}
 _NAMED_KEYS = {"model", "label", *AXES}
 
@@ -265,6 +275,7 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
 
     archs = list_models()
     models: dict[str, TrainSpec] = {}
+    families: dict[str, list[str]] = {}   # a model key with arch_grid -> the keys it expands to
     for key, m in c.free_mapping(raw["models"], "models").items():
         where = f"models.{key}"
         m = c.mapping(m, where, _MODEL_KEYS, required={"arch"})
@@ -277,9 +288,14 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
             problem = recipe_range_error(fname, getattr(recipe, fname))
             if problem:
                 raise c.fail(f"{where}.recipe.{fname}", problem)
-        arch_args = c.free_mapping(m.get("arch_args"), f"{where}.arch_args")
-        models[key] = TrainSpec(key=key, arch=m["arch"], arch_args=tuple(sorted(arch_args.items())),
-                                recipe=recipe, teacher=m.get("teacher"), seed=seed)
+        members = _arch_members(c, where, key, m)
+        if "arch_grid" in m:
+            families[key] = list(members)
+        for member, arch_args in members.items():
+            if member in models:
+                raise c.fail(where, f"model key {member!r} is declared twice (check arch_grid keys)")
+            models[member] = TrainSpec(key=member, arch=m["arch"], arch_args=tuple(sorted(arch_args.items())),
+                                       recipe=recipe, teacher=m.get("teacher"), seed=seed)
     if not models:
         raise c.fail("models", "declare at least one model")
     for key, m in models.items():
@@ -298,7 +314,16 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
 
     grids = raw.get("grid") or []
     grids = grids if isinstance(grids, list) else [grids]
+    def model_keys(value: Any, where: str) -> list[str]:
+        """Model keys of a grid / exclude block; a family's key stands for all its members."""
+        keys = value if isinstance(value, list) else [value]
+        for k in keys:
+            c.choice(k, where, (*models, *families))
+        return [member for k in keys for member in families.get(k, [k])]
+
     excludes = [c.mapping(e, f"exclude[{i}]", _GRID_KEYS) for i, e in enumerate(raw.get("exclude") or [])]
+    excludes = [{**e, "models": model_keys(e["models"], f"exclude[{i}].models")} if "models" in e else e
+                for i, e in enumerate(excludes)]
     for i, e in enumerate(excludes):
         for axis in AXES:
             if axis in e:
@@ -308,10 +333,7 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
     for gi, block in enumerate(grids):
         where = f"grid[{gi}]"
         block = c.mapping(block, where, _GRID_KEYS)
-        keys = block.get("models", list(models))
-        keys = keys if isinstance(keys, list) else [keys]
-        for k in keys:
-            c.choice(k, f"{where}.models", tuple(models))
+        keys = model_keys(block.get("models", list(models)), f"{where}.models")
         for combo in itertools.product(keys, *(axis_values(block, where, a) for a in AXES)):
             v = Variant(combo[0], **dict(zip(AXES, combo[1:])))
             if not any(_matches(v, e) for e in excludes):
@@ -348,3 +370,95 @@ def _matches(v: Variant, rule: dict) -> bool:
         if have not in [_norm(w) for w in want]:
             return False
     return True
+
+
+# ---- architecture arguments and families (arch_args / arch_grid) -------------------------------------
+
+def _arch_members(c: _Checker, where: str, key: str, m: dict) -> dict[str, dict[str, Any]]:
+    """{model key: builder arguments} of one `models.<key>` entry: itself, or one member per combination
+    of its `arch_grid` (on top of its `arch_args`). Every argument set is bound to the builder's signature
+    and the model built on the meta device here, so a wrong argument fails at load, not in a training task."""
+    base = {k: _frozen(c, v, f"{where}.arch_args.{k}") for k, v in c.free_mapping(m.get("arch_args"),
+                                                                                   f"{where}.arch_args").items()}
+    grid = c.free_mapping(m.get("arch_grid"), f"{where}.arch_grid")
+    for name, values in grid.items():
+        if name in base:
+            raise c.fail(f"{where}.arch_grid.{name}", "also set in arch_args; set it in one place")
+        if not isinstance(values, list) or not values:
+            raise c.fail(f"{where}.arch_grid.{name}", f"expected a non-empty list of values, got {values!r}")
+    _check_arg_names(c, where, m["arch"], [*base, *grid], grid)
+    if not grid:
+        _check_build(c, f"{where}.arch_args", m["arch"], base)
+        return {key: base}
+    members: dict[str, dict[str, Any]] = {}
+    names = list(grid)  # YAML order: the order of the tokens in the member keys
+    for combo in itertools.product(*(grid[n] for n in names)):
+        combo = {n: _frozen(c, v, f"{where}.arch_grid.{n}") for n, v in zip(names, combo)}
+        member = "-".join([key, *(_token(n, v) for n, v in combo.items())])
+        if member in members:
+            raise c.fail(f"{where}.arch_grid", f"two combinations give the same model key {member!r}")
+        _check_build(c, f"{where}.arch_grid ({member})", m["arch"], {**base, **combo})
+        members[member] = {**base, **combo}
+    return members
+
+
+def _check_arg_names(c: _Checker, where: str, arch: str, names: list[str], grid: dict) -> None:
+    from models.registry import get_builder
+
+    sig = inspect.signature(get_builder(arch))
+    params = sig.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for name in names:
+        path = f"{where}.{'arch_grid' if name in grid else 'arch_args'}.{name}"
+        if name == "num_classes":
+            raise c.fail(path, "set by the runner (10 classes), not an architecture argument")
+        if name not in params and not takes_any:
+            allowed = ", ".join(n for n, p in params.items() if n != "num_classes"
+                                and p.kind is not inspect.Parameter.VAR_KEYWORD)
+            raise c.fail(path, f"unknown argument of {arch}; allowed: {allowed or '(none)'}")
+    try:  # torchvision's get_model_builder does the same: the call must fit the signature
+        sig.bind(num_classes=10, **{n: None for n in names})
+    except TypeError as e:
+        raise c.fail(f"{where}.arch_args", f"does not fit {arch}{sig}: {e}") from None
+
+
+def _check_build(c: _Checker, where: str, arch: str, args: dict[str, Any]) -> None:
+    """Build on the meta device (no memory, no init cost): the builder's own checks run at load."""
+    if not args:
+        return  # the builder's defaults: nothing user-given to check (and existing sweeps load as before)
+    import torch
+
+    from models.registry import get_builder
+
+    try:
+        with torch.device("meta"):
+            get_builder(arch)(num_classes=10, **args)
+    except (TypeError, ValueError) as e:
+        raise c.fail(where, f"{arch} rejects these arguments: {e}") from None
+
+
+def _frozen(c: _Checker, value: Any, where: str) -> Any:
+    """YAML lists become tuples, so that TrainSpec stays hashable and frozen."""
+    if isinstance(value, list):
+        return tuple(_frozen(c, v, where) for v in value)
+    if isinstance(value, dict):
+        raise c.fail(where, "expected a value or a list, got a mapping")
+    return value
+
+
+def _token(name: str, value: Any) -> str:
+    """One part of a family member's key: a string value as itself (`gelu`), anything else after the
+    initials of the argument's name (widths (64, 128) -> `w64.128`, convs_per_block -> `cpb1.1.1`).
+    Only letters, digits, '.' and '_' (the '-' separates the tokens), so the key is a safe file name."""
+    text = value if isinstance(value, str) else "".join(w[:1] for w in name.split("_")) + _fmt(value)
+    return re.sub(r"[^A-Za-z0-9._]", "_", text)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ".".join(_fmt(v) for v in value)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
