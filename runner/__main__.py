@@ -37,15 +37,18 @@ def _data(spec, args):
 
 
 def cmd_sweep(args) -> int:
+    from runner import guard
     from runner.sweep import run_sweep
 
     spec = _load(args)
+    guard.probe_address(args.address)  # a cluster that is not there fails here, in seconds
+    run_dir = guard.run_folder(args.out, spec.name)
     note = _shortened_note(spec, args)
     data = _data(spec, args)
     print(f"sweep '{spec.name}': {len(spec.models)} model(s) to train, {len(spec.variants)} variant(s) to measure")
     print(f"data: {data.source}")
-    run_dir = Path(args.out) / spec.name
-    report = run_sweep(spec, data, run_dir, address=args.address, shortened_note=note)
+    with guard.sweep_lock(run_dir):  # one sweep per run folder; Ctrl-C / SIGTERM shut down cleanly
+        report = run_sweep(spec, data, run_dir, address=args.address, shortened_note=note)
     print(f"\nreport:   {report}\nresults:  {run_dir / 'results.parquet'}\ntraining: {run_dir / 'training.parquet'}"
           f"\ntable:    {run_dir / 'final_table.csv'}")
     return 0
@@ -77,9 +80,18 @@ def cmd_report(args) -> int:
         print(f"error: {run_dir} holds no results/ folder or results.parquet (is it a sweep folder?)",
               file=sys.stderr)
         return 2
+    skipped: list[Path] = []
     if (run_dir / "results").is_dir():
-        merge(run_dir)
-    print(build_report(run_dir))
+        merge(run_dir, skipped)  # a damaged part file is left out and named, the rest is merged
+    try:
+        report = build_report(run_dir)
+    except (OSError, ValueError) as e:  # a damaged merged file or sweep.json (ArrowInvalid is a ValueError)
+        print(f"error: cannot build the report from {run_dir}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    if skipped:
+        print(f"note: built without {len(skipped)} damaged file(s): {', '.join(map(str, skipped))}",
+              file=sys.stderr)
     return 0
 
 
@@ -138,11 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_train)
 
     args = p.parse_args(argv)
+    from runner import guard
     try:
-        return args.fn(args)
+        with guard.handle_signals():  # Ctrl-C / SIGTERM: clean shutdown, exit 130 / 143
+            return args.fn(args)
     except SpecError as e:
         print(f"error in sweep file: {e}", file=sys.stderr)
         return 2
+    except guard.GuardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        code = guard.interrupted_exit_code()
+        print(f"interrupted (exit {code}); a sweep keeps what landed: re-run the same command to resume",
+              file=sys.stderr)
+        return code
     except Exception as e:
         from runner.data import DataError
         from runner.sweep import WorkerStartError

@@ -14,8 +14,12 @@ zero-copy), so workers on other nodes need no data of their own.
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
+import shutil
 import tarfile
+import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,8 +124,11 @@ def _load_folder(path: Path) -> Cifar:
         tree = _unpack(path)
     cached = cache_dir() / f"decoded-{_tree_key(tree)}.npz"
     if cached.exists():
-        z = np.load(cached)
-        return Cifar(z["train_x"], z["train_y"], z["test_x"], z["test_y"], str(z["source"]))
+        try:
+            with np.load(cached) as z:
+                return Cifar(z["train_x"], z["train_y"], z["test_x"], z["test_y"], str(z["source"]))
+        except Exception:  # a damaged cache file is only a cache: decode again and replace it
+            pass
     parts = {}
     for split in ("train", "test"):
         split_dir = tree / split
@@ -145,26 +152,54 @@ def _is_jpeg(tree: Path) -> bool:
 
 
 def _tree_key(tree: Path) -> str:
-    """Identify a tree by its file names and sizes, so an edited copy is decoded again."""
+    """Identify a tree by its path and its image files' names and *bytes*: a file edited in place, even
+    to the same size, gives another key and the tree is decoded again (hashing ~100 MB of CIFAR JPEGs
+    takes about a second, decoding them far longer)."""
     h = hashlib.sha256(str(tree.resolve()).encode())
     for p in sorted(tree.rglob("*")):
-        if p.suffix.lower() in IMAGE_EXTS:
-            h.update(f"{p.relative_to(tree)}:{p.stat().st_size}".encode())
+        if p.suffix.lower() in IMAGE_EXTS and p.is_file():
+            h.update(f"{p.relative_to(tree)}:{p.stat().st_size}:".encode())
+            h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 
+def _file_hash(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
 def _unpack(path: Path) -> Path:
-    key = hashlib.sha256(f"{path.resolve()}:{(path / 'train.tar.xz').stat().st_size}".encode()).hexdigest()[:12]
-    dest = cache_dir() / f"unpacked-{key}"
-    if not (dest / ".complete").exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        for split in ("train", "test"):
-            archive = path / f"{split}.tar.xz"
-            if not archive.exists():
-                raise DataError(f"{archive} is missing next to {path / 'train.tar.xz'}")
-            with tarfile.open(archive) as t:
-                t.extractall(dest, filter="data")
-        (dest / ".complete").touch()
+    """Unpack train.tar.xz + test.tar.xz into the cache, keyed on the archives' bytes (a replaced archive
+    is unpacked again). Unpacked into a temporary folder and renamed when complete, so a truncated
+    archive or a kill half-way never leaves a half tree that a later run would take as whole."""
+    archives = [path / f"{split}.tar.xz" for split in ("train", "test")]
+    for archive in archives:
+        if not archive.exists():
+            raise DataError(f"{archive} is missing next to {archives[0]}")
+    h = hashlib.sha256()
+    for archive in archives:
+        _file_hash(h, archive)
+    dest = cache_dir() / f"unpacked-{h.hexdigest()[:16]}"
+    if not dest.is_dir():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        try:
+            for archive in archives:
+                try:
+                    with tarfile.open(archive) as t:
+                        t.extractall(tmp, filter="data")
+                except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, OSError) as e:
+                    raise DataError(f"{archive} cannot be unpacked ({type(e).__name__}: {e}); it looks "
+                                    f"truncated or damaged: copy it again") from None
+            (tmp / ".complete").touch()  # older caches marked a finished unpack so; kept for tools
+            try:
+                os.rename(tmp, dest)
+            except OSError:  # another process finished the same archives first: use its copy
+                if not dest.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     # The archives may hold train/ directly or one folder level above it.
     if not (dest / "train").is_dir():
         inner = [d for d in dest.iterdir() if (d / "train").is_dir()]
@@ -187,8 +222,12 @@ def _decode_split(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         for p in sorted(d.iterdir()):
             if p.suffix.lower() not in IMAGE_EXTS:
                 continue
-            with Image.open(p) as im:
-                a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            try:
+                with Image.open(p) as im:
+                    a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            except Exception as e:  # not an image, truncated, a decompression bomb: name the file
+                raise DataError(f"{p} is not a readable image ({type(e).__name__}: {e}); "
+                                f"remove or replace it") from None
             if a.shape != (32, 32, 3):
                 raise DataError(f"{p} is {a.shape[1]}x{a.shape[0]}; CIFAR-10 images are 32x32")
             images.append(a)

@@ -14,6 +14,7 @@ Column names carry their units (`lat_p95_ms`, `compile_s`, `size_mb`). A failure
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -105,21 +106,49 @@ def write_rows(rows: Iterable[dict[str, Any]], path: str | Path, schema: pa.Sche
     return write_atomic(to_table(rows, schema), path)
 
 
-def read_folder(folder: str | Path, schema: pa.Schema) -> pd.DataFrame:
-    """All part files of one folder as one frame (empty frame with the schema's columns when none)."""
-    parts = sorted(Path(folder).glob("*.parquet"))
-    if not parts:
+def read_folder(folder: str | Path, schema: pa.Schema, skipped: list[Path] | None = None) -> pd.DataFrame:
+    """All part files of one folder as one frame (empty frame with the schema's columns when none).
+
+    A part that does not read (truncated, not Parquet, another table) is left out and named on stderr,
+    and appended to `skipped`: one damaged file must not hide every other result. The sweep then
+    re-runs that variant, as its row is missing."""
+    tables = []
+    for p in sorted(Path(folder).glob("*.parquet")):
+        problem = _part_problem(p, schema)
+        if problem is None:
+            try:
+                tables.append(pq.read_table(p, schema=schema))
+                continue
+            except (pa.ArrowException, OSError, ValueError) as e:
+                problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        print(f"warning: skipped {p}: it does not read as a part file of this folder ({problem})",
+              file=sys.stderr)
+        if skipped is not None:
+            skipped.append(p)
+    if not tables:
         return schema.empty_table().to_pandas()
-    return pa.concat_tables([pq.read_table(p, schema=schema) for p in parts]).to_pandas()
+    return pa.concat_tables(tables).to_pandas()
 
 
-def merge(run_dir: str | Path) -> dict[str, Path]:
-    """Merge the part files of a sweep folder into results.parquet / training.parquet / final_table.csv."""
+def _part_problem(path: Path, schema: pa.Schema) -> str | None:
+    """Why `path` is not one of this folder's part files, or None. Its identifying columns (the schema's
+    first two, e.g. sweep + variant_id) must be there: a foreign Parquet would read as all-null rows."""
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError, ValueError) as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    missing = [n for n in schema.names[:2] if n not in names]
+    return f"no column {', '.join(missing)}" if missing else None
+
+
+def merge(run_dir: str | Path, skipped: list[Path] | None = None) -> dict[str, Path]:
+    """Merge the part files of a sweep folder into results.parquet / training.parquet / final_table.csv.
+    Part files that do not read are left out and appended to `skipped` (see read_folder)."""
     run_dir = Path(run_dir)
     out = {}
-    results = read_folder(run_dir / "results", RESULT_SCHEMA)
+    results = read_folder(run_dir / "results", RESULT_SCHEMA, skipped)
     out["results"] = write_frame(results, run_dir / "results.parquet", RESULT_SCHEMA)
-    training = read_folder(run_dir / "training", TRAINING_SCHEMA)
+    training = read_folder(run_dir / "training", TRAINING_SCHEMA, skipped)
     out["training"] = write_frame(training, run_dir / "training.parquet", TRAINING_SCHEMA)
     csv = run_dir / "final_table.csv"
     summarize(results).to_csv(csv, index=False, float_format="%.4f")

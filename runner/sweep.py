@@ -24,7 +24,7 @@ from typing import Any, Callable
 import ray
 import torch
 
-from runner import env, results
+from runner import env, guard, results
 from runner.data import Cifar, DeviceBatches
 from runner.results import RESULT_SCHEMA, SAMPLES_SCHEMA, TRAINING_SCHEMA
 from variants import BenchSpec, SweepSpec, TrainSpec, Variant
@@ -167,7 +167,8 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
         runtime_env = {"working_dir": str(PROJECT_ROOT), "env_vars": {"RUNNER_GIT_COMMIT": env_vars["RUNNER_GIT_COMMIT"]},
                        "excludes": [".git", ".devkit", ".data", ".venv", "runs", "reports", "*.pt"]}
     ctx = ray.init(address=address, runtime_env=runtime_env, include_dashboard=True,
-                   log_to_driver=True, logging_level="WARNING")
+                   log_to_driver=True, logging_level="WARNING", **guard.local_ray_args(address))
+    guard.reclaim_signals()  # ray.init replaced our SIGTERM handler with its own sys.exit(15)
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -204,6 +205,7 @@ def _probe_workers(timeout_s: float = 180.0) -> None:
 
 def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | None = None,
               shortened_note: str = "", log: Callable[[str], None] = print) -> Path:
+    guard.check_paths(spec, run_dir)  # every file named after a model / variant stays inside run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "resolved_config.json").write_text(json.dumps(spec.to_dict(), indent=2, default=str))
     done = _finished_rows(run_dir)
@@ -240,12 +242,18 @@ def _finished_rows(run_dir: Path) -> dict[str, str]:
     return dict(zip(df["variant_id"], df["spec_hash"]))
 
 
-def _load_checkpoint(run_dir: Path, spec: TrainSpec, data: Cifar) -> dict | None:
+def _load_checkpoint(run_dir: Path, spec: TrainSpec, data: Cifar, log: Callable[[str], None] = print) -> dict | None:
     """A checkpoint of an earlier run of this sweep, if it was trained from the same spec on the same data."""
     path = run_dir / "checkpoints" / f"{spec.key}.pt"
     if not path.exists():
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # a damaged checkpoint (truncated, garbage, not ours) is retrained, not a crash of the resume
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict):
+            raise TypeError(f"holds a {type(ckpt).__name__}, not a checkpoint dict")
+    except Exception as e:
+        log(f"checkpoint {path} does not load ({guard.task_error_cause(e)}); retraining {spec.key}")
+        return None
     same_data = ckpt.get("data_source") == data.subset(spec.recipe.train_subset, spec.recipe.test_subset).source
     return ckpt if ckpt.get("spec_hash") == spec.spec_hash and same_data else None
 
@@ -271,7 +279,7 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
     waiting: dict[ray.ObjectRef, tuple[str, Any]] = {}
     # Teachers first (a student's task takes its teacher's checkpoint ref), whatever order the YAML uses.
     for m in sorted((spec.model(k) for k in needed), key=lambda m: m.teacher is not None):
-        cached = _load_checkpoint(run_dir, m, data)
+        cached = _load_checkpoint(run_dir, m, data, log)
         if cached is not None:
             log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")
             ckpt_refs[m.key] = ray.put(cached)
@@ -302,7 +310,7 @@ def _land_training(ref, m: TrainSpec, run_dir: Path, sweep: str, progress: Progr
     try:
         ckpt = ray.get(ref)
     except Exception as e:
-        msg = _short(e)
+        msg = guard.task_error_text(e)  # first line: the exception inside the task, not Ray's wrapper
         results.write_rows([{"sweep": sweep, "model": m.key, "arch": m.arch, "teacher": m.teacher,
                              "status": "error", "error": msg, "spec_hash": m.spec_hash, "finished_at": _now()}],
                            run_dir / "training" / f"{m.key}.parquet", TRAINING_SCHEMA)
@@ -328,7 +336,7 @@ def _land_bench(ref, v: Variant, m: TrainSpec, run_dir: Path, sweep: str, hashes
         cause = f"training of model '{v.model}' failed: " if upstream else ""
         rows, raw = [{"sweep": sweep, "variant_id": v.variant_id, "brief_id": v.brief_id, "label": v.label,
                       "model": v.model, "arch": m.arch, **v.axes(), "status": "error",
-                      "error": cause + _short(e), "repeat": 0, "spec_hash": hashes[v.variant_id],
+                      "error": cause + guard.task_error_text(e), "repeat": 0, "spec_hash": hashes[v.variant_id],
                       "finished_at": _now()}], []
     results.write_rows(rows, run_dir / "results" / f"{v.variant_id}.parquet", RESULT_SCHEMA)
     if raw:

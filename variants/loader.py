@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from variants import checks
+
 PRECISIONS = ("fp32", "fp16", "bf16", "amp_fp16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -197,7 +199,7 @@ class _Checker:
         self.path = path
 
     def fail(self, where: str, msg: str) -> SpecError:
-        return SpecError(f"{self.path}: {where}: {msg}")
+        return SpecError(f"{self.path}: {where or 'top level'}: {msg}")
 
     def mapping(self, value: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
         if value is None:
@@ -256,20 +258,16 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
     """Load, validate and expand a sweep file. `overrides` patches recipe fields of every model
     (e.g. {"epochs": 2} for a shortened run) and is recorded in the resolved config."""
     path = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such sweep file (the shipped ones are in variants/)") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    raw = checks.read_yaml(path, SpecError)  # a missing, binary or directory path: one line, no traceback
     c = _Checker(path)
     raw = c.mapping(raw, "", _TOP_KEYS, required={"models"})
-    name = str(raw.get("sweep", Path(path).stem))
-    seed = raw.get("seed", 0)
-    if not isinstance(seed, int):
-        raise c.fail("seed", f"expected an integer, got {seed!r}")
+    # The sweep name becomes runs/<name>/: a plain name, never a path (checks.plain_name says why).
+    name = checks.plain_name(c.fail, raw.get("sweep", Path(path).stem), "sweep")
+    seed = checks.seed(c.fail, raw.get("seed", 0))
     data = c.dataclass(DataSpec, raw.get("data"), "data")
+    checks.data(c.fail, data)
     bench = c.dataclass(BenchSpec, raw.get("bench"), "bench")
+    checks.bench(c.fail, bench)
 
     from models import list_models  # imported here so `variants` stays importable without torch
 
@@ -278,9 +276,10 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
     families: dict[str, list[str]] = {}   # a model key with arch_grid -> the keys it expands to
     for key, m in c.free_mapping(raw["models"], "models").items():
         where = f"models.{key}"
+        checks.plain_name(c.fail, key, where)  # a model key names its checkpoint and training files
         m = c.mapping(m, where, _MODEL_KEYS, required={"arch"})
         c.choice(m["arch"], f"{where}.arch", tuple(archs))
-        recipe_raw = dict(m.get("recipe") or {})
+        recipe_raw = dict(checks.mapping_or_none(c.fail, m.get("recipe"), f"{where}.recipe"))
         recipe_raw.update(overrides or {})
         recipe = c.dataclass(Recipe, recipe_raw, f"{where}.recipe")
         c.choice(recipe.amp, f"{where}.recipe.amp", ("bf16", "fp16", "none"))
@@ -288,6 +287,7 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
             problem = recipe_range_error(fname, getattr(recipe, fname))
             if problem:
                 raise c.fail(f"{where}.recipe.{fname}", problem)
+        checks.recipe(c.fail, recipe, f"{where}.recipe")
         members = _arch_members(c, where, key, m)
         if "arch_grid" in m:
             families[key] = list(members)
@@ -321,7 +321,8 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
             c.choice(k, where, (*models, *families))
         return [member for k in keys for member in families.get(k, [k])]
 
-    excludes = [c.mapping(e, f"exclude[{i}]", _GRID_KEYS) for i, e in enumerate(raw.get("exclude") or [])]
+    excludes = [c.mapping(e, f"exclude[{i}]", _GRID_KEYS)
+                for i, e in enumerate(checks.list_or_none(c.fail, raw.get("exclude"), "exclude"))]
     excludes = [{**e, "models": model_keys(e["models"], f"exclude[{i}].models")} if "models" in e else e
                 for i, e in enumerate(excludes)]
     for i, e in enumerate(excludes):
@@ -351,6 +352,7 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
 
     if not variants:
         raise c.fail("grid", "expands to no variant (check grid and exclude)")
+    checks.variant_ids(c.fail, list(variants))  # each becomes results/<id>.parquet
     ordered = sorted(variants.values(), key=lambda v: (list(models).index(v.model), v.variant_id))
     return SweepSpec(name=name, source_file=path, seed=seed, data=data, bench=bench,
                      models=tuple(models.values()), variants=tuple(ordered))
@@ -398,6 +400,7 @@ def _arch_members(c: _Checker, where: str, key: str, m: dict) -> dict[str, dict[
         if member in members:
             raise c.fail(f"{where}.arch_grid", f"two combinations give the same model key {member!r}")
         _check_build(c, f"{where}.arch_grid ({member})", m["arch"], {**base, **combo})
+        checks.plain_name(c.fail, member, f"{where}.arch_grid ({member})")  # it names files too
         members[member] = {**base, **combo}
     return members
 

@@ -1,0 +1,150 @@
+"""Meaning checks of a sweep file, called by variants/loader.py while it loads.
+
+The loader checks keys and types; this module checks what the values *mean*: a name that becomes a file
+or folder is a plain name (it can never climb out of the run folder or make a sub-folder the merge does
+not read), bench values are in range and fit the int32 / int64 columns they land in, a recipe can make at
+least one training step. Every failure is the loader's SpecError with the file and the key path.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+# A name that becomes a path: starts with a letter or digit, then letters, digits, '.', '_', '-'.
+# No '/', '\\', no leading '.', no '..' anywhere, so `run_dir / name` is always a direct child.
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_NAME = 100          # a variant id adds ~40 characters and '.parquet' / temp-file affixes to a model key
+INT32_MAX = 2**31 - 1   # warmup / iters / repeat are int32 columns in RESULT_SCHEMA
+INT64_MAX = 2**63 - 1   # seed is an int64 column
+
+Fail = Callable[[str, str], Exception]   # _Checker.fail(where, msg)
+
+# (low, high, low inclusive?) of each bench field; high is always inclusive.
+BENCH_RANGES: dict[str, tuple[float, float, bool]] = {
+    "warmup": (0, INT32_MAX, True),
+    "iters": (1, INT32_MAX, True),
+    "repeats": (1, 1000, True),
+    "eval_batch_size": (1, INT32_MAX, True),
+    "cv_flag_pct": (0, float("inf"), False),
+}
+
+
+def name_problem(value: Any) -> str | None:
+    """Why `value` cannot be used as a file or folder name, or None when it is a plain name."""
+    if not isinstance(value, str):
+        return f"expected a plain name (a string), got {value!r} ({type(value).__name__})"
+    if not PLAIN_NAME.match(value) or ".." in value:
+        return (f"{value!r} is not a plain name: use letters, digits, '.', '_' and '-', starting with a "
+                f"letter or digit, without '..' (it becomes a file or folder name)")
+    if len(value) > MAX_NAME:
+        return f"{value[:20]!r}... is {len(value)} characters long; at most {MAX_NAME}"
+    return None
+
+
+def plain_name(fail: Fail, value: Any, where: str) -> str:
+    problem = name_problem(value)
+    if problem:
+        raise fail(where, problem)
+    return value
+
+
+def read_yaml(path: str, error: type[Exception]) -> Any:
+    """The parsed file, or `error` with one line saying why it cannot be read (never a traceback)."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise error(f"{path}: is a directory, not a sweep file (the shipped ones are in variants/)")
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such sweep file (the shipped ones are in variants/)") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file (binary content); a sweep file is YAML") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (PyYAML silently keeps the last,
+    so a second `resnet18:` would replace the first model without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def seed(fail: Fail, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fail("seed", f"expected an integer, got {value!r}")
+    if not 0 <= value <= INT64_MAX:
+        raise fail("seed", f"{value} is out of range; expected 0 .. 2**63-1")
+    return value
+
+
+def bench(fail: Fail, spec: Any) -> None:
+    """Each bench field in range: a value that passes here cannot fail later as an error row."""
+    for name, (lo, hi, lo_in) in BENCH_RANGES.items():
+        v = getattr(spec, name)
+        ok = (v >= lo if lo_in else v > lo) and v <= hi  # NaN fails both comparisons
+        if not ok:
+            left = "[" if lo_in else "("
+            raise fail(f"bench.{name}", f"{v!r} is out of range; expected a value in {left}{lo:g}, {hi:g}]")
+
+
+def data(fail: Fail, spec: Any) -> None:
+    if not spec.source.strip():
+        raise fail("data.source", "is empty; expected cifar10, synthetic or a path")
+    if spec.root is not None and not isinstance(spec.root, str):
+        raise fail("data.root", f"expected a path (a string), got {spec.root!r}")
+
+
+def recipe(fail: Fail, spec: Any, where: str) -> None:
+    """Values that each pass their own range but cannot train together."""
+    if spec.train_subset and spec.batch_size > spec.train_subset:
+        raise fail(f"{where}.batch_size", f"{spec.batch_size} is larger than train_subset "
+                   f"({spec.train_subset}): an epoch would have no full batch, so nothing would train")
+
+
+def mapping_or_none(fail: Fail, value: Any, where: str) -> dict:
+    """A section that must be a mapping (a recipe, arch_args) when present."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise fail(where, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def list_or_none(fail: Fail, value: Any, where: str) -> list:
+    """A section that must be a list (exclude) when present."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise fail(where, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def variant_ids(fail: Fail, ids: list[str]) -> None:
+    """Every variant id is a plain name, and no two differ only by case (one file on macOS / Windows)."""
+    folded: dict[str, str] = {}
+    for vid in ids:
+        plain_name(fail, vid, f"variant {vid!r}")
+        other = folded.setdefault(vid.lower(), vid)
+        if other != vid:
+            raise fail("models", f"variant ids {other!r} and {vid!r} differ only by case; they would share "
+                       f"one result file on a case-insensitive file system")
