@@ -48,7 +48,7 @@ def cmd_sweep(args) -> int:
     print(f"sweep '{spec.name}': {len(spec.models)} model(s) to train, {len(spec.variants)} variant(s) to measure")
     print(f"data: {data.source}")
     with guard.sweep_lock(run_dir):  # one sweep per run folder; Ctrl-C / SIGTERM shut down cleanly
-        report = run_sweep(spec, data, run_dir, address=args.address, shortened_note=note)
+        report = run_sweep(spec, data, run_dir, address=args.address, shortened_note=note, fresh=args.fresh)
     print(f"\nreport:   {report}\nresults:  {run_dir / 'results.parquet'}\ntraining: {run_dir / 'training.parquet'}"
           f"\ntable:    {run_dir / 'final_table.csv'}")
     return 0
@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", default="runs", help="parent folder of runs/<sweep>/")
     s.add_argument("--max-epochs", type=int, help="cap every model's epochs (the report marks the run shortened)")
     s.add_argument("--bench-iters", type=int, help="cap warm-up and timed iterations (marks the run shortened)")
+    s.add_argument("--fresh", action="store_true",
+                   help="measure everything again; earlier rows and checkpoints move to runs/<sweep>/previous/")
     s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("list", help="print the variants a config expands to")

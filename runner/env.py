@@ -88,3 +88,80 @@ def nvml_state(gpu_uuid: str | None) -> dict[str, Any]:
 
 def _str(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def code_digest() -> str:
+    """sha256 (12 hex) of the project's Python sources: what a resumed row must have been measured by.
+
+    Unlike the git commit it needs no .git (the checkout may travel without it, or over a stale one)
+    and it changes with every uncommitted edit that could change a number.
+    """
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for pkg in ("runner", "models", "variants"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+class GpuMonitor:
+    """NVML sampled *during* a timing (every `period_s`, in a thread), not only before and after it.
+
+        with GpuMonitor(gpu_uuid) as gpu:
+            ... time ...
+        row.update(gpu.summary())
+
+    Records the SM clock range, the peak temperature and every other compute process seen while timing.
+    Without NVML (no GPU, nvidia-ml-py missing) the summary says so in `nvml_note` and the rest is None.
+    """
+
+    def __init__(self, gpu_uuid: str | None, period_s: float = 0.25):
+        self.uuid, self.period = gpu_uuid, period_s
+        self.samples: list[dict[str, Any]] = []
+        self.note: str | None = None
+        self._stop = None
+        self._thread = None
+
+    def __enter__(self) -> "GpuMonitor":
+        import threading
+
+        first = nvml_state(self.uuid)
+        if not self.uuid:
+            self.note = "no GPU: NVML not read"
+            return self
+        if first["sm_clock_mhz"] is None:
+            self.note = first["gpu_other_pids"] or "NVML unavailable (install nvidia-ml-py)"
+            return self
+        self.samples.append(first)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.samples.append(nvml_state(self.uuid))
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.samples.append(nvml_state(self.uuid))
+
+    def summary(self) -> dict[str, Any]:
+        s = [x for x in self.samples if x["sm_clock_mhz"] is not None]
+        if not s:
+            return {"nvml_note": self.note, "gpu_exclusive": None, "nvml_samples": 0}
+        others = sorted({p for x in s for p in (x["gpu_other_pids"] or "").split(",") if p.strip().isdigit()})
+        exclusive = [x["gpu_exclusive"] for x in s]
+        return {"nvml_note": self.note, "nvml_samples": len(s),
+                "gpu_exclusive": None if None in exclusive else all(exclusive),
+                "gpu_other_pids": ",".join(others) or s[0]["gpu_other_pids"],
+                "sm_clock_mhz_before": s[0]["sm_clock_mhz"], "sm_clock_mhz_after": s[-1]["sm_clock_mhz"],
+                "sm_clock_mhz_min": min(x["sm_clock_mhz"] for x in s),
+                "sm_clock_mhz_max": max(x["sm_clock_mhz"] for x in s),
+                "temp_c_before": s[0]["temp_c"], "temp_c_after": s[-1]["temp_c"],
+                "temp_c_max": max(x["temp_c"] for x in s), "driver_version": s[0]["driver_version"]}

@@ -66,6 +66,21 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     return folded, before - after
 
 
+@torch.inference_mode()
+def fold_error(model: nn.Module, x: torch.Tensor) -> float:
+    """BN folding checked on a real batch: max |folded - unfolded logits| / max |unfolded logit|, in fp32.
+
+    Folding is exact algebra, so in fp32 the error is rounding (~1e-6); anything near 1e-3 means a BN
+    was folded into the wrong layer (a pool or activation in between) and the variant must not count.
+    """
+    ref_model = copy.deepcopy(model).float().eval()
+    folded, _ = fold_batchnorm(ref_model)
+    ref = ref_model(x.float()).float()
+    got = folded(x.float()).float()
+    scale = float(ref.abs().max())
+    return float((got - ref).abs().max()) / (scale if scale > 0 else 1.0)
+
+
 def state_size_mb(model: nn.Module) -> tuple[float, int]:
     """Bytes of parameters + buffers as stored (i.e. in the variant's precision), in MB (10^6), and #params."""
     tensors = list(model.parameters()) + list(model.buffers())
@@ -81,6 +96,7 @@ class Prepared:
     input_dtype: torch.dtype
     size_mb: float
     params: int
+    folded_layers: int = 0
     notes: list[str] = field(default_factory=list)
 
     def cast_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,6 +161,7 @@ def prepare(model: nn.Module, variant: Variant, device: torch.device) -> Prepare
         raise Unsupported(f"unknown precision {variant.precision!r}")
     weight_dtype, autocast_dtype = PRECISION_DTYPES[variant.precision]
     notes: list[str] = []
+    n = 0
     m = copy.deepcopy(model).eval().to(device)
     if variant.bn_fold:
         m, n = fold_batchnorm(m)
@@ -168,4 +185,4 @@ def prepare(model: nn.Module, variant: Variant, device: torch.device) -> Prepare
         forward = torch.compile(forward, mode=None if variant.compile == "default" else variant.compile,
                                 dynamic=False)
     input_dtype = weight_dtype
-    return Prepared(variant, device, forward, input_dtype, size_mb, params, notes)
+    return Prepared(variant, device, forward, input_dtype, size_mb, params, n, notes)

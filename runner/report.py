@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from runner import agreement, report_latency, report_trust
 from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, summarize
 
 BRIEF_ROWS = [  # the brief's table, in its order, with its own wording of each row
@@ -236,9 +237,11 @@ def _compare(r: pd.Series, parent: pd.Series, axis: str, v: list[float], pv: lis
 # ---------------------------------------------------------------- the chosen model
 
 def choose(summary: pd.DataFrame, bar_pct: float) -> dict[str, Any]:
-    """The ok variant with top-1 >= bar_pct and the lowest (median) p95, with what it beat."""
+    """The ok variant with top-1 >= bar_pct that a caller waits least for: the lowest host-clock p95
+    (CUDA-event p95 where no host time exists), with what it beat."""
     ok = summary[(summary["status"] == "ok")].dropna(subset=["lat_p95_ms"])
-    passing = ok[ok["top1_pct"] >= bar_pct].sort_values("lat_p95_ms", kind="stable")
+    ok = ok.assign(_rank=ok.apply(agreement.rank_latency, axis=1)) if not ok.empty else ok.assign(_rank=[])
+    passing = ok[ok["top1_pct"] >= bar_pct].sort_values("_rank", kind="stable")
     out: dict[str, Any] = {"chosen": None, "runner_up": None, "faster_under_bar": None, "most_accurate": None}
     if not ok.dropna(subset=["top1_pct"]).empty:
         out["most_accurate"] = ok.sort_values("top1_pct", ascending=False, kind="stable").iloc[0]
@@ -247,9 +250,9 @@ def choose(summary: pd.DataFrame, bar_pct: float) -> dict[str, Any]:
     chosen = passing.iloc[0]
     out["chosen"] = chosen
     out["runner_up"] = passing.iloc[1] if len(passing) > 1 else None
-    under = ok[(ok["top1_pct"] < bar_pct) & (ok["lat_p95_ms"] < chosen["lat_p95_ms"])]
+    under = ok[(ok["top1_pct"] < bar_pct) & (ok["_rank"] < chosen["_rank"])]
     if not under.empty:
-        out["faster_under_bar"] = under.sort_values("lat_p95_ms", kind="stable").iloc[0]
+        out["faster_under_bar"] = under.sort_values("_rank", kind="stable").iloc[0]
     return out
 
 
@@ -273,9 +276,11 @@ def _chosen_section(summary: pd.DataFrame, decisions: pd.DataFrame, bar: float) 
             lines.append("No variant finished with an accuracy.")
         return lines + [""]
     lines += [f"**{_name(c)}**: {_num(c['top1_pct'])}% top-1 (bar {bar:.1f}%), latency mean "
-              f"{_num(c['lat_mean_ms'], 3)} / p50 {_num(c['lat_p50_ms'], 3)} / p95 {_num(c['lat_p95_ms'], 3)} ms "
+              f"{_num(c['lat_mean_ms'], 3)} / p50 {_num(c['lat_p50_ms'], 3)} / p95 {_num(c['lat_p95_ms'], 3)} ms, "
+              f"host-clock p95 {_num(c.get('host_p95_ms'), 3)} ms "
               f"(medians over {_txt(c['repeats'])} repeats), {_num(c['size_mb'])} MB.", ""]
-    why = [f"It has the lowest p95 latency among the ok variants at or above {bar:.1f}% top-1."]
+    why = [f"It has the lowest host-clock p95 (what a caller waits, launch to result) among the ok variants "
+           f"at or above {bar:.1f}% top-1."]
     r = pick["runner_up"]
     if r is not None:
         why.append(f"Runner-up: {_name(r)} with p95 {_num(r['lat_p95_ms'], 3)} ms "
@@ -287,8 +292,8 @@ def _chosen_section(summary: pd.DataFrame, decisions: pd.DataFrame, bar: float) 
     d = decisions[decisions["variant_id"] == c["variant_id"]]
     if not d.empty:
         why.append(f"Against its parent it was judged: {d.iloc[0]['decision']}.")
-    if _is_true(c.get("unstable")):
-        why.append("Caution: its repeats disagree (flagged unstable).")
+    if c.get("flags"):
+        why.append(f"Caution, flagged: {c['flags']}.")
     if not _missing(c.get("gpu_exclusive")) and not bool(c["gpu_exclusive"]):
         why.append("Caution: its GPU was not exclusive during the benchmark.")
     return lines + [" ".join(why), ""]
@@ -342,30 +347,31 @@ def _brief_section(summary: pd.DataFrame) -> list[str]:
     for bid, text in BRIEF_ROWS:
         hits = summary[summary["brief_id"] == bid]
         if hits.empty:
-            rows.append([bid, text, "not in this sweep", DASH, DASH, DASH])
+            rows.append([bid, text, "not in this sweep", DASH, DASH, DASH, DASH])
         for _, r in hits.iterrows():
             variant = f"{_txt(r.get('label'))} (`{r['variant_id']}`)"
             if r["status"] != "ok":
-                rows.append([bid, variant, f"{r['status']}: {_first_line(r.get('error'), 80)}", DASH, DASH, DASH])
+                rows.append([bid, variant, f"{r['status']}: {_first_line(r.get('error'), 80)}", DASH, DASH, DASH,
+                             DASH])
             else:
                 rows.append([bid, variant, _num(r["top1_pct"]), _num(r["lat_mean_ms"], 3),
-                             _num(r["lat_p95_ms"], 3), _num(r["size_mb"])])
+                             _num(r["lat_p95_ms"], 3), _num(r["size_mb"]), r.get("flags") or DASH])
     head = ["## The brief's table", "",
             "Latencies are medians over repeats of each repeat's mean and p95 (batch 1).", ""]
-    return head + markdown_table(["ID", "Variant", "Acc. (%)", "Mean lat. (ms)", "p95 lat. (ms)", "Size (MB)"],
+    return head + markdown_table(["ID", "Variant", "Acc. (%)", "Mean lat. (ms)", "p95 lat. (ms)", "Size (MB)", "Flags"],
                          rows) + [""]
 
 
-def _decision_section(decisions: pd.DataFrame) -> list[str]:
+def _decision_section(decisions: pd.DataFrame, paired: bool = False) -> list[str]:
     lines = ["## Decisions (keep / drop)", "",
              "Each variant is compared with its parent: the same model and settings with the last-applied "
              "optimisation undone (optimisations stack in the order precision, memory format, compile, CUDA "
              "graph, BN folding; fp32 / contiguous / no compile / no graph / no folding are the bases). "
-             "The gain is the parent's median p50 latency minus the variant's (medians over repeats); the "
-             "noise is the larger of the two max-min ranges of p50 over repeats. A variant is kept when its "
-             f"gain exceeds the noise and it loses at most {MAX_ACC_DROP_PTS} points of top-1 accuracy; "
-             "it is \"slower\" when it loses more than the noise, otherwise it is dropped for no measurable "
-             "gain (or for accuracy).", ""]
+             + report_trust.decision_note(paired), ""]
+    if not paired:
+        lines[-2] += (f" A variant is kept when its gain exceeds the noise and it loses at most {MAX_ACC_DROP_PTS} "
+                      "points of top-1 accuracy; it is \"slower\" when it loses more than the noise, otherwise "
+                      "it is dropped for no measurable gain (or for accuracy).")
     if decisions.empty:
         return lines + ["No variant finished, so nothing to decide.", ""]
     rows = []
@@ -393,10 +399,10 @@ def _all_section(summary: pd.DataFrame) -> list[str]:
                      r["status"], _num(r["top1_pct"]), _num(r["top1_drift_pts"]), _num(r["lat_mean_ms"], 3),
                      _num(r["lat_p50_ms"], 3), _num(r["lat_p95_ms"], 3), _num(r["lat_p99_ms"], 3),
                      _num(r["host_p50_ms"], 3), cv, _num(r["compile_s"], 1), _num(r["size_mb"]),
-                     _flag(r["gpu_exclusive"]) if r["status"] == "ok" else DASH])
+                     _flag(r["gpu_exclusive"]) if r["status"] == "ok" else DASH, r.get("flags") or DASH])
     lines += markdown_table(["ID", "Brief", "Model", "Precision", "Memory format", "Compile", "Graph", "Fold", "Status",
                      "Top-1 (%)", "Drift (pts)", "Mean (ms)", "p50 (ms)", "p95 (ms)", "p99 (ms)",
-                     "Host p50 (ms)", "p50 CV (%)", "Compile (s)", "Size (MB)", "GPU exclusive"], rows)
+                     "Host p50 (ms)", "p50 CV (%)", "Compile (s)", "Size (MB)", "GPU exclusive", "Flags"], rows)
     failed = summary[summary["status"] != "ok"]
     if not failed.empty:
         lines += ["", "Errors and skipped variants:", ""]
@@ -536,7 +542,14 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     results = _read_parquet(run_dir / "results.parquet", RESULT_SCHEMA.names)
     training = _read_parquet(run_dir / "training.parquet", TRAINING_SCHEMA.names)
     summary = _summary(results)
-    decisions = decide(results)
+    pair_rows = report_trust.read(run_dir, "pairs")
+    paired = not pair_rows.empty
+    decisions = report_trust.paired_decisions(summary, pair_rows) if paired else decide(results)
+    agree = agreement.agreement(summary, report_trust.read(run_dir, "rechecks"))
+    bad = report_trust.disagreeing(agree)
+    if not summary.empty:
+        summary["flags"] = summary.apply(lambda r: agreement.flags(r, bad), axis=1)
+    on_gpu = bool((results["device"] == "cuda").any()) if "device" in results else False
     bar = float(sweep.get("accuracy_bar_pct", 85.0))
     name = sweep.get("name") or next(iter(_distinct(results["sweep"])), None) or run_dir.name
 
@@ -547,9 +560,13 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
                   ""]
     lines += _brief_section(summary)
     lines += _chosen_section(summary, decisions, bar)
+    lines += report_trust.recheck_section(agree, on_gpu)
+    lines += report_latency.pareto_section(summary, out_dir, on_gpu)
     lines += _tried_section(decisions)
-    lines += _decision_section(decisions)
+    lines += _decision_section(decisions, paired)
     lines += _all_section(summary)
+    lines += report_latency.breakdown_section(summary)
+    lines += report_trust.checks_section(summary)
     lines += _training_section(training)
     lines += _plots(summary, choose(summary, bar)["chosen"], bar, out_dir)
     lines += _env_section(results, summary)

@@ -43,7 +43,39 @@ RESULT_SCHEMA = pa.schema(
        ("driver_version", pa.string()), ("torch_version", pa.string()), ("cuda_version", pa.string()),
        ("cudnn_version", pa.string()), ("ray_version", pa.string()), ("hostname", pa.string()),
        ("git_commit", pa.string()), ("data_source", pa.string()), ("seed", pa.int64()),
-       ("spec_hash", pa.string()), ("config_json", pa.string()), ("finished_at", pa.string())]
+       ("spec_hash", pa.string()), ("config_json", pa.string()), ("finished_at", pa.string()),
+       # where and by what code (resume compares the digest), and NVML sampled during the timing
+       ("code_digest", pa.string()), ("ray_node_id", pa.string()), ("pid", pa.int64()), ("nvml_note", pa.string()),
+       ("nvml_samples", pa.int32()), ("sm_clock_mhz_min", pa.float64()), ("sm_clock_mhz_max", pa.float64()),
+       ("temp_c_max", pa.float64()),
+       # numerical checks (runner/tasks.py): a row over a bound is an error row
+       ("folded_layers", pa.int32()), ("fold_max_rel_err", pa.float64()), ("path_max_rel_err", pa.float64()),
+       ("b1_agree_pct", pa.float64()), ("eval_error", pa.string()),
+       # why it is slow (runner/breakdown.py)
+       ("kernels_per_forward", pa.float64()), ("kernel_us_per_forward", pa.float64()),
+       ("wall_us_per_forward", pa.float64()), ("gap_us_per_forward", pa.float64()),
+       ("floor_p50_us", pa.float64()), ("floor_p95_us", pa.float64()), ("breakdown_note", pa.string())]
+)
+
+# One row per (parent, child) pair timed interleaved in one task (runner/pairs.py); p50s as JSON lists.
+PAIR_SCHEMA = pa.schema(
+    [("variant_id", pa.string()), ("parent_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
+     ("rounds", pa.int32()), ("iters_per_round", pa.int32()), ("parent_p50s_ms", pa.string()),
+     ("child_p50s_ms", pa.string()), ("device", pa.string()), ("gpu_name", pa.string()),
+     ("gpu_uuid", pa.string()), ("ray_node_id", pa.string()), ("pid", pa.int64()), ("code_digest", pa.string()),
+     ("torch_version", pa.string()), ("cuda_version", pa.string()), ("cudnn_version", pa.string()),
+     ("ray_version", pa.string()), ("hostname", pa.string()), ("git_commit", pa.string()),
+     ("finished_at", pa.string())]
+)
+
+# One row per variant re-timed at the end of a sweep, alone (runner/agreement.py compares).
+RECHECK_SCHEMA = pa.schema(
+    [("variant_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
+     ("recheck_p50_ms", pa.float64()), ("recheck_p95_ms", pa.float64()), ("recheck_host_p50_ms", pa.float64()),
+     ("device", pa.string()), ("gpu_name", pa.string()), ("gpu_uuid", pa.string()), ("ray_node_id", pa.string()),
+     ("pid", pa.int64()), ("code_digest", pa.string()), ("torch_version", pa.string()), ("cuda_version", pa.string()),
+     ("cudnn_version", pa.string()), ("ray_version", pa.string()), ("hostname", pa.string()),
+     ("git_commit", pa.string()), ("finished_at", pa.string())]
 )
 
 TRAINING_SCHEMA = pa.schema(
@@ -53,7 +85,8 @@ TRAINING_SCHEMA = pa.schema(
      ("epoch_s", pa.float64()), ("train_s", pa.float64()), ("train_img_per_s", pa.float64()),
      ("seed", pa.int64()), ("device", pa.string()), ("gpu_name", pa.string()), ("gpu_uuid", pa.string()),
      ("torch_version", pa.string()), ("git_commit", pa.string()), ("data_source", pa.string()),
-     ("spec_hash", pa.string()), ("recipe_json", pa.string()), ("finished_at", pa.string())]
+     ("spec_hash", pa.string()), ("recipe_json", pa.string()), ("finished_at", pa.string()),
+     ("ray_node_id", pa.string()), ("pid", pa.int64())]
 )
 
 SAMPLES_SCHEMA = pa.schema([("variant_id", pa.string()), ("repeat", pa.int32()), ("iter", pa.int32()),
@@ -150,6 +183,9 @@ def merge(run_dir: str | Path, skipped: list[Path] | None = None) -> dict[str, P
     out["results"] = write_frame(results, run_dir / "results.parquet", RESULT_SCHEMA)
     training = read_folder(run_dir / "training", TRAINING_SCHEMA, skipped)
     out["training"] = write_frame(training, run_dir / "training.parquet", TRAINING_SCHEMA)
+    for name, schema in (("pairs", PAIR_SCHEMA), ("rechecks", RECHECK_SCHEMA)):
+        if (run_dir / name).is_dir():
+            out[name] = write_frame(read_folder(run_dir / name, schema, skipped), run_dir / f"{name}.parquet", schema)
     csv = run_dir / "final_table.csv"
     summarize(results).to_csv(csv, index=False, float_format="%.4f")
     out["csv"] = csv
@@ -173,6 +209,14 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
            "lat_min_ms": "min", "host_p50_ms": "median", "host_p95_ms": "median", "lat_cv_pct": "first",
            "unstable": "first", "compile_s": "first", "size_mb": "first", "params": "first",
            "gpu_exclusive": _all_or_none, "gpu_name": "first", "gpu_uuid": "first", "repeat": "count"}
+    # Per-variant facts (same in every repeat row), when the rows have them (older runs do not).
+    for col in ("host_p99_ms", "eval_error", "b1_agree_pct", "fold_max_rel_err", "path_max_rel_err",
+                "folded_layers", "kernels_per_forward", "kernel_us_per_forward", "wall_us_per_forward",
+                "gap_us_per_forward", "floor_p50_us", "floor_p95_us", "code_digest", "git_commit",
+                "ray_node_id", "nvml_note", "device"):
+        if col in results.columns:
+            agg[col] = "first"
+    agg = {k: v for k, v in agg.items() if k in results.columns}
     summary = results.groupby(keys, dropna=False, sort=False).agg(agg).reset_index()
     summary = summary.rename(columns={"repeat": "repeats"})
     summary.loc[summary["status"] != "ok", "repeats"] = 0

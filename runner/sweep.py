@@ -1,22 +1,18 @@
-"""The sweep: plan Ray tasks from a SweepSpec, run them on every GPU at once, write each row as it lands.
+"""The sweep: start or join Ray, decide what is left to do, train, then hand over to the timing phases.
 
-    python -m runner sweep --config variants/default.yaml [--address auto] [--data PATH]
+    python -m runner sweep --config variants/default.yaml [--address auto] [--data PATH] [--fresh]
 
-Plan (a DAG Ray resolves by itself): one train task per model; a distilled model's task takes its
-teacher's checkpoint ObjectRef as an argument, so Ray starts it when the teacher is done; one bench task
-per variant takes its model's checkpoint ref. Every task asks for a whole GPU (num_gpus=1), so a
-benchmark never shares its device with training or with another benchmark. The driver submits everything,
-then collects with `ray.wait` and writes each result to Parquet the moment it lands (nothing finished is
-ever lost); re-running the same command skips what is already done.
+Training is one Ray task per model, a distilled model's task taking its teacher's checkpoint ObjectRef
+(Ray starts it when the teacher is done); every training ends before anything is timed, then
+runner/phases.py runs the benchmarks, the paired keep/drop timings and the re-checks. Every task asks for
+a whole GPU (num_gpus=1). Each result is written to Parquet the moment it lands (nothing finished is ever
+lost); re-running the same command skips rows measured by the same code on the same kind of device.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import re
-import time
-import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -24,135 +20,35 @@ from typing import Any, Callable
 import ray
 import torch
 
-from runner import env, guard, results
-from runner.data import Cifar, DeviceBatches
-from runner.results import RESULT_SCHEMA, SAMPLES_SCHEMA, TRAINING_SCHEMA
+from runner import env, guard, phases, results, tasks
+from runner.data import Cifar
+from runner.results import RESULT_SCHEMA
 from variants import BenchSpec, SweepSpec, TrainSpec, Variant
 from variants.loader import stable_hash
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _task_device() -> torch.device:
-    """The GPU Ray gave this task (CUDA_VISIBLE_DEVICES holds just it), else the CPU."""
-    if ray.get_gpu_ids() and torch.cuda.is_available():
-        torch.cuda.set_device(0)
-        return torch.device("cuda", 0)
-    return torch.device("cpu")
-
-
-def variant_hash(variant: Variant, model: TrainSpec, bench: BenchSpec, data_source: str) -> str:
-    """What must match for a finished row to count as done on a re-run."""
+def variant_hash(variant: Variant, model: TrainSpec, bench: BenchSpec, data_source: str, code: str) -> str:
+    """What must match for a finished row to count as done on a re-run: the variant, its model's spec, the
+    bench settings, the data and the code that measured it (a row from older code is measured again)."""
     return stable_hash({"variant": variant.axes(), "model": model.spec_hash, "bench": dataclasses.asdict(bench),
-                         "data": data_source})
-
-
-# ---- Ray tasks (module-level functions; every input arrives as an argument) ----------------------------
-
-def train_job(spec: TrainSpec, data: Cifar, teacher_ckpt: dict | None, sweep: str) -> dict:
-    from runner.train import train
-
-    device = _task_device()
-    ckpt = train(spec, data, device, teacher_ckpt=teacher_ckpt)
-    ckpt["rows"] = training_rows(spec, ckpt, device, sweep)
-    return ckpt
-
-
-def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str) -> list[dict]:
-    base = {"sweep": sweep, "model": spec.key, "arch": spec.arch, "teacher": spec.teacher, "status": "ok",
-            "epochs": ckpt["epochs"], "seed": spec.seed, "spec_hash": spec.spec_hash,
-            "recipe_json": ckpt["recipe_json"], "data_source": ckpt["data_source"], "finished_at": _now(),
-            **env.device_info(device)}
-    vers = env.versions()
-    base.update(torch_version=vers["torch_version"], git_commit=vers["git_commit"])
-    rows = [{**base, **e} for e in ckpt["log"]]
-    # The last row is the model's summary: fp32 accuracy of the final weights and the whole run's speed.
-    rows.append({**base, "epoch": ckpt["epochs"], "top1_pct": ckpt["top1_pct"], "train_s": ckpt["train_s"],
-                 "train_img_per_s": ckpt["train_img_per_s"]})
-    return rows
-
-
-def bench_job(variant: Variant, model_spec: TrainSpec, ckpt: dict, data: Cifar, bench: BenchSpec,
-               sweep: str, spec_hash: str) -> tuple[list[dict], list[dict]]:
-    """Prepare one variant, measure its accuracy and batch-1 latency; never raises for a variant's fault."""
-    from runner import bench as bench_mod
-    from runner import optimize
-    from runner.evaluate import accuracy
-    from runner.train import model_from_checkpoint
-
-    device = _task_device()
-    base = {"sweep": sweep, "variant_id": variant.variant_id, "brief_id": variant.brief_id,
-            "label": variant.label, "model": variant.model, "arch": model_spec.arch, **variant.axes(),
-            "teacher": model_spec.teacher, "seed": model_spec.seed, "spec_hash": spec_hash,
-            "data_source": ckpt["data_source"], "warmup": bench.warmup, "iters": bench.iters,
-            "config_json": json.dumps({"variant": dataclasses.asdict(variant),
-                                       "model": dataclasses.asdict(model_spec),
-                                       "bench": dataclasses.asdict(bench)}, default=str, sort_keys=True),
-            **env.versions(), **env.device_info(device)}
-    try:
-        optimize.strict_fp32()
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # pick the fastest kernels during warm-up, as in deployment
-        model = model_from_checkpoint(ckpt, device)
-        prepared = optimize.prepare(model, variant, device)
-        fn, x, compile_s = prepared.runner(1)
-        before = env.nvml_state(base["gpu_uuid"])
-        samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
-        after = env.nvml_state(base["gpu_uuid"])
-        # Accuracy through the same prepared model, at a large batch (its own static graph / compile).
-        test = data.subset(0, model_spec.recipe.test_subset)
-        eval_fn, _, _ = prepared.runner(min(bench.eval_batch_size, len(test.test_y)))
-        batches = DeviceBatches(test.test_x, test.test_y, device, min(bench.eval_batch_size, len(test.test_y)),
-                                train=False)
-        top1 = accuracy(eval_fn, batches, prepare_input=prepared.cast_input)
-    except optimize.Unsupported as e:
-        return [{**base, "status": "skipped", "error": str(e), "repeat": 0, "finished_at": _now()}], []
-    except Exception as e:  # a crash, an OOM, an unsupported compile: a row that says so, and the sweep goes on
-        tb = traceback.format_exc(limit=6)
-        return [{**base, "status": "error", "error": f"{type(e).__name__}: {e}\n{tb}"[:4000], "repeat": 0,
-                 "finished_at": _now()}], []
-    base.update(status="ok", error=None, top1_pct=top1, top1_drift_pts=top1 - ckpt["top1_pct"],
-                compile_s=compile_s, size_mb=prepared.size_mb, params=prepared.params,
-                gpu_exclusive=_both(before["gpu_exclusive"], after["gpu_exclusive"]),
-                gpu_other_pids=before["gpu_other_pids"] or after["gpu_other_pids"],
-                sm_clock_mhz_before=before["sm_clock_mhz"], sm_clock_mhz_after=after["sm_clock_mhz"],
-                temp_c_before=before["temp_c"], temp_c_after=after["temp_c"],
-                driver_version=before["driver_version"], finished_at=_now())
-    rows = [{**base, **r} for r in bench_mod.repeat_rows(samples, bench.cv_flag_pct)]
-    raw = [{"variant_id": variant.variant_id, "repeat": r, "iter": i, "lat_ms": float(a), "host_ms": float(h)}
-           for r, s in enumerate(samples) for i, (a, h) in enumerate(zip(s.lat_ms, s.host_ms))]
-    return rows, raw
-
-
-def _both(a, b):
-    return None if a is None or b is None else bool(a and b)
+                         "data": data_source, "code": code})
 
 
 # The remote wrappers are made from the plain functions (not with the decorator) so that Ray pickles a
 # reference to an importable function rather than its code and globals. max_retries covers a worker that
 # dies (OOM kill, lost node); an exception inside a job is not retried, it becomes an error row.
-train_task = ray.remote(max_retries=1)(train_job)
-bench_task = ray.remote(max_retries=1)(bench_job)
+# max_calls=1 on *every* task: a worker exits after one task, so each timing task starts in a fresh
+# process (a process that had trained timed eager ~1.5x slower). Ray defaults to that only for functions
+# declared with num_gpus, and ours get their resources from .options(), so it is set here explicitly.
+train_task = ray.remote(max_retries=1, max_calls=1)(tasks.train_job)
+bench_task = ray.remote(max_retries=1, max_calls=1)(tasks.bench_job)
+pair_task = ray.remote(max_retries=1, max_calls=1)(tasks.pair_job)
+recheck_task = ray.remote(max_retries=1, max_calls=1)(tasks.recheck_job)
 
 
 # ---- driver --------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Progress:
-    total: int
-    log: Callable[[str], None]
-    done: int = 0
-    t0: float = dataclasses.field(default_factory=time.perf_counter)
-
-    def landed(self, what: str, status: str, detail: str = "") -> None:
-        self.done += 1
-        self.log(f"[{self.done:>3}/{self.total}] {time.perf_counter() - self.t0:7.1f}s  {status:<7} {what}"
-                 + (f"  {detail}" if detail else ""))
-
 
 def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]:
     """Join `address` or start a local cluster; print the dashboard address and how to get in."""
@@ -180,7 +76,9 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
                 "prints (stored in ~/.ray/auth_token); API calls need `Authorization: Bearer <token>`.")
     log(f"Ray cluster: {len(nodes)} node(s), {gpus} GPU(s), {int(res.get('CPU', 0))} CPU(s)")
     _probe_workers()
-    return {"gpus": gpus, "nodes": len(nodes), "cpus": int(res.get("CPU", 0))}
+    # Ray labels GPU nodes with the accelerator's kind (accelerator_type:H200): resume compares with it.
+    kinds = sorted({k.split(":", 1)[1] for n in nodes for k in n.get("Resources", {}) if k.startswith("accelerator_type:")})
+    return {"gpus": gpus, "nodes": len(nodes), "cpus": int(res.get("CPU", 0)), "gpu_kinds": kinds}
 
 
 class WorkerStartError(RuntimeError):
@@ -195,7 +93,7 @@ def worker_probe() -> str:
 def _probe_workers(timeout_s: float = 180.0) -> None:
     """Fail in minutes, with a reason, when workers cannot start (Ray retries a crashing worker forever)."""
     try:
-        ray.get(ray.remote(num_cpus=0)(worker_probe).options(name="probe").remote(), timeout=timeout_s)
+        ray.get(ray.remote(num_cpus=0, max_calls=1)(worker_probe).options(name="probe").remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         raise WorkerStartError(
             f"no Ray worker could run a task within {timeout_s:.0f} s. Workers must be able to import ray, "
@@ -204,41 +102,75 @@ def _probe_workers(timeout_s: float = 180.0) -> None:
 
 
 def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | None = None,
-              shortened_note: str = "", log: Callable[[str], None] = print) -> Path:
+              shortened_note: str = "", fresh: bool = False, log: Callable[[str], None] = print) -> Path:
     guard.check_paths(spec, run_dir)  # every file named after a model / variant stays inside run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        _set_aside(run_dir, log)
     (run_dir / "resolved_config.json").write_text(json.dumps(spec.to_dict(), indent=2, default=str))
-    done = _finished_rows(run_dir)
-    hashes = {v.variant_id: variant_hash(v, spec.model(v.model), spec.bench, data.source) for v in spec.variants}
-    pending = [v for v in spec.variants if done.get(v.variant_id) != hashes[v.variant_id]]
-    skipped_done = len(spec.variants) - len(pending)
-    if skipped_done:
-        log(f"resuming: {skipped_done} variant(s) already finished in {run_dir}, {len(pending)} to run")
-    started = _now()
+    code = env.code_digest()
+    hashes = {v.variant_id: variant_hash(v, spec.model(v.model), spec.bench, data.source, code)
+              for v in spec.variants}
+    started = tasks.now()
+    cluster: dict[str, Any] = {}
     try:
         cluster = start_ray(address, log)
+        done = _finished_rows(run_dir, cluster)
+        pending = [v for v in spec.variants if done.get(v.variant_id) != hashes[v.variant_id]]
+        if len(pending) < len(spec.variants):
+            log(f"resuming: {len(spec.variants) - len(pending)} variant(s) already measured by this code on "
+                f"this kind of device in {run_dir}, {len(pending)} to run (--fresh measures everything again)")
         _run(spec, data, run_dir, pending, hashes, cluster, log)
     finally:  # also on Ctrl-C or a crash: whatever landed is merged and readable
         ray.shutdown()
         results.merge(run_dir)
-    meta = {"name": spec.name, "source_file": spec.source_file, "shortened": bool(shortened_note),
-            "shortened_note": shortened_note, "data_source": data.source, "started_at": started,
-            "finished_at": _now(), "cluster": cluster, "config": spec.to_dict(), "accuracy_bar_pct": 85.0}
-    prev = run_dir / "sweep.json"
-    if prev.exists():  # a resumed sweep keeps the times of its earlier invocations
-        old = json.loads(prev.read_text())
-        meta["previous_runs"] = old.get("previous_runs", []) + [
-            {k: old.get(k) for k in ("started_at", "finished_at", "wall_s")}]
-    meta["wall_s"] = (datetime.fromisoformat(meta["finished_at"]) - datetime.fromisoformat(started)).total_seconds()
-    prev.write_text(json.dumps(meta, indent=2, default=str))
+    _write_meta(spec, data, run_dir, cluster, started, shortened_note, code)
     from runner.report import build_report
     return build_report(run_dir)
 
 
-def _finished_rows(run_dir: Path) -> dict[str, str]:
-    """variant_id -> spec_hash of rows already on disk that need no re-run (ok or skipped)."""
+def _write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortened_note: str, code: str) -> None:
+    meta = {"name": spec.name, "source_file": spec.source_file, "shortened": bool(shortened_note),
+            "shortened_note": shortened_note, "data_source": data.source, "started_at": started,
+            "finished_at": tasks.now(), "cluster": cluster, "config": spec.to_dict(), "accuracy_bar_pct": 85.0,
+            "git_commit": env.git_commit(), "code_digest": code}
+    prev = run_dir / "sweep.json"
+    try:
+        old = json.loads(prev.read_text()) if prev.exists() else None
+    except (OSError, ValueError):  # a damaged sweep.json loses only the earlier invocations' times
+        old = None
+    if isinstance(old, dict):  # a resumed sweep keeps the times of its earlier invocations
+        meta["previous_runs"] = old.get("previous_runs", []) + [
+            {k: old.get(k) for k in ("started_at", "finished_at", "wall_s")}]
+    meta["wall_s"] = (datetime.fromisoformat(meta["finished_at"]) - datetime.fromisoformat(started)).total_seconds()
+    prev.write_text(json.dumps(meta, indent=2, default=str))
+
+
+def _set_aside(run_dir: Path, log: Callable[[str], None]) -> None:
+    """--fresh: earlier rows and checkpoints move to run_dir/previous/<time>/ (never deleted)."""
+    parts = [p for p in ("results", "samples", "training", "checkpoints", "pairs", "rechecks")
+             if (run_dir / p).exists()]
+    if not parts:
+        return
+    dest = run_dir / "previous" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in parts:
+        os.replace(run_dir / p, dest / p)
+    log(f"--fresh: earlier results moved to {dest}")
+
+
+def _finished_rows(run_dir: Path, cluster: dict[str, Any]) -> dict[str, str]:
+    """variant_id -> spec_hash of rows on disk that need no re-run: ok or skipped, and measured on the
+    kind of device this cluster has (a CPU row does not stand for a GPU, nor an H100's for an H200)."""
     df = results.read_folder(run_dir / "results", RESULT_SCHEMA)
     df = df[df["status"].isin(["ok", "skipped"])]
+    kinds = cluster.get("gpu_kinds") or []
+    if cluster.get("gpus"):
+        same = df["device"].eq("cuda") & df["gpu_name"].fillna("").map(
+            lambda name: not kinds or any(k.lower() in name.lower() for k in kinds))
+    else:
+        same = df["device"].ne("cuda")
+    df = df[same | df["status"].eq("skipped")]
     return dict(zip(df["variant_id"], df["spec_hash"]))
 
 
@@ -269,91 +201,36 @@ def task_resources(gpus: int, cpus_per_node: float) -> tuple[dict, dict]:
 
 def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], hashes: dict[str, str],
          cluster: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Phase 1 here (train what the pending variants need), the timing phases in runner/phases.py."""
     cpu_per_node = min((n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")), default=1)
     train_opts, bench_opts = task_resources(cluster["gpus"], cpu_per_node)
-
     needed = {v.model for v in pending}
     needed |= {spec.model(k).teacher for k in needed if spec.model(k).teacher}
     data_ref = ray.put(data)
-    ckpt_refs: dict[str, ray.ObjectRef] = {}
-    waiting: dict[ray.ObjectRef, tuple[str, Any]] = {}
+    progress = phases.Progress(total=len(pending), log=log)
+    ckpts: dict[str, Any] = {}
+    training: dict[ray.ObjectRef, TrainSpec] = {}
+    refs: dict[str, ray.ObjectRef] = {}
     # Teachers first (a student's task takes its teacher's checkpoint ref), whatever order the YAML uses.
     for m in sorted((spec.model(k) for k in needed), key=lambda m: m.teacher is not None):
         cached = _load_checkpoint(run_dir, m, data, log)
         if cached is not None:
             log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")
-            ckpt_refs[m.key] = ray.put(cached)
+            refs[m.key] = ckpts[m.key] = ray.put(cached)
             continue
-        teacher_ref = ckpt_refs.get(m.teacher) if m.teacher else None
-        ref = train_task.options(name=f"train:{m.key}", **train_opts).remote(m, data_ref, teacher_ref, spec.name)
-        ckpt_refs[m.key] = ref
-        waiting[ref] = ("train", m)
-    for v in pending:
-        m = spec.model(v.model)
-        ref = bench_task.options(name=f"bench:{v.variant_id}", **bench_opts).remote(
-            v, m, ckpt_refs[v.model], data_ref, spec.bench, spec.name, hashes[v.variant_id])
-        waiting[ref] = ("bench", v)
-
-    progress = Progress(total=len(waiting), log=log)
-    log(f"submitted {sum(k == 'train' for k, _ in waiting.values())} training and "
-        f"{sum(k == 'bench' for k, _ in waiting.values())} benchmark task(s)")
-    while waiting:
-        ready, _ = ray.wait(list(waiting), num_returns=1)
-        kind, item = waiting.pop(ready[0])
-        if kind == "train":
-            _land_training(ready[0], item, run_dir, spec.name, progress)
-        else:
-            _land_bench(ready[0], item, spec.model(item.model), run_dir, spec.name, hashes, progress)
-
-
-def _land_training(ref, m: TrainSpec, run_dir: Path, sweep: str, progress: Progress) -> None:
-    try:
-        ckpt = ray.get(ref)
-    except Exception as e:
-        msg = guard.task_error_text(e)  # first line: the exception inside the task, not Ray's wrapper
-        results.write_rows([{"sweep": sweep, "model": m.key, "arch": m.arch, "teacher": m.teacher,
-                             "status": "error", "error": msg, "spec_hash": m.spec_hash, "finished_at": _now()}],
-                           run_dir / "training" / f"{m.key}.parquet", TRAINING_SCHEMA)
-        progress.landed(f"train:{m.key}", "error", msg.splitlines()[0][:200])
-        return
-    rows = ckpt.pop("rows")
-    path = run_dir / "checkpoints" / f"{m.key}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
-    results.write_rows(rows, run_dir / "training" / f"{m.key}.parquet", TRAINING_SCHEMA)
-    progress.landed(f"train:{m.key}", "ok", f"top1 {ckpt['top1_pct']:.2f}%  {ckpt['train_s']:.1f}s "
-                    f"{ckpt['train_img_per_s']:,.0f} img/s")
-
-
-def _land_bench(ref, v: Variant, m: TrainSpec, run_dir: Path, sweep: str, hashes: dict[str, str],
-                progress: Progress) -> None:
-    try:
-        rows, raw = ray.get(ref)
-    except Exception as e:  # the task died (its model failed to train, OOM kill, node lost): still a row
-        # Ray fails a task whose argument (here: the model's checkpoint) could not be computed.
-        upstream = "input arguments for this task could not be computed" in str(e)
-        cause = f"training of model '{v.model}' failed: " if upstream else ""
-        rows, raw = [{"sweep": sweep, "variant_id": v.variant_id, "brief_id": v.brief_id, "label": v.label,
-                      "model": v.model, "arch": m.arch, **v.axes(), "status": "error",
-                      "error": cause + guard.task_error_text(e), "repeat": 0, "spec_hash": hashes[v.variant_id],
-                      "finished_at": _now()}], []
-    results.write_rows(rows, run_dir / "results" / f"{v.variant_id}.parquet", RESULT_SCHEMA)
-    if raw:
-        results.write_rows(raw, run_dir / "samples" / f"{v.variant_id}.parquet", SAMPLES_SCHEMA)
-    r = rows[0]
-    if r["status"] == "ok":
-        p50 = sorted(x["lat_p50_ms"] for x in rows)[len(rows) // 2]
-        detail = (f"top1 {r['top1_pct']:.2f}%  p50 {p50:.3f} ms  {r['gpu_name'] or 'cpu'}"
-                  + ("" if r.get("gpu_exclusive") is not False else "  NOT EXCLUSIVE"))
-    else:
-        detail = (r["error"] or "").splitlines()[0][:200]
-    progress.landed(f"bench:{v.variant_id}", r["status"], detail)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _short(e: BaseException) -> str:
-    """The exception as one readable string (Ray colours its task names; the colours go)."""
-    return _ANSI.sub("", f"{type(e).__name__}: {e}")[:4000]
+        teacher_ref = refs.get(m.teacher) if m.teacher else None
+        refs[m.key] = train_task.options(name=f"train:{m.key}", **train_opts).remote(m, data_ref, teacher_ref, spec.name)
+        training[refs[m.key]] = m
+    progress.total += len(training)
+    log(f"phase train: {len(training)} training task(s); {len(pending)} variant(s) to measure after it")
+    errors: dict[str, str] = {}
+    while training:  # every training ends before the first benchmark starts
+        ready, _ = ray.wait(list(training), num_returns=1)
+        m = training.pop(ready[0])
+        error = phases.land_training(ready[0], m, run_dir, spec.name, progress)
+        ckpts[m.key] = ready[0] if error is None else None
+        if error:
+            errors[m.key] = error
+    plan = phases.Plan(spec, run_dir, pending, hashes, train_opts, bench_opts,
+                       {"bench": bench_task, "pair": pair_task, "recheck": recheck_task}, log, errors)
+    phases.run(plan, data_ref, ckpts, progress)

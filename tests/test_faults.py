@@ -384,10 +384,9 @@ models:
     arch: airbench_cifar
     arch_args: {width_mult: 0.25}
     recipe: {epochs: 1, batch_size: 64, lr: 0.05, train_subset: 256, test_subset: 64}
-  broken:                       # the builder rejects this argument: training fails inside its task
+  broken:                       # more images per batch than the data has: training fails inside its task
     arch: shufflenet_v2_x0_5_cifar
-    arch_args: {no_such_argument: 1}
-    recipe: {epochs: 1, batch_size: 64, train_subset: 256, test_subset: 64}
+    recipe: {epochs: 1, batch_size: 4096, test_subset: 64}
 grid:
   - models: [tiny]
     precision: [fp32, bf16]
@@ -533,12 +532,12 @@ def test_resume_recovers_damaged_files_and_ends_with_one_row_per_variant(fault_r
     assert not df.duplicated(["variant_id", "repeat"]).any()
     assert len(list((run_dir / "results").glob("*.parquet"))) == len(spec.variants)
     # the real cause, not Ray's wrapper, on the console and first in the error rows
-    assert "error   train:broken  TypeError:" in text and "no_such_argument" in text
+    assert "error   train:broken  ValueError:" in text and "batch_size 4096 is larger" in text
     broken = df[df["model"] == "broken"].iloc[0]
     first = broken["error"].splitlines()[0]
-    assert first.startswith("training of model 'broken' failed: TypeError:") and "no_such_argument" in first
+    assert first.startswith("training of model 'broken' failed: ValueError:") and "batch_size 4096" in first
     tr = pd.read_parquet(run_dir / "training.parquet")
-    assert tr[tr["model"] == "broken"]["error"].iloc[0].startswith("TypeError:")
+    assert tr[tr["model"] == "broken"]["error"].iloc[0].startswith("ValueError:")
     import torch
     ckpt = torch.load(fault_runs["ckpt"], weights_only=True)  # retrained and saved again
     assert ckpt["spec_hash"] == spec.model("tiny").spec_hash

@@ -5,6 +5,8 @@ Checks the spine: YAML -> Ray train / distill / bench tasks -> Parquet rows as t
 """
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -27,10 +29,9 @@ models:
     arch_args: {width_mult: 0.25}
     teacher: tiny
     recipe: {epochs: 1, batch_size: 64, lr: 0.05, train_subset: 256, test_subset: 128}
-  broken:                       # the builder rejects this argument: training fails inside its task
+  broken:                       # more images per batch than the data has: training fails inside its task
     arch: shufflenet_v2_x0_5_cifar
-    arch_args: {no_such_argument: 1}
-    recipe: {epochs: 1, batch_size: 64, train_subset: 256, test_subset: 128}
+    recipe: {epochs: 1, batch_size: 4096, test_subset: 128}
 grid:
   - models: [tiny]
     precision: [fp32, bf16]
@@ -66,9 +67,24 @@ def test_every_variant_ends_as_a_row(sweep_run):
     assert status["tiny-fp32-nchw-eager-graph"] == "skipped"
     broken = df[df["model"] == "broken"].iloc[0]
     assert broken["status"] == "error"
-    assert "training of model 'broken' failed" in broken["error"] and "no_such_argument" in broken["error"]
-    # Progress: one line per landed task (3 trainings + every variant).
-    assert sum(1 for l in lines if l.startswith("[")) == 3 + len(spec.variants)
+    assert "training of model 'broken' failed" in broken["error"] and "batch_size 4096 is larger" in broken["error"]
+    # Progress: one line per landed task: 3 trainings + every variant, then the pairs and the re-checks.
+    landed = [re.search(r"\b(?:train|bench|pair|recheck):\S+", l).group(0) for l in lines if l.startswith("[")]
+    assert sum(t.startswith(("train:", "bench:")) for t in landed) == 3 + len(spec.variants)
+    assert any(t.startswith("pair:") for t in landed) and any(t.startswith("recheck:") for t in landed)
+    # Trainings all land before the first benchmark starts (phases), so no timing shares the host with one.
+    kinds = [t.split(":")[0] for t in landed]
+    assert max(i for i, k in enumerate(kinds) if k == "train") < min(i for i, k in enumerate(kinds) if k == "bench")
+
+
+def test_every_task_ran_in_its_own_process(sweep_run):
+    """A reused worker that had trained timed eager ~1.5x slower on an H200: every task gets a fresh one."""
+    _, _, run_dir, _, _ = sweep_run
+    bench = pd.read_parquet(run_dir / "results.parquet")
+    bench = bench[bench["status"] == "ok"].drop_duplicates("variant_id")
+    train = pd.read_parquet(run_dir / "training.parquet").dropna(subset=["pid"]).drop_duplicates("model")
+    pids = list(bench["pid"]) + list(train["pid"])
+    assert len(pids) == len(set(pids)) and len(bench) >= 3 and len(train) >= 2
 
 
 def test_ok_rows_carry_measurements_and_provenance(sweep_run):
@@ -109,9 +125,44 @@ def test_rerun_resumes_and_keeps_finished_rows(sweep_run):
     run_sweep(spec, data, run_dir, log=lines.append)
     after = pd.read_parquet(run_dir / "results.parquet")
     done = (before["status"].isin(["ok", "skipped"])).groupby(before["variant_id"]).all().sum()
-    assert any(f"resuming: {done} variant(s) already finished" in l for l in lines)
+    assert any(f"resuming: {done} variant(s) already measured" in l for l in lines)
     assert any("reusing checkpoint of tiny" in l for l in lines) is False  # tiny's variants are all done
     ok_before = before[before["status"] == "ok"].set_index(["variant_id", "repeat"])["finished_at"]
     ok_after = after[after["status"] == "ok"].set_index(["variant_id", "repeat"])["finished_at"]
     assert ok_after.loc[ok_before.index].equals(ok_before)  # finished rows untouched
     assert not any("train:tiny " in l or l.endswith("train:tiny") for l in lines)
+
+
+def test_rows_from_other_code_are_measured_again(sweep_run, monkeypatch):
+    """Resume keys carry a digest of the project's code: a row measured by other code does not count."""
+    spec, data, run_dir, _, _ = sweep_run
+    from runner import env
+    real = env.code_digest()
+    before = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
+    assert set(before["code_digest"]) == {real}  # the digest of the code the workers ran
+    monkeypatch.setattr(env, "code_digest", lambda: "0123456789ab")  # the driver now runs "other" code
+    lines: list[str] = []
+    run_sweep(spec, data, run_dir, log=lines.append)
+    assert not any(l.startswith("resuming:") for l in lines)
+    after = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
+    assert set(after["variant_id"]) == set(before["variant_id"])
+    assert (after.groupby("variant_id")["finished_at"].first() > before.groupby("variant_id")["finished_at"].first()).all()
+
+
+def test_report_has_the_trust_sections(sweep_run):
+    _, _, run_dir, report, _ = sweep_run
+    text = report.read_text()
+    for heading in ("## In-sweep vs re-check", "## Decisions (keep / drop)", "## Numerical checks and flags",
+                    "## Accuracy vs latency: the Pareto front"):
+        assert heading in text, heading
+    assert "Paired: parent and variant were prepared in one task" in text
+    pairs = pd.read_parquet(run_dir / "pairs.parquet")
+    # bf16 and fold are the two optimisations with a measured parent in the sweep file above
+    assert {"tiny-bf16-nchw-eager", "tiny-fp32-nchw-eager-fold"} <= set(pairs["variant_id"])
+    assert (pairs["status"] == "ok").all()
+    rechecks = pd.read_parquet(run_dir / "rechecks.parquet")
+    assert {"tiny-fp32-nchw-eager", "tiny_kd-fp32-nchw-eager"} <= set(rechecks["variant_id"])  # the named rows
+    ok = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
+    assert (ok["b1_agree_pct"] >= 99).all() and ok["path_max_rel_err"].notna().all()
+    fold = ok[ok["bn_fold"]]
+    assert (fold["fold_max_rel_err"] < 1e-4).all() and (fold["folded_layers"] > 0).all()

@@ -36,6 +36,10 @@ PRECISIONS = ("fp32", "fp16", "bf16", "amp_fp16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 AXES = ("precision", "memory_format", "compile", "cuda_graph", "bn_fold")
+# The order in which optimisations stack, each with the value that means "not applied": a variant's parent
+# is the same variant with the last applied one reset (runner/pairs.py, the report's decisions).
+OPTIMISATION_ORDER = (("precision", "fp32"), ("memory_format", "contiguous"), ("compile", "none"),
+                      ("cuda_graph", False), ("bn_fold", False))
 # Short tokens used in variant ids, so an id reads like the variant: resnet18-fp16-cl-ro-graph-fold.
 _ID_TOKENS = {
     "contiguous": "nchw", "channels_last": "cl",
@@ -121,6 +125,8 @@ class BenchSpec:
     repeats: int = 3
     eval_batch_size: int = 1000
     cv_flag_pct: float = 3.0        # repeats whose p50 CV exceeds this are flagged as unstable
+    pair_rounds: int = 10           # paired parent/child rounds per keep/drop decision (0 = no pairs)
+    recheck: int = 6                # rows re-timed at the end besides the named ones and the chosen (-1 = none)
 
 
 @dataclass(frozen=True)

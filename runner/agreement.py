@@ -1,0 +1,108 @@
+"""Can a sweep's numbers be trusted? The re-check sample, its agreement table, and the row flags.
+
+Every sweep ends by timing some of its own rows again, alone (runner/phases.py): the brief's named rows,
+the chosen variant and `bench.recheck` others drawn at random (seeded). `agreement(summary, rechecks)`
+compares the in-sweep p50 with the re-check's; a row outside tolerance is flagged wherever it appears.
+`host_gap` flags a row whose host-clock time (what a caller waits) far exceeds its CUDA-event time: the
+sign of contention that event time alone hides.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+# In-sweep p50 / re-check p50 must stay within these (eager rows are dispatch-bound and noisier).
+TOLERANCE = {"graph": 0.05, "eager": 0.10}
+GRAPHING_COMPILE = ("reduce-overhead", "max-autotune")
+# host p50 > HOST_GAP_FACTOR x event p50 + HOST_GAP_SLACK_MS: a caller waits far longer than the GPU works
+# (the slack covers the ~10-20 us a synchronize costs, which dominates the ratio of a 40 us graph).
+HOST_GAP_FACTOR = 1.5
+HOST_GAP_SLACK_MS = 0.03
+
+
+def is_graphed(row) -> bool:
+    return bool(row.get("cuda_graph")) or str(row.get("compile")) in GRAPHING_COMPILE
+
+
+def host_gap(row) -> bool:
+    h, e = row.get("host_p50_ms"), row.get("lat_p50_ms")
+    if h is None or e is None or _nan(h) or _nan(e):
+        return False
+    return float(h) > HOST_GAP_FACTOR * float(e) + HOST_GAP_SLACK_MS
+
+
+def _is(x, value: bool) -> bool:
+    """x is (numpy or Python) boolean `value`; None / NaN are neither."""
+    return x is not None and not _nan(x) and bool(x) == value
+
+
+def _nan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def rank_latency(row) -> float:
+    """What the chosen model is ranked on: host-clock p95 (what a caller waits), event p95 without one."""
+    h = row.get("host_p95_ms")
+    return float(row.get("lat_p95_ms")) if h is None or _nan(h) else float(h)
+
+
+def choose_id(summary: pd.DataFrame, bar_pct: float) -> str | None:
+    ok = summary[summary["status"] == "ok"].dropna(subset=["lat_p95_ms", "top1_pct"])
+    ok = ok[ok["top1_pct"] >= bar_pct]
+    if ok.empty:
+        return None
+    return ok.assign(_rank=ok.apply(rank_latency, axis=1)).sort_values("_rank", kind="stable").iloc[0]["variant_id"]
+
+
+def recheck_sample(summary: pd.DataFrame, extra: int, bar_pct: float, seed: int = 0) -> list[str]:
+    """Named rows, the chosen one, then `extra` more ok rows at random (the same draw for the same rows)."""
+    if extra < 0 or summary.empty:
+        return []
+    ok = summary[summary["status"] == "ok"]
+    picked = [v for v in ok.loc[ok["brief_id"].fillna("").astype(str) != "", "variant_id"]]
+    chosen = choose_id(summary, bar_pct)
+    if chosen and chosen not in picked:
+        picked.append(chosen)
+    rest = sorted(set(ok["variant_id"]) - set(picked))
+    rng = np.random.default_rng(seed)
+    picked += [rest[i] for i in sorted(rng.permutation(len(rest))[:extra])]
+    return picked
+
+
+def agreement(summary: pd.DataFrame, rechecks: pd.DataFrame) -> pd.DataFrame:
+    """One line per re-checked variant: in-sweep p50, re-check p50, their ratio, the tolerance, within?"""
+    cols = ["variant_id", "brief_id", "kind", "sweep_p50_ms", "recheck_p50_ms", "ratio", "tolerance", "within"]
+    if rechecks is None or rechecks.empty or summary.empty:
+        return pd.DataFrame(columns=cols)
+    ok = rechecks[rechecks["status"] == "ok"].drop_duplicates("variant_id", keep="last")
+    rows = []
+    for _, r in ok.iterrows():
+        s = summary[summary["variant_id"] == r["variant_id"]]
+        if s.empty:
+            continue
+        s = s.iloc[0]
+        kind = "graph" if is_graphed(s) else "eager"
+        ratio = float(s["lat_p50_ms"]) / float(r["recheck_p50_ms"])
+        rows.append({"variant_id": r["variant_id"], "brief_id": s.get("brief_id"), "kind": kind,
+                     "sweep_p50_ms": float(s["lat_p50_ms"]), "recheck_p50_ms": float(r["recheck_p50_ms"]),
+                     "ratio": ratio, "tolerance": TOLERANCE[kind], "within": abs(ratio - 1) <= TOLERANCE[kind]})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def flags(row, disagreeing: set[str]) -> str:
+    """Short flags for a row, shown next to its id in every table: what a reader must know first."""
+    out = []
+    if row.get("variant_id") in disagreeing:
+        out.append("re-check disagrees")
+    if host_gap(row):
+        out.append("host >> event")
+    if _is(row.get("unstable"), True):
+        out.append("unstable")
+    if _is(row.get("gpu_exclusive"), False):
+        out.append("GPU not exclusive")
+    ev = row.get("eval_error")
+    if isinstance(ev, str) and ev:
+        out.append("eval failed")
+    return ", ".join(out)

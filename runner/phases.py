@@ -1,0 +1,203 @@
+"""The sweep's phases on a Ray cluster, each finished before the next starts; rows written as they land.
+
+    train  ->  bench (compiling variants, then the rest)  ->  pairs (same split)  ->  re-check (same split)
+
+Why phases, measured on an H200 host (reports/h200-contention/): a benchmark's number must be that
+variant's alone, and a GPU to itself is not enough for eager (CPU-bound) variants. A neighbour compiling
+with inductor's worker pool made eager timing ~1.5x slower even on the other GPU and even with the CPUs
+split between them; a neighbour training now and then did too. So no training runs while anything is
+timed, and no compilation runs while a non-compiling variant is timed: within a phase the tasks that
+compile go first, on every GPU at once, then the ones that do not. Each timing task is a fresh process.
+Ray does all the placing (one task per GPU, `num_gpus=1`); this module only decides what may overlap.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+import torch
+
+from runner import agreement, guard, pairs, results
+from runner.results import PAIR_SCHEMA, RECHECK_SCHEMA, RESULT_SCHEMA, SAMPLES_SCHEMA, TRAINING_SCHEMA
+from runner.tasks import now
+from variants import SweepSpec, TrainSpec, Variant
+
+
+@dataclasses.dataclass
+class Progress:
+    total: int
+    log: Callable[[str], None]
+    done: int = 0
+    t0: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def landed(self, what: str, status: str, detail: str = "") -> None:
+        self.done += 1
+        self.log(f"[{self.done:>3}/{self.total}] {time.perf_counter() - self.t0:7.1f}s  {status:<7} {what}"
+                 + (f"  {detail}" if detail else ""))
+
+
+@dataclasses.dataclass
+class Plan:
+    """What one invocation runs; `remote` holds the Ray task wrappers (runner/sweep.py makes them)."""
+    spec: SweepSpec
+    run_dir: Path
+    pending: list[Variant]
+    hashes: dict[str, str]
+    train_opts: dict
+    bench_opts: dict
+    remote: dict[str, Any]
+    log: Callable[[str], None]
+    train_errors: dict[str, str] = dataclasses.field(default_factory=dict)
+    bar_pct: float = 85.0
+
+
+def compiles(*variants: Variant) -> bool:
+    return any(v.compile != "none" for v in variants)
+
+
+def run_phase(name: str, jobs: list[tuple[bool, Callable[[], Any], Callable[[Any], None]]],
+              log: Callable[[str], None]) -> None:
+    """Jobs are (compiles?, submit() -> ref, land(ref)). Compiling jobs first, all landed, then the rest."""
+    for group, label in ((True, "compiling"), (False, "not compiling")):
+        refs = {}
+        for comp, submit, land in jobs:
+            if comp == group:
+                refs[submit()] = land
+        if refs:
+            log(f"-- {name} phase, {label}: {len(refs)} task(s)")
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            refs.pop(ready[0])(ready[0])
+
+
+def run(plan: Plan, data_ref, ckpts: dict[str, Any], progress: Progress) -> None:
+    """Bench, pairs and re-check phases (training is done: `ckpts` maps model -> checkpoint or None)."""
+    spec = plan.spec
+    jobs = []
+    for v in plan.pending:
+        if ckpts.get(v.model) is None:
+            _land_untrained(v, plan, progress, plan.train_errors.get(v.model, "no checkpoint"))
+            continue
+        submit = (lambda v=v: plan.remote["bench"].options(name=f"bench:{v.variant_id}", **plan.bench_opts).remote(
+            v, spec.model(v.model), ckpts[v.model], data_ref, spec.bench, spec.name, plan.hashes[v.variant_id]))
+        jobs.append((compiles(v), submit, lambda ref, v=v: _land_bench(ref, v, plan, progress)))
+    run_phase("bench", jobs, plan.log)
+    if spec.bench.pair_rounds > 0:
+        run_phase("pairs", _pair_jobs(plan, ckpts, progress), plan.log)
+    if plan.pending and spec.bench.recheck >= 0:
+        run_phase("re-check", _recheck_jobs(plan, ckpts, progress), plan.log)
+
+
+def _pair_jobs(plan: Plan, ckpts, progress) -> list:
+    """A pair is timed when either side was measured in this invocation, or its pair file is missing."""
+    jobs = []
+    ok = set(_ok_ids(plan.run_dir))
+    new = {v.variant_id for v in plan.pending}
+    done = set(results.read_folder(plan.run_dir / "pairs", PAIR_SCHEMA)["variant_id"])
+    for parent, child, axis in pairs.plan(plan.spec.variants):
+        if ckpts.get(child.model) is None or parent.variant_id not in ok or child.variant_id not in ok:
+            continue
+        if child.variant_id in done and not ({parent.variant_id, child.variant_id} & new):
+            continue
+        submit = (lambda p=parent, c=child: plan.remote["pair"].options(
+            name=f"pair:{c.variant_id}", **plan.bench_opts).remote(p, c, ckpts[c.model], plan.spec.bench,
+                                                                   plan.spec.bench.pair_rounds))
+        jobs.append((compiles(parent, child), submit, lambda ref, c=child: _land_row(
+            ref, plan.run_dir / "pairs" / f"{c.variant_id}.parquet", PAIR_SCHEMA, f"pair:{c.variant_id}", progress)))
+    progress.total += len(jobs)
+    return jobs
+
+
+def _recheck_jobs(plan: Plan, ckpts, progress) -> list:
+    summary = results.summarize(results.read_folder(plan.run_dir / "results", RESULT_SCHEMA))
+    ids = agreement.recheck_sample(summary, plan.spec.bench.recheck, plan.bar_pct)
+    by_id = {v.variant_id: v for v in plan.spec.variants}
+    jobs = []
+    progress.total += len(ids)
+    for vid in ids:
+        v = by_id.get(vid)
+        if v is None or ckpts.get(v.model) is None:
+            progress.total -= 1
+            continue
+        submit = (lambda v=v: plan.remote["recheck"].options(name=f"recheck:{v.variant_id}", **plan.bench_opts)
+                  .remote(v, ckpts[v.model], plan.spec.bench))
+        jobs.append((compiles(v), submit, lambda ref, v=v: _land_row(
+            ref, plan.run_dir / "rechecks" / f"{v.variant_id}.parquet", RECHECK_SCHEMA, f"recheck:{v.variant_id}",
+            progress)))
+    return jobs
+
+
+def _ok_ids(run_dir: Path) -> list[str]:
+    df = results.read_folder(run_dir / "results", RESULT_SCHEMA)
+    return list(df.loc[df["status"] == "ok", "variant_id"].unique())
+
+
+# ---- landing: every result on disk the moment it arrives -------------------------------------------------
+
+def land_training(ref, m: TrainSpec, run_dir: Path, sweep: str, progress: Progress) -> str | None:
+    """Write the training's rows and checkpoint; return None, or the error (first line: the real cause)."""
+    try:
+        ckpt = ray.get(ref)
+    except Exception as e:
+        msg = guard.task_error_text(e)  # first line: the exception inside the task, not Ray's wrapper
+        results.write_rows([{"sweep": sweep, "model": m.key, "arch": m.arch, "teacher": m.teacher,
+                             "status": "error", "error": msg, "spec_hash": m.spec_hash, "finished_at": now()}],
+                           run_dir / "training" / f"{m.key}.parquet", TRAINING_SCHEMA)
+        progress.landed(f"train:{m.key}", "error", msg.splitlines()[0][:200])
+        return msg
+    rows = ckpt.pop("rows")
+    path = run_dir / "checkpoints" / f"{m.key}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    results.write_rows(rows, run_dir / "training" / f"{m.key}.parquet", TRAINING_SCHEMA)
+    progress.landed(f"train:{m.key}", "ok", f"top1 {ckpt['top1_pct']:.2f}%  {ckpt['train_s']:.1f}s "
+                    f"{ckpt['train_img_per_s']:,.0f} img/s")
+    return None
+
+
+def _error_row(v: Variant, plan: Plan, error: str) -> dict:
+    m = plan.spec.model(v.model)
+    return {"sweep": plan.spec.name, "variant_id": v.variant_id, "brief_id": v.brief_id, "label": v.label,
+            "model": v.model, "arch": m.arch, **v.axes(), "status": "error", "error": error, "repeat": 0,
+            "spec_hash": plan.hashes[v.variant_id], "finished_at": now()}
+
+
+def _land_untrained(v: Variant, plan: Plan, progress: Progress, cause: str) -> None:
+    row = _error_row(v, plan, f"training of model '{v.model}' failed: {cause}")
+    results.write_rows([row], plan.run_dir / "results" / f"{v.variant_id}.parquet", RESULT_SCHEMA)
+    progress.landed(f"bench:{v.variant_id}", "error", row["error"])
+
+
+def _land_bench(ref, v: Variant, plan: Plan, progress: Progress) -> None:
+    try:
+        rows, raw = ray.get(ref)
+    except Exception as e:  # the task died (OOM kill, node lost): still a row, naming the real cause
+        rows, raw = [_error_row(v, plan, guard.task_error_text(e))], []
+    results.write_rows(rows, plan.run_dir / "results" / f"{v.variant_id}.parquet", RESULT_SCHEMA)
+    if raw:
+        results.write_rows(raw, plan.run_dir / "samples" / f"{v.variant_id}.parquet", SAMPLES_SCHEMA)
+    r = rows[0]
+    if r["status"] == "ok":
+        p50 = sorted(x["lat_p50_ms"] for x in rows)[len(rows) // 2]
+        top1 = "—" if r.get("top1_pct") is None else f"{r['top1_pct']:.2f}%"
+        detail = (f"top1 {top1}  p50 {p50:.3f} ms  {r['gpu_name'] or 'cpu'}"
+                  + ("" if r.get("gpu_exclusive") is not False else "  NOT EXCLUSIVE")
+                  + (f"  eval failed: {r['eval_error'][:120]}" if r.get("eval_error") else ""))
+    else:
+        detail = (r["error"] or "").splitlines()[0][:200]
+    progress.landed(f"bench:{v.variant_id}", r["status"], detail)
+
+
+def _land_row(ref, path: Path, schema, what: str, progress: Progress) -> None:
+    try:
+        row = ray.get(ref)
+    except Exception as e:
+        row = {"status": "error", "error": guard.task_error_text(e), "finished_at": now()}
+        row["variant_id"] = what.split(":", 1)[1]
+    results.write_rows([row], path, schema)
+    progress.landed(what, row["status"], (row.get("error") or "").splitlines()[0][:200] if row.get("error") else "")

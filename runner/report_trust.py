@@ -1,0 +1,118 @@
+"""Report sections that say how far the numbers can be trusted: paired decisions, re-check agreement, flags.
+
+Reads `pairs.parquet` and `rechecks.parquet` beside results.parquet (runner/phases.py writes them); a
+sweep folder without them (older runs) gets the report's unpaired decisions and no agreement table.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from runner import agreement, pairs
+from runner.results import PAIR_SCHEMA, RECHECK_SCHEMA
+
+DASH = "—"
+
+
+def read(run_dir: Path, name: str) -> pd.DataFrame:
+    schema = {"pairs": PAIR_SCHEMA, "rechecks": RECHECK_SCHEMA}[name]
+    path = run_dir / f"{name}.parquet"
+    if not path.exists():
+        return pd.DataFrame(columns=schema.names)
+    try:
+        return pd.read_parquet(path)
+    except Exception:  # a damaged merged file: the report goes on without this section
+        return pd.DataFrame(columns=schema.names)
+
+
+def paired_decisions(summary: pd.DataFrame, pair_rows: pd.DataFrame) -> pd.DataFrame:
+    """The report's decision table, from interleaved timings (runner/pairs.verdict) instead of repeats."""
+    cols = ["variant_id", "brief_id", "model", "parent_id", "axis", "change", "parent_p50_ms", "p50_ms",
+            "gain_ms", "gain_pct", "noise_ms", "sign_p", "pair_rounds", "parent_top1_pct", "top1_pct",
+            "acc_delta_pts", "decision"]
+    ok = pair_rows[pair_rows["status"] == "ok"].drop_duplicates("variant_id", keep="last")
+    by_id = summary.drop_duplicates("variant_id").set_index("variant_id")
+    rows = []
+    for _, p in ok.iterrows():
+        if p["variant_id"] not in by_id.index or p["parent_id"] not in by_id.index:
+            continue
+        child, parent = by_id.loc[p["variant_id"]], by_id.loc[p["parent_id"]]
+        axis = next((a for a, _ in reversed(pairs.OPTIMISATION_ORDER) if str(child.get(a)) != str(parent.get(a))), None)
+        acc = None
+        if pd.notna(child.get("top1_pct")) and pd.notna(parent.get("top1_pct")):
+            acc = float(child["top1_pct"]) - float(parent["top1_pct"])
+        v = pairs.verdict(json.loads(p["parent_p50s_ms"]), json.loads(p["child_p50s_ms"]), acc)
+        rows.append({"variant_id": p["variant_id"], "brief_id": child.get("brief_id"), "model": child.get("model"),
+                     "parent_id": p["parent_id"], "axis": axis,
+                     "change": f"{axis}: {parent.get(axis)} -> {child.get(axis)}" if axis else DASH,
+                     "parent_top1_pct": parent.get("top1_pct"), "top1_pct": child.get("top1_pct"),
+                     "acc_delta_pts": acc, **{k: v.get(k) for k in cols if k in v}})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def decision_note(paired: bool) -> str:
+    if not paired:
+        return ("Unpaired (this folder has no pairs.parquet): the gain is the parent's median p50 minus the "
+                "variant's over repeats measured in separate tasks; the noise the larger max-min range.")
+    return (f"Paired: parent and variant were prepared in one task and timed interleaved (A B, B A, ...), each "
+            f"round's p50 compared; the gain is the median of the per-round differences, the noise their "
+            f"interquartile range. A variant is kept when a two-sided sign test over the rounds gives "
+            f"p < {pairs.SIGN_TEST_ALPHA} with a positive gain and it loses at most {pairs.MAX_ACC_DROP_PTS} "
+            f"points of top-1; \"slower\" when the test says it is slower.")
+
+
+def recheck_section(table: pd.DataFrame, any_gpu: bool) -> list[str]:
+    lines = ["## In-sweep vs re-check", ""]
+    if table.empty:
+        return lines + ["No re-check in this sweep folder (older runs, or `bench.recheck: -1`).", ""]
+    n_out = int((~table["within"].astype(bool)).sum())
+    lines += [f"At the end of the sweep, these rows were timed again, each alone in a fresh process with the "
+              f"sweep's own protocol (one repeat), with nothing compiling or training beside them. Tolerance: "
+              f"{agreement.TOLERANCE['graph']:.0%} for graphed rows, {agreement.TOLERANCE['eager']:.0%} for eager "
+              f"ones. {len(table) - n_out} of {len(table)} agree"
+              + (f"; **{n_out} disagree, and are flagged in every table**." if n_out else ".")
+              + ("" if any_gpu else " (CPU timings.)"), ""]
+    lines += ["| Variant | Brief | Kind | In-sweep p50 (ms) | Re-check p50 (ms) | Ratio | Within |",
+              "|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| `{r['variant_id']}` | {r['brief_id'] or DASH} | {r['kind']} | {r['sweep_p50_ms']:.4f} | "
+                     f"{r['recheck_p50_ms']:.4f} | {r['ratio']:.3f} | {'yes' if r['within'] else '**no**'} |")
+    return lines + [""]
+
+
+def disagreeing(table: pd.DataFrame) -> set[str]:
+    return set(table.loc[~table["within"].astype(bool), "variant_id"]) if not table.empty else set()
+
+
+def checks_section(summary: pd.DataFrame) -> list[str]:
+    """The numerical checks of every ok row, and what the flags mean."""
+    ok = summary[summary["status"] == "ok"]
+    lines = ["## Numerical checks and flags", "",
+             "Every variant's batch-1 callable is checked against its evaluation callable on up to 500 test "
+             "images (agreement of predicted classes), its logits against the fp32 eager model's (max error "
+             "over the largest logit), and, when BN is folded, the folded fp32 model against the unfolded one; "
+             "a row over its bound is an error row (bounds in runner/tasks.py). Flags: *re-check disagrees* "
+             "(outside the table above's tolerance), *host >> event* (host p50 above "
+             f"{agreement.HOST_GAP_FACTOR}x the event p50 + {agreement.HOST_GAP_SLACK_MS * 1000:.0f} us: the "
+             "caller waits for more than the GPU works), *unstable* (repeats disagree), *eval failed*.", ""]
+    if ok.empty or "b1_agree_pct" not in ok:
+        return lines + ["No ok row carries the checks (older run).", ""]
+    agree = pd.to_numeric(ok["b1_agree_pct"], errors="coerce").dropna()
+    fold = pd.to_numeric(ok.get("fold_max_rel_err"), errors="coerce").dropna()
+    path = pd.to_numeric(ok.get("path_max_rel_err"), errors="coerce").dropna()
+    if not agree.empty:
+        lines.append(f"- batch-1 vs eval agreement: min {agree.min():.1f}%, median {agree.median():.1f}% "
+                     f"over {len(agree)} variants")
+    if not fold.empty:
+        lines.append(f"- BN folding, max relative logit error: {fold.max():.2e} over {len(fold)} folded variants")
+    if not path.empty:
+        lines.append(f"- prepared path vs fp32 eager, max relative logit error: {path.max():.2e}")
+    ev = ok[ok["eval_error"].fillna("").astype(str) != ""] if "eval_error" in ok else ok.iloc[0:0]
+    lines += [f"- `{r['variant_id']}`: accuracy pass failed ({str(r['eval_error'])[:150]}); its latency stands"
+              for _, r in ev.iterrows()]
+    nvml = ok["nvml_note"].dropna().unique() if "nvml_note" in ok else []
+    if len(nvml) and (ok.get("device", pd.Series(dtype=str)) == "cuda").any():
+        lines.append(f"- NVML: {'; '.join(map(str, nvml))[:200]} (GPU rows without NVML readings)")
+    return lines + [""]

@@ -1,0 +1,265 @@
+"""What runs inside a Ray task: train a model, benchmark a variant, re-time it, time a parent/child pair.
+
+Every function here takes all it needs as arguments and returns plain rows (dicts); `runner/sweep.py`
+wraps them as Ray tasks and decides when each runs. Timing tasks run in a *fresh worker process*
+(`max_calls=1` in sweep.py) and set every process-wide flag they depend on themselves: measured on an
+H200 host (reports/h200-contention/), a process that had trained before timed eager MobileNetV3 ~1.5x
+slower (4.1-4.3 ms vs 2.7-2.9 ms), so nothing may leak from one task into the next.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from runner import env
+from runner.data import Cifar
+from variants import BenchSpec, TrainSpec, Variant
+
+AGREE_IMAGES = 500        # test images the batch-1 callable is checked on against the eval callable
+FOLD_REL_ERR_MAX = 1e-3   # BN folding in fp32: max |logit error| / max |logit| above this is an error
+# A prepared variant's logits vs the fp32 eager model's, relative to the logit scale: catches a broken
+# fused / compiled path (wrong layout, a dropped epilogue) while allowing half-precision rounding.
+PATH_REL_ERR_MAX = {"fp32": 1e-3, "fp16": 5e-2, "amp_fp16": 5e-2, "bf16": 1e-1}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def task_device() -> torch.device:
+    """The GPU Ray gave this task (CUDA_VISIBLE_DEVICES holds just it), else the CPU."""
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        torch.cuda.set_device(0)
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def measurement_flags():
+    """Every process-wide flag a measurement depends on, set explicitly and restored afterwards.
+
+    TF32 off (fp32 means fp32); cuDNN autotuning on and determinism off (pick the fastest kernels during
+    warm-up, as a deployment would); one inductor compile thread: a neighbour compiling with inductor's
+    pool of workers made eager timing on the *other* GPU ~1.5x slower (reports/h200-contention/).
+    """
+    import torch._inductor.config as inductor_config
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic, inductor_config.compile_threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.benchmark = torch.cuda.is_available()
+    torch.backends.cudnn.deterministic = False
+    inductor_config.compile_threads = 1
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, precision,
+         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+         inductor_config.compile_threads) = saved
+        torch.set_float32_matmul_precision(precision)
+
+
+def place() -> dict[str, Any]:
+    """Where a row was measured: versions, code digest, Ray node."""
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    return {**env.versions(), "code_digest": env.code_digest(), "ray_node_id": node, "pid": os.getpid()}
+
+
+# ---- training ------------------------------------------------------------------------------------------
+
+def train_job(spec: TrainSpec, data: Cifar, teacher_ckpt: dict | None, sweep: str) -> dict:
+    from runner.train import train
+
+    device = task_device()
+    ckpt = train(spec, data, device, teacher_ckpt=teacher_ckpt)
+    ckpt["rows"] = training_rows(spec, ckpt, device, sweep)
+    return ckpt
+
+
+def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str) -> list[dict]:
+    base = {"sweep": sweep, "model": spec.key, "arch": spec.arch, "teacher": spec.teacher, "status": "ok",
+            "epochs": ckpt["epochs"], "seed": spec.seed, "spec_hash": spec.spec_hash,
+            "recipe_json": ckpt["recipe_json"], "data_source": ckpt["data_source"], "finished_at": now(),
+            **env.device_info(device)}
+    vers = place()
+    base.update(torch_version=vers["torch_version"], git_commit=vers["git_commit"], ray_node_id=vers["ray_node_id"],
+                pid=vers["pid"])
+    rows = [{**base, **e} for e in ckpt["log"]]
+    # The last row is the model's summary: fp32 accuracy of the final weights and the whole run's speed.
+    rows.append({**base, "epoch": ckpt["epochs"], "top1_pct": ckpt["top1_pct"], "train_s": ckpt["train_s"],
+                 "train_img_per_s": ckpt["train_img_per_s"]})
+    return rows
+
+
+# ---- the benchmark of one variant ----------------------------------------------------------------------
+
+def bench_job(variant: Variant, model_spec: TrainSpec, ckpt: dict, data: Cifar, bench: BenchSpec,
+              sweep: str, spec_hash: str) -> tuple[list[dict], list[dict]]:
+    """Prepare one variant, time it at batch 1, then check and evaluate it; never raises for its faults.
+
+    Order matters: latency first (a good latency is kept even when the accuracy pass fails: that is
+    `eval_error`, not a lost row), then the numerical checks that can turn the row into an error.
+    """
+    device = task_device()
+    base = _bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device)
+    try:
+        with measurement_flags():
+            rows, raw = _measure_variant(variant, model_spec, ckpt, data, bench, device, base)
+    except _Unsupported as e:
+        return [{**base, "status": "skipped", "error": str(e), "repeat": 0, "finished_at": now()}], []
+    except Exception as e:  # a crash, an OOM, an unsupported compile: a row that says so, and the sweep goes on
+        tb = traceback.format_exc(limit=6)
+        return [{**base, "status": "error", "error": f"{type(e).__name__}: {e}\n{tb}"[:4000], "repeat": 0,
+                 "finished_at": now()}], []
+    return rows, raw
+
+
+def _bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device) -> dict:
+    return {"sweep": sweep, "variant_id": variant.variant_id, "brief_id": variant.brief_id,
+            "label": variant.label, "model": variant.model, "arch": model_spec.arch, **variant.axes(),
+            "teacher": model_spec.teacher, "seed": model_spec.seed, "spec_hash": spec_hash,
+            "data_source": ckpt["data_source"], "warmup": bench.warmup, "iters": bench.iters,
+            "config_json": json.dumps({"variant": dataclasses.asdict(variant),
+                                       "model": dataclasses.asdict(model_spec),
+                                       "bench": dataclasses.asdict(bench)}, default=str, sort_keys=True),
+            **place(), **env.device_info(device)}
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _measure_variant(variant, model_spec, ckpt, data, bench, device, base) -> tuple[list[dict], list[dict]]:
+    from runner import bench as bench_mod
+    from runner import breakdown, optimize
+    from runner.train import model_from_checkpoint
+
+    model = model_from_checkpoint(ckpt, device)
+    try:
+        prepared = optimize.prepare(model, variant, device)
+    except optimize.Unsupported as e:
+        raise _Unsupported(str(e)) from None
+    fn, x, compile_s = prepared.runner(1)
+    with env.GpuMonitor(base["gpu_uuid"]) as gpu:
+        samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
+    extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params, **gpu.summary()}
+    if device.type == "cuda":
+        extra.update(breakdown.launch_floor(device))
+        extra.update(breakdown.kernel_breakdown(fn, x))
+    extra.update(_checks(model, prepared, fn, x, data, model_spec, bench, device, variant))
+    extra["top1_drift_pts"] = (extra["top1_pct"] - ckpt["top1_pct"]) if extra.get("top1_pct") is not None else None
+    status, error = "ok", None
+    if extra.get("check_error"):
+        status, error = "error", extra["check_error"]
+    base = {**base, "status": status, "error": error, "finished_at": now(),
+            **{k: v for k, v in extra.items() if k != "check_error"}}
+    rows = [{**base, **r} for r in bench_mod.repeat_rows(samples, bench.cv_flag_pct)]
+    raw = [{"variant_id": variant.variant_id, "repeat": r, "iter": i, "lat_ms": float(a), "host_ms": float(h)}
+           for r, s in enumerate(samples) for i, (a, h) in enumerate(zip(s.lat_ms, s.host_ms))]
+    return rows, raw
+
+
+def _checks(model, prepared, fn1, x1, data, model_spec, bench, device, variant) -> dict[str, Any]:
+    """Accuracy through the eval callable, and the three numerical checks, each its own column.
+
+    - fold: the folded fp32 model against the unfolded one (`fold_max_rel_err`, `folded_layers`);
+    - path: the prepared eval callable against the fp32 eager model (`path_max_rel_err`);
+    - batch 1: the timed callable's predictions against the eval callable's (`b1_agree_pct`).
+    An accuracy pass that fails leaves the latency standing (`eval_error`).
+    """
+    from runner import evaluate, optimize
+
+    test = data.subset(0, model_spec.recipe.test_subset)
+    n_check = min(AGREE_IMAGES, len(test.test_y))
+    check_x = evaluate.normalized(test.test_x[:n_check], device)
+    out: dict[str, Any] = {"folded_layers": prepared.folded_layers}
+    problems = []
+    with torch.inference_mode():
+        ref = model.float()(check_x.float()).float()
+        if variant.bn_fold:
+            err = optimize.fold_error(model, check_x)
+            out["fold_max_rel_err"] = err
+            if err > FOLD_REL_ERR_MAX:
+                problems.append(f"BN folding changed the logits by {err:.2e} of their scale "
+                                f"(bound {FOLD_REL_ERR_MAX:.0e})")
+    try:
+        eval_bs = min(bench.eval_batch_size, len(test.test_y))
+        eval_fn, _, _ = prepared.runner(eval_bs)
+        logits = evaluate.predict(eval_fn, test.test_x, device, eval_bs, prepared.cast_input)
+        out["top1_pct"] = evaluate.top1(logits, test.test_y)
+        path_err = evaluate.max_rel_err(logits[:n_check], ref.cpu())
+        out["path_max_rel_err"] = path_err
+        bound = PATH_REL_ERR_MAX.get(variant.precision, 1e-1)
+        if path_err > bound:
+            problems.append(f"logits differ from the fp32 eager model's by {path_err:.2e} of their scale "
+                            f"(bound {bound:.0e} for {variant.precision})")
+        b1 = evaluate.predict_one_by_one(fn1, x1, test.test_x[:n_check], device, prepared.cast_input)
+        out["b1_agree_pct"] = 100.0 * float((b1.argmax(1) == logits[:n_check].argmax(1)).float().mean())
+    except Exception as e:
+        out["eval_error"] = f"{type(e).__name__}: {e}"[:2000]
+    if problems:
+        out["check_error"] = "; ".join(problems)
+    return out
+
+
+# ---- re-check and paired timing (no accuracy: these only time) -----------------------------------------
+
+def _prepared_callable(variant: Variant, ckpt: dict, device: torch.device):
+    from runner import optimize
+    from runner.train import model_from_checkpoint
+
+    prepared = optimize.prepare(model_from_checkpoint(ckpt, device), variant, device)
+    fn, x, _ = prepared.runner(1)
+    return fn, x
+
+
+def recheck_job(variant: Variant, ckpt: dict, bench: BenchSpec) -> dict:
+    """Time a variant again, alone, with the sweep's own protocol: the in-sweep number's witness."""
+    from runner import bench as bench_mod
+
+    device = task_device()
+    row = {"variant_id": variant.variant_id, **place(), **env.device_info(device)}
+    try:
+        with measurement_flags():
+            fn, x = _prepared_callable(variant, ckpt, device)
+            samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=1)
+    except Exception as e:
+        return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": now()}
+    s = samples[0]
+    return {**row, "status": "ok", "error": None, "finished_at": now(),
+            "recheck_p50_ms": float(np.median(s.lat_ms)), "recheck_p95_ms": float(np.percentile(s.lat_ms, 95)),
+            "recheck_host_p50_ms": float(np.median(s.host_ms))}
+
+
+def pair_job(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, rounds: int) -> dict:
+    """Parent and child prepared in one process and timed interleaved (A B B A A B ...), `rounds` times.
+
+    Drift between minutes, GPUs and processes then hits both alike; the paired differences' spread is
+    the noise the keep / drop decision is judged against (runner/pairs.py).
+    """
+    from runner import pairs
+
+    device = task_device()
+    row = {"parent_id": parent.variant_id, "variant_id": child.variant_id, **place(), **env.device_info(device)}
+    try:
+        with measurement_flags():
+            a = _prepared_callable(parent, ckpt, device)
+            b = _prepared_callable(child, ckpt, device)
+            per_side = max(20, bench.iters // rounds)
+            pa, pb = pairs.interleaved(a, b, rounds=rounds, iters=per_side, warmup=max(10, bench.warmup // 10))
+    except Exception as e:
+        return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": now()}
+    return {**row, "status": "ok", "error": None, "finished_at": now(), "rounds": rounds, "iters_per_round": per_side,
+            "parent_p50s_ms": json.dumps(pa), "child_p50s_ms": json.dumps(pb)}
