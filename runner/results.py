@@ -42,7 +42,8 @@ RESULT_SCHEMA = pa.schema(
        ("driver_version", pa.string()), ("torch_version", pa.string()), ("cuda_version", pa.string()),
        ("cudnn_version", pa.string()), ("ray_version", pa.string()), ("hostname", pa.string()),
        ("git_commit", pa.string()), ("data_source", pa.string()), ("seed", pa.int64()),
-       ("spec_hash", pa.string()), ("config_json", pa.string()), ("finished_at", pa.string())]
+       ("spec_hash", pa.string()), ("config_json", pa.string()), ("finished_at", pa.string()),
+       ("ray_node_id", pa.string())]
 )
 
 TRAINING_SCHEMA = pa.schema(
@@ -52,7 +53,8 @@ TRAINING_SCHEMA = pa.schema(
      ("epoch_s", pa.float64()), ("train_s", pa.float64()), ("train_img_per_s", pa.float64()),
      ("seed", pa.int64()), ("device", pa.string()), ("gpu_name", pa.string()), ("gpu_uuid", pa.string()),
      ("torch_version", pa.string()), ("git_commit", pa.string()), ("data_source", pa.string()),
-     ("spec_hash", pa.string()), ("recipe_json", pa.string()), ("finished_at", pa.string())]
+     ("spec_hash", pa.string()), ("recipe_json", pa.string()), ("finished_at", pa.string()),
+     ("ray_node_id", pa.string())]
 )
 
 SAMPLES_SCHEMA = pa.schema([("variant_id", pa.string()), ("repeat", pa.int32()), ("iter", pa.int32()),

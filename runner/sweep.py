@@ -66,6 +66,7 @@ def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str)
     base = {"sweep": sweep, "model": spec.key, "arch": spec.arch, "teacher": spec.teacher, "status": "ok",
             "epochs": ckpt["epochs"], "seed": spec.seed, "spec_hash": spec.spec_hash,
             "recipe_json": ckpt["recipe_json"], "data_source": ckpt["data_source"], "finished_at": _now(),
+            "ray_node_id": ray.get_runtime_context().get_node_id(),  # which Ray node trained it (multi-node runs)
             **env.device_info(device)}
     vers = env.versions()
     base.update(torch_version=vers["torch_version"], git_commit=vers["git_commit"])
@@ -92,6 +93,7 @@ def bench_job(variant: Variant, model_spec: TrainSpec, ckpt: dict, data: Cifar, 
             "config_json": json.dumps({"variant": dataclasses.asdict(variant),
                                        "model": dataclasses.asdict(model_spec),
                                        "bench": dataclasses.asdict(bench)}, default=str, sort_keys=True),
+            "ray_node_id": ray.get_runtime_context().get_node_id(),  # which Ray node measured it (multi-node runs)
             **env.versions(), **env.device_info(device)}
     try:
         optimize.strict_fp32()
