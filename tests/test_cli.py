@@ -1,4 +1,4 @@
-"""runner/__main__.py in-process: list, and every early error path of sweep / report / train (no Ray started)."""
+"""The CLI (runner/cli.py) in-process: list, every early error path of sweep / report / train, --help defaults."""
 from __future__ import annotations
 
 import time
