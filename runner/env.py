@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from runner.diagnostics import nvml
+
 
 def git_commit() -> str:
     """The project's commit (with -dirty when the tree has changes); 'unknown' outside a checkout."""
@@ -54,40 +56,10 @@ def nvml_state(gpu_uuid: str | None) -> dict[str, Any]:
 
     The exclusivity check is the invariant 'one latency job per device' made visible in every row:
     Ray already reserves the whole GPU, but something outside Ray (another user, a stray process)
-    can still be there, and it silently inflates host-side latency.
+    can still be there, and it silently inflates host-side latency. Keys: gpu_exclusive,
+    gpu_other_pids, sm_clock_mhz, temp_c, driver_version (see `runner.diagnostics.nvml.gpu_state`).
     """
-    out: dict[str, Any] = {"gpu_exclusive": None, "gpu_other_pids": None, "sm_clock_mhz": None,
-                           "temp_c": None, "driver_version": None}
-    if not gpu_uuid:
-        return out
-    try:
-        import pynvml as nv
-    except ImportError:
-        return out
-    try:
-        nv.nvmlInit()
-        try:
-            h = nv.nvmlDeviceGetHandleByUUID(gpu_uuid)
-            me = os.getpid()
-            pids = {p.pid for p in nv.nvmlDeviceGetComputeRunningProcesses(h)}
-            others = sorted(pids - {me})
-            # Exclusive only when NVML sees *us* and nobody else: if our own pid is missing (another pid
-            # namespace, a sandbox that hides processes), an empty list proves nothing.
-            exclusive = (not others) if me in pids else (False if others else None)
-            note = "" if me in pids else f" (own pid {me} not listed by NVML)"
-            out.update(gpu_exclusive=exclusive, gpu_other_pids=",".join(map(str, others)) + note,
-                       sm_clock_mhz=float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
-                       temp_c=float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
-                       driver_version=_str(nv.nvmlSystemGetDriverVersion()))
-        finally:
-            nv.nvmlShutdown()
-    except Exception as e:  # NVML missing in a container, or the UUID unknown: record, don't fail the bench
-        out["gpu_other_pids"] = f"nvml error: {e}"
-    return out
-
-
-def _str(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return nvml.gpu_state(gpu_uuid)
 
 
 def code_digest() -> str:

@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from runner import agreement, report_latency, report_trust
+from runner import agreement, plots, report_latency, report_trust
+from runner.plots import figure as _figure
 from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, summarize
 
 BRIEF_ROWS = [  # the brief's table, in its order, with its own wording of each row
@@ -321,9 +322,7 @@ def _where_line(sweep: dict, results: pd.DataFrame) -> str:
         when = f"Ran {sweep['started_at']} to {sweep.get('finished_at') or '?'}"
     else:
         when = "Ran (start time not recorded)"
-    wall = sweep.get("wall_s")
-    wall_txt = f"wall time {float(wall):.0f} s ({float(wall) / 60:.1f} min)" if not _missing(wall) else \
-        "wall time not recorded"
+    wall_txt = _wall_text(sweep)
     devices = _distinct(results["device"])
     cluster = sweep.get("cluster") or {}
     on_cpu = (devices and all(d.startswith("cpu") for d in devices)) or \
@@ -340,6 +339,19 @@ def _where_line(sweep: dict, results: pd.DataFrame) -> str:
         nodes = cluster.get("nodes", "?")
         where = f"on {gpus} GPU(s), {nodes} node(s): {kinds}"
     return f"{when}, {where}; {wall_txt}."
+
+
+def _wall_text(sweep: dict) -> str:
+    """The whole sweep's wall time: a resumed sweep adds up every invocation (sweep.json previous_runs)."""
+    walls = [r.get("wall_s") for r in sweep.get("previous_runs", [])] + [sweep.get("wall_s")]
+    walls = [float(w) for w in walls if not _missing(w)]
+    if not walls:
+        return "wall time not recorded"
+    total = sum(walls)
+    text = f"wall time {total:.0f} s ({total / 60:.1f} min)"
+    if len(walls) > 1:
+        text += f" over {len(walls)} invocations (this one {walls[-1]:.0f} s)"
+    return text
 
 
 def _brief_section(summary: pd.DataFrame) -> list[str]:
@@ -450,49 +462,14 @@ def _env_section(results: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
 
 # ---------------------------------------------------------------- plots
 
-def _plots(summary: pd.DataFrame, chosen: pd.Series | None, bar: float, out_dir: Path) -> list[str]:
+def _plots(summary: pd.DataFrame, chosen: pd.Series | None, bar: float, out_dir: Path, cpu: bool) -> list[str]:
     ok = summary[summary["status"] == "ok"].dropna(subset=["lat_p95_ms", "top1_pct"])
     if ok.empty:
         return ["## Plots", "", "No plots: no variant finished with a latency and an accuracy.", ""]
-    _plot_acc_vs_latency(ok, chosen, bar, out_dir / "acc_vs_latency.png")
+    plots.acc_vs_latency(ok, chosen, bar, out_dir / "acc_vs_latency.png", cpu=cpu)
     _plot_latency_by_variant(ok, out_dir / "latency_by_variant.png")
     return ["## Plots", "", "![Accuracy vs p95 latency](acc_vs_latency.png)", "",
             "![p50 latency by variant, min..max over repeats](latency_by_variant.png)", ""]
-
-
-def _figure(size: tuple[float, float]):
-    # Figure + Agg canvas directly: no pyplot global state, no display needed. Imported here so that
-    # reading results never pays for matplotlib.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=size)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _plot_acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path: Path) -> None:
-    from matplotlib.ticker import FormatStrFormatter
-    fig = _figure((8, 5.5))
-    ax = fig.add_subplot()
-    for model, g in ok.groupby("model", sort=True):
-        ax.scatter(g["lat_p95_ms"], g["top1_pct"], label=str(model), s=40, alpha=0.85)
-    for _, r in ok.dropna(subset=["brief_id"]).iterrows():
-        ax.annotate(str(r["brief_id"]), (r["lat_p95_ms"], r["top1_pct"]), textcoords="offset points",
-                    xytext=(5, 5), fontsize=9)
-    ax.axhline(bar, color="gray", ls="--", lw=1, label=f"bar {bar:.1f}%")
-    if chosen is not None:
-        ax.scatter([chosen["lat_p95_ms"]], [chosen["top1_pct"]], s=220, facecolors="none", edgecolors="red",
-                   linewidths=2, label=f"chosen: {chosen['variant_id']}")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.4, not 4x10^-1
-    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-    ax.set_xlabel("p95 latency, batch 1 (ms, log scale; median over repeats)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Accuracy vs latency (ok variants)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def _plot_latency_by_variant(ok: pd.DataFrame, path: Path) -> None:
@@ -568,7 +545,8 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     lines += report_latency.breakdown_section(summary)
     lines += report_trust.checks_section(summary)
     lines += _training_section(training)
-    lines += _plots(summary, choose(summary, bar)["chosen"], bar, out_dir)
+    cpu_rows = not _ok(results).empty and (_ok(results)["device"] == "cpu").all()
+    lines += _plots(summary, choose(summary, bar)["chosen"], bar, out_dir, cpu=bool(cpu_rows))
     lines += _env_section(results, summary)
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -1,6 +1,6 @@
 """Train models of a sweep file on one device and tabulate time, throughput and accuracy (no Ray).
 
-    python -m runner.train_bench [--config variants/default.yaml] [--models resnet18,mobilenet,...]
+    python -m runner train-bench [--config variants/default.yaml] [--models resnet18,mobilenet,...]
                                  [--data PATH|cifar10|synthetic] [--seeds 0[,1,2]] [--teacher-seed N]
                                  [--max-epochs N]
                                  [--device cuda:0] [--out runs/train_bench.parquet]
@@ -15,7 +15,6 @@ Output: one Parquet row per model x seed; the per-epoch log is in the `log_json`
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -155,24 +154,8 @@ def print_summary(summary: pd.DataFrame) -> None:
               f"{r['spread']:>7.2f}")
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m runner.train_bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="variants/default.yaml")
-    p.add_argument("--models", help="comma-separated model keys of the config (default: all)")
-    p.add_argument("--data", help="cifar10 | synthetic | PATH (default: data.source of the config)")
-    p.add_argument("--seeds", help="comma-separated seeds (default: the config's seed); repeat one "
-                                   "(0,0) to measure run-to-run reproducibility")
-    p.add_argument("--teacher-seed", type=int,
-                   help="train each teacher once with this seed (default: once per student seed)")
-    p.add_argument("--max-epochs", type=int, help="cap every model's epochs")
-    p.add_argument("--device", help="default: cuda when available, else cpu")
-    p.add_argument("--out", default="runs/train_bench.parquet")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
+    """`python -m runner train-bench` (options: runner/cli.py)."""
     try:
         spec = load_sweep(args.config).capped(max_epochs=args.max_epochs)
         requested = select_models(spec, args.models)
@@ -207,5 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the old entry point; `python -m runner train-bench` is the documented one
+    from runner.cli import main
+    sys.exit(main(["train-bench", *sys.argv[1:]]))

@@ -1,6 +1,6 @@
 """Merge train_bench outputs into one training table and summarise it in markdown (per model and recipe).
 
-    python -m runner.train_summary reports/h200-training/round*/*.parquet \
+    python -m runner train-summary reports/h200-training/round*/*.parquet \
         [--merged-out reports/h200-training/training.parquet] [--markdown-out reports/h200-training/tables.md]
 
 Each input is one `python -m runner.train_bench` output. A row keeps its file as `job` (the file's stem)
@@ -10,7 +10,6 @@ images/s; same-seed repeats are reported as such, since a repeat is how run-to-r
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -70,13 +69,8 @@ def markdown(summary: pd.DataFrame) -> str:
     return "\n".join(markdown_table(headers, rows)) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runner.train_summary", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("parquet", nargs="+", help="train_bench outputs")
-    p.add_argument("--merged-out", help="write all rows (with round and job) to this Parquet file")
-    p.add_argument("--markdown-out", help="write the summary table to this file as well")
-    args = p.parse_args(argv)
+def run(args) -> int:
+    """`python -m runner train-summary` (options: runner/cli.py)."""
     try:
         df = collect(args.parquet)
     except (OSError, ValueError) as e:
@@ -91,5 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the old entry point; `python -m runner train-summary` is the documented one
+    from runner.cli import main
+    sys.exit(main(["train-summary", *sys.argv[1:]]))

@@ -1,4 +1,4 @@
-"""runner/__main__.py in-process: list, and every early error path of sweep / report / train (no Ray started)."""
+"""The CLI (runner/cli.py) in-process: list, every early error path of sweep / report / train, --help defaults."""
 from __future__ import annotations
 
 import time
@@ -81,3 +81,80 @@ def test_bad_subcommand_exits():
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+# ---- one CLI: every verb, defaults in --help, shared options defined once --------------------------
+
+VERBS = {"sweep", "list", "report", "train", "train-bench", "train-summary", "export", "crosscheck", "exclusivity"}
+
+
+def _subparsers():
+    import argparse
+
+    from runner.cli import build_parser
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_verb_is_a_subcommand_with_a_handler():
+    import importlib
+
+    subs = _subparsers()
+    assert set(subs) == VERBS
+    for verb, p in subs.items():
+        module, func = p.get_default("target").split(":")
+        assert callable(getattr(importlib.import_module(module), func)), verb
+
+
+def test_help_shows_a_default_for_every_option():
+    for verb, p in _subparsers().items():
+        text = p.format_help()
+        for a in p._actions:
+            if not a.option_strings or a.dest == "help":
+                continue
+            flag = a.option_strings[-1]
+            # The option's help block runs from its flag to the next line that starts a new option.
+            block = text[text.index(f"  {flag}"):]
+            nxt = [i for i in (block.find("\n  -", 1),) if i > 0]
+            block = block[:nxt[0]] if nxt else block
+            assert "(default:" in block, f"{verb} {flag}: no default in --help"
+
+
+def test_shared_options_are_the_same_in_every_verb():
+    seen: dict[str, set] = {}
+    for p in _subparsers().values():
+        for a in p._actions:
+            if a.option_strings and a.option_strings[-1] in ("--config", "--data", "--address", "--device"):
+                seen.setdefault(a.option_strings[-1], set()).add((a.help, a.default, a.type))
+    assert set(seen) == {"--config", "--data", "--address", "--device"}
+    assert all(len(v) == 1 for v in seen.values()), seen
+
+
+TINY = """
+sweep: tinytrain
+data: {source: synthetic}
+models:
+  tiny:
+    arch: airbench_cifar
+    arch_args: {width_mult: 0.125}
+    recipe: {epochs: 1, batch_size: 64, lr: 0.1, train_subset: 128, test_subset: 64}
+grid:
+  - precision: [fp32]
+"""
+
+
+def test_train_never_writes_over_a_sweeps_checkpoint(tmp_path, capsys):
+    import torch
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    sweep_ckpt = tmp_path / "runs" / "tinytrain" / "checkpoints" / "tiny.pt"
+    sweep_ckpt.parent.mkdir(parents=True)
+    sweep_ckpt.write_bytes(b"the sweep's own checkpoint")
+    rc = main(["train", "--config", str(cfg), "--model", "tiny", "--out", str(tmp_path / "runs"), "--device", "cpu"])
+    assert rc == 0
+    assert sweep_ckpt.read_bytes() == b"the sweep's own checkpoint"
+    own = tmp_path / "runs" / "tinytrain" / "train" / "tiny.pt"
+    ckpt = torch.load(own, weights_only=True)
+    assert ckpt["key"] == "tiny" and ckpt["epochs"] == 1
+    assert str(own) in capsys.readouterr().out

@@ -1,6 +1,6 @@
-"""CPU smoke tests of the measurement scripts (runner/crosscheck.py, exclusivity.py, train_bench.py).
+"""CPU smoke tests of the measurement verbs (crosscheck, exclusivity, train-bench, train-summary).
 
-Each script's main(argv) runs in-process with tiny settings. CPU timings here are noisy, so the tests
+Each verb runs in-process through `runner.cli.main` with tiny settings. CPU timings here are noisy, so the tests
 check that the reports are complete and sane, not that the timers agree.
 """
 from __future__ import annotations
@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from runner import crosscheck, exclusivity, train_bench
+from runner import train_bench
+from runner.cli import main
+from runner.diagnostics import crosscheck, exclusivity
 
 TINY_YAML = """
 sweep: tiny
@@ -37,7 +39,7 @@ grid:
 def test_crosscheck_cpu_timer_fallback(tmp_path, capsys):
     out = tmp_path / "cc.json"
     # One variant keeps the test fast (the plain, unsubstituted path is covered by the unit test below).
-    rc = crosscheck.main(["--iters", "20", "--warmup", "5", "--min-run-time", "0.2",
+    rc = main(["crosscheck", "--iters", "20", "--warmup", "5", "--min-run-time", "0.2",
                           "--only", "airbench_cifar", "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0
@@ -77,7 +79,7 @@ def test_crosscheck_variants_and_cpu_substitution():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_exclusivity_needs_gpu(tmp_path, capsys):
     out = tmp_path / "ex.json"
-    assert exclusivity.main(["--seconds", "1", "--out", str(out)]) == 0
+    assert main(["exclusivity", "--seconds", "1", "--out", str(out)]) == 0
     assert "needs a CUDA GPU" in capsys.readouterr().out
     assert not out.exists()
 
@@ -95,7 +97,7 @@ def test_train_bench_student_with_teacher_two_seeds(tmp_path, capsys):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)
     out = tmp_path / "tb.parquet"
-    rc = train_bench.main(["--config", str(cfg), "--models", "tiny_kd", "--data", "synthetic",
+    rc = main(["train-bench", "--config", str(cfg), "--models", "tiny_kd", "--data", "synthetic",
                            "--seeds", "0,1", "--max-epochs", "1", "--device", "cpu", "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0
@@ -150,7 +152,7 @@ def test_train_bench_teacher_seed_records_the_teacher(tmp_path, capsys):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)
     out = tmp_path / "tb.parquet"
-    rc = train_bench.main(["--config", str(cfg), "--models", "tiny_kd", "--data", "synthetic", "--seeds", "0,1",
+    rc = main(["train-bench", "--config", str(cfg), "--models", "tiny_kd", "--data", "synthetic", "--seeds", "0,1",
                            "--teacher-seed", "3", "--device", "cpu", "--out", str(out)])
     assert rc == 0
     df = pd.read_parquet(out)
@@ -163,7 +165,7 @@ def test_train_bench_teacher_seed_records_the_teacher(tmp_path, capsys):
 def test_train_bench_unknown_model(tmp_path, capsys):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)
-    assert train_bench.main(["--config", str(cfg), "--models", "nope", "--out", str(tmp_path / "x.parquet")]) == 2
+    assert main(["train-bench", "--config", str(cfg), "--models", "nope", "--out", str(tmp_path / "x.parquet")]) == 2
     assert "models there: tiny, tiny_kd" in capsys.readouterr().err
 
 
@@ -229,13 +231,13 @@ def test_train_summary_merges_rounds_and_tabulates(tmp_path, capsys):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)
     outs = [tmp_path / "roundA" / "kd.parquet", tmp_path / "roundB" / "twice.parquet"]
-    assert train_bench.main(["--config", str(cfg), "--models", "tiny_kd", "--data", "synthetic", "--seeds", "0,1",
+    assert main(["train-bench", "--config", str(cfg), "--models", "tiny_kd", "--data", "synthetic", "--seeds", "0,1",
                              "--teacher-seed", "0", "--device", "cpu", "--out", str(outs[0])]) == 0
-    assert train_bench.main(["--config", str(cfg), "--models", "tiny", "--data", "synthetic", "--seeds", "0,0",
+    assert main(["train-bench", "--config", str(cfg), "--models", "tiny", "--data", "synthetic", "--seeds", "0,0",
                              "--device", "cpu", "--out", str(outs[1])]) == 0
     capsys.readouterr()
     merged, md = tmp_path / "training.parquet", tmp_path / "tables.md"
-    assert train_summary.main([*map(str, outs), "--merged-out", str(merged), "--markdown-out", str(md)]) == 0
+    assert main(["train-summary", *map(str, outs), "--merged-out", str(merged), "--markdown-out", str(md)]) == 0
     text = capsys.readouterr().out
     df = pd.read_parquet(merged)
     assert len(df) == 5 and set(df["round"]) == {"roundA", "roundB"} and set(df["job"]) == {"kd", "twice"}
@@ -253,10 +255,10 @@ def test_train_summary_merges_rounds_and_tabulates(tmp_path, capsys):
 
 def test_train_summary_bad_inputs_fail_cleanly(tmp_path, capsys):
     from runner import train_summary
-    assert train_summary.main([str(tmp_path / "missing.parquet")]) == 2
+    assert main(["train-summary", str(tmp_path / "missing.parquet")]) == 2
     assert "missing.parquet" in capsys.readouterr().err
     other = tmp_path / "results.parquet"
     pd.DataFrame({"variant_id": ["x"], "p50_ms": [1.0]}).to_parquet(other)
-    assert train_summary.main([str(other)]) == 2
+    assert main(["train-summary", str(other)]) == 2
     err = capsys.readouterr().err
     assert "results.parquet: not a train_bench output" in err and "model" in err

@@ -1,6 +1,6 @@
 """Cross-check our batch-1 latency numbers against an independent timer.
 
-    python -m runner.crosscheck [--iters 1000] [--warmup 200] [--out runs/crosscheck.json]
+    python -m runner crosscheck [--iters 1000] [--warmup 200] [--out runs/crosscheck.json]
                                 [--timer auto|triton|torch] [--only ARCH,...] [--device cuda:0]
 
 Three untrained variants (weights do not change latency) are prepared exactly as a sweep prepares them
@@ -19,10 +19,8 @@ On CPU, variants that need a GPU (fp16, CUDA graph) are replaced by their fp32 e
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
-import sys
 import time
 
 import numpy as np
@@ -30,6 +28,7 @@ import torch
 
 from models import get_model
 from runner import bench, env
+from runner.diagnostics.table import Column, print_table
 from runner.results import write_json
 from runner.optimize import GRAPHING_COMPILE_MODES, prepare, strict_fp32, unsupported_reason
 from variants import Variant
@@ -135,19 +134,21 @@ def check_variant(v: Variant, device: torch.device, timer: str, args) -> dict:
             "ratio": ratio, "agree": bool(abs(ratio - 1.0) <= AGREE_TOL)}
 
 
-def print_table(results: list[dict]) -> None:
-    head = (f"{'variant':<44} {'ours#1 ms':>9} {'ours#2 ms':>9} {'drift%':>7} {'indep ms':>9} {'ratio':>6} "
-            f"{'agree':>5} {'host p50 ms':>11}")
-    print(head)
-    print("-" * len(head))
+TABLE = (Column("variant", 44, "<"), Column("ours#1 ms", 9), Column("ours#2 ms", 9), Column("drift%", 7),
+         Column("indep ms", 9), Column("ratio", 6), Column("agree", 5), Column("host p50 ms", 11))
+
+
+def table_rows(results: list[dict]) -> list[list[str] | str]:
+    rows: list[list[str] | str] = []
     for r in results:
         if "error" in r:
-            print(f"{r['variant_id']:<44} ERROR {r['error']}")
+            rows.append(f"{r['variant_id']:<44} ERROR {r['error']}")
             continue
         host = float(np.mean([r["ours_first"]["host_p50_ms"], r["ours_second"]["host_p50_ms"]]))
-        print(f"{r['variant_id']:<44} {r['ours_first']['lat_p50_ms']:>9.4f} {r['ours_second']['lat_p50_ms']:>9.4f} "
-              f"{r['drift_pct']:>+7.1f} {r['independent_p50_ms']:>9.4f} {r['ratio']:>6.3f} "
-              f"{'yes' if r['agree'] else 'no':>5} {host:>11.4f}")
+        rows.append([r["variant_id"], f"{r['ours_first']['lat_p50_ms']:.4f}", f"{r['ours_second']['lat_p50_ms']:.4f}",
+                     f"{r['drift_pct']:+.1f}", f"{r['independent_p50_ms']:.4f}", f"{r['ratio']:.3f}",
+                     "yes" if r["agree"] else "no", f"{host:.4f}"])
+    return rows
 
 
 def verdict(results: list[dict]) -> str:
@@ -168,25 +169,8 @@ def selected_variants(only: str | None) -> tuple[Variant, ...]:
     return tuple(v for v in DEFAULT_VARIANTS if v.model in keep)
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m runner.crosscheck", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iters", type=int, default=1000, help="timed iterations per repeat of our bench")
-    p.add_argument("--warmup", type=int, default=200, help="warm-up iterations per repeat of our bench")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--timer", choices=("auto", "triton", "torch"), default="auto",
-                   help="independent timer: auto = triton on CUDA when installed, else torch's Timer")
-    p.add_argument("--indep-warmup-ms", type=float, default=100.0, help="do_bench warm-up budget (ms)")
-    p.add_argument("--indep-rep-ms", type=float, default=1000.0, help="do_bench measuring budget (ms)")
-    p.add_argument("--min-run-time", type=float, default=1.0, help="torch Timer blocked_autorange budget (s)")
-    p.add_argument("--only", help="comma-separated architectures to keep of the three (default: all three)")
-    p.add_argument("--device", help="default: cuda:0 when available, else cpu")
-    p.add_argument("--out", default="runs/crosscheck.json")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
+    """`python -m runner crosscheck` (options: runner/cli.py)."""
     device = torch.device(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
     strict_fp32()  # fp32 rows mean true fp32, as in the sweep's bench task
     if device.type == "cuda":
@@ -205,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {r['substitution']}")
         results.append(r)
     print()
-    print_table(results)
+    print_table(TABLE, table_rows(results))
     line = verdict(results)
     print(line)
     info = env.device_info(device)
@@ -217,6 +201,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {write_json(report, args.out)}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Show that the bench notices a second process on its GPU (the 'one latency job per device' invariant).
 
-    python -m runner.exclusivity [--seconds 20] [--warmup 50] [--iters 300] [--out runs/exclusivity.json]
+    python -m runner exclusivity [--seconds 20] [--warmup 50] [--iters 300] [--out runs/exclusivity.json]
 
 On cuda:0, with a graphed fp16 channels_last ResNet-18 (untrained; weights do not change latency):
   alone   NVML state (`runner.env.nvml_state`) + a short bench: expect gpu_exclusive True
@@ -14,7 +14,6 @@ machine without one it says so and exits 0.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import selectors
 import subprocess
@@ -26,6 +25,8 @@ import torch
 
 from models import get_model
 from runner import bench, env
+from runner.diagnostics import nvml
+from runner.diagnostics.table import Column, print_table
 from runner.results import write_json
 from runner.optimize import prepare
 from variants import Variant
@@ -51,27 +52,10 @@ while time.monotonic() < end:
 """
 
 
-def nvml_raw_pids(gpu_uuid: str | None) -> list[int] | None:
-    """Every compute pid NVML lists on the GPU, ours included (diagnoses PID namespaces: in a container
-    NVML reports host pids, so our own pid may not match and would look like 'another process')."""
-    if not gpu_uuid:
-        return None
-    try:
-        import pynvml as nv
-        nv.nvmlInit()
-        try:
-            h = nv.nvmlDeviceGetHandleByUUID(gpu_uuid)
-            return sorted({p.pid for p in nv.nvmlDeviceGetComputeRunningProcesses(h)})
-        finally:
-            nv.nvmlShutdown()
-    except Exception:  # no pynvml / no NVML: the row says None, the verdict says why
-        return None
-
-
 def measure_phase(phase: str, fn, x, uuid: str | None, *, warmup: int, iters: int) -> dict:
     """NVML state before and after one bench repeat, and its event / host p50 (the sweep's checks)."""
     before = env.nvml_state(uuid)
-    raw = nvml_raw_pids(uuid)
+    raw = nvml.compute_pids(uuid)  # every pid, ours included: shows a PID-namespace mismatch
     s = bench.time_once(fn, x, warmup=warmup, iters=iters)
     after = env.nvml_state(uuid)
     lat, host = bench.stats(s.lat_ms)["p50"], bench.stats(s.host_ms)["p50"]
@@ -135,30 +119,18 @@ def verdict(alone: dict, loaded: dict | None) -> str:
             f"{alone['host_over_event']:.2f}x alone -> {loaded['host_over_event']:.2f}x loaded)")
 
 
-def print_table(rows: list[dict]) -> None:
-    head = (f"{'phase':<8} {'exclusive':>9} {'other pids':<18} {'event p50':>10} {'host p50':>10} "
-            f"{'host-event':>10} {'host/event':>10}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        ratio = f"{r['host_over_event']:.2f}x" if r["host_over_event"] is not None else "-"
-        print(f"{r['phase']:<8} {str(r['gpu_exclusive']):>9} {str(r['gpu_other_pids'] or '-')[:18]:<18} "
-              f"{r['lat_p50_ms']:>8.4f}ms {r['host_p50_ms']:>8.4f}ms {r['host_minus_event_ms']:>8.4f}ms {ratio:>10}")
+TABLE = (Column("phase", 8, "<"), Column("exclusive", 9), Column("other pids", 18, "<"), Column("event p50", 10),
+         Column("host p50", 10), Column("host-event", 10), Column("host/event", 10))
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m runner.exclusivity", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=20.0, help="how long the second process keeps the GPU busy")
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--iters", type=int, default=300)
-    p.add_argument("--device-index", type=int, default=0, help="CUDA device index (both processes use it)")
-    p.add_argument("--out", default="runs/exclusivity.json")
-    return p.parse_args(argv)
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    return [[r["phase"], str(r["gpu_exclusive"]), str(r["gpu_other_pids"] or "-")[:18], f"{r['lat_p50_ms']:.4f}ms",
+             f"{r['host_p50_ms']:.4f}ms", f"{r['host_minus_event_ms']:.4f}ms",
+             f"{r['host_over_event']:.2f}x" if r["host_over_event"] is not None else "-"] for r in rows]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
+    """`python -m runner exclusivity` (options: runner/cli.py)."""
     if not torch.cuda.is_available():
         print("exclusivity: needs a CUDA GPU and none is visible here; nothing measured")
         return 0
@@ -191,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"exclusivity on {device} ({info['gpu_name']}, {info['gpu_uuid']}); our pid {os.getpid()}, "
           f"load pid {proc.pid}")
-    print_table(rows)
+    print_table(TABLE, table_rows(rows))
     if loaded is not None and not load_info.get("load_alive_after_bench", True):
         print("warning: the load ended before the loaded bench finished; raise --seconds")
     if rows[0]["nvml_all_pids"] == []:
@@ -206,6 +178,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {write_json(report, args.out)}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

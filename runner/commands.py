@@ -1,0 +1,124 @@
+"""The sweep's own verbs: sweep, list, report, train (the argument definitions are in runner/cli.py).
+
+Each `cmd_*` takes the parsed arguments and returns the exit code; errors a user can fix (a wrong sweep
+file, missing data) are raised as SpecError / DataError and turned into messages by runner/cli.py.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from variants import load_sweep
+
+
+def _load(args):
+    """Load the sweep file; --max-epochs / --bench-iters cap (never raise) epochs and timed iterations."""
+    return load_sweep(args.config).capped(max_epochs=getattr(args, "max_epochs", None),
+                                          bench_iters=getattr(args, "bench_iters", None))
+
+
+def _shortened_note(spec, args) -> str:
+    parts = []
+    if args.max_epochs:
+        parts.append(f"epochs capped at {args.max_epochs} ("
+                     + ", ".join(f"{m.key} {m.recipe.epochs}" for m in spec.models) + ")")
+    if args.bench_iters:
+        parts.append(f"benchmark capped at {spec.bench.warmup} warm-up / {spec.bench.iters} timed iterations")
+    return ("shortened run: " + "; ".join(parts)) if parts else ""
+
+
+def _data(spec, args):
+    from runner.data import load
+    source = args.data or spec.data.source
+    return load(source, spec.data.root)
+
+
+def cmd_sweep(args) -> int:
+    from runner import guard
+    from runner.sweep import run_sweep
+
+    spec = _load(args)
+    guard.probe_address(args.address)  # a cluster that is not there fails here, in seconds
+    run_dir = guard.run_folder(args.out, spec.name)
+    note = _shortened_note(spec, args)
+    data = _data(spec, args)
+    print(f"sweep '{spec.name}': {len(spec.models)} model(s) to train, {len(spec.variants)} variant(s) to measure")
+    print(f"data: {data.source}")
+    with guard.sweep_lock(run_dir):  # one sweep per run folder; Ctrl-C / SIGTERM shut down cleanly
+        report = run_sweep(spec, data, run_dir, address=args.address, shortened_note=note,
+                           fresh=getattr(args, "fresh", False))
+    print(f"\nreport:   {report}\nresults:  {run_dir / 'results.parquet'}\ntraining: {run_dir / 'training.parquet'}"
+          f"\ntable:    {run_dir / 'final_table.csv'}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    spec = _load(args)
+    print(f"sweep '{spec.name}' from {spec.source_file}")
+    print("\nmodels:")
+    for m in spec.models:
+        r = m.recipe
+        extra = f"  distilled from {m.teacher}" if m.teacher else ""
+        print(f"  {m.key:<16} {m.arch:<26} epochs {r.epochs:<3} batch {r.batch_size:<4} lr {r.lr:<6} "
+              f"amp {r.amp}{extra}")
+    print(f"\nvariants ({len(spec.variants)}):")
+    print(f"  {'id':<5} {'variant_id':<44} {'precision':<9} {'memory':<14} {'compile':<27} graph fold")
+    for v in spec.variants:
+        print(f"  {v.brief_id:<5} {v.variant_id:<44} {v.precision:<9} {v.memory_format:<14} {v.compile:<27} "
+              f"{'on' if v.cuda_graph else 'off':<5} {'on' if v.bn_fold else 'off'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from runner.report import build_report
+    from runner.results import merge
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "results").is_dir() and not (run_dir / "results.parquet").exists():
+        print(f"error: {run_dir} holds no results/ folder or results.parquet (is it a sweep folder?)",
+              file=sys.stderr)
+        return 2
+    skipped: list[Path] = []
+    if (run_dir / "results").is_dir():
+        merge(run_dir, skipped)  # a damaged part file is left out and named, the rest is merged
+    try:
+        report = build_report(run_dir)
+    except (OSError, ValueError) as e:  # a damaged merged file or sweep.json (ArrowInvalid is a ValueError)
+        print(f"error: cannot build the report from {run_dir}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    if skipped:
+        print(f"note: built without {len(skipped)} damaged file(s): {', '.join(map(str, skipped))}",
+              file=sys.stderr)
+    return 0
+
+
+def train_checkpoint_path(out: Path, sweep: str, model: str) -> Path:
+    """Where `train` saves: runs/<sweep>/train/<model>.pt, beside (never over) the sweep's own
+    runs/<sweep>/checkpoints/<model>.pt, which a sweep reuses on resume and its rows were measured from."""
+    return out / sweep / "train" / f"{model}.pt"
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from runner.train import train
+
+    spec = _load(args)
+    keys = [m.key for m in spec.models]
+    if args.model not in keys:
+        print(f"error: no model '{args.model}' in {args.config}; models there: {', '.join(keys)}", file=sys.stderr)
+        return 2
+    m = spec.model(args.model)
+    if m.teacher:
+        print(f"error: '{m.key}' is distilled from '{m.teacher}'; run it inside a sweep", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ckpt = train(m, _data(spec, args), device)
+    out = train_checkpoint_path(Path(args.out), spec.name, m.key)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, out.with_suffix(".tmp"))
+    out.with_suffix(".tmp").replace(out)
+    print(f"{m.key}: top1 {ckpt['top1_pct']:.2f}% (fp32) in {ckpt['train_s']:.1f}s "
+          f"({ckpt['train_img_per_s']:,.0f} img/s on {device}); checkpoint {out}")
+    return 0

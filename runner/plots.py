@@ -1,0 +1,84 @@
+"""The report's accuracy-vs-latency plot, and the figure helper every report plot uses.
+
+The plot must stay readable with dozens of variants whose latencies span decades or only a few percent:
+every major tick of the log axis is labelled (ticks chosen from 1-2-5 or finer steps to fit the range),
+only the Pareto-best points (nothing else is both faster and more accurate) carry a marker number, and
+the numbers are spelled out in the legend, so no two labels sit on top of each other. CPU rows say so
+in the title: their latencies are CPU timings, not GPU latency.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# Candidate tick mantissas per decade, coarse to fine; the first that gives at least 3 ticks is used.
+TICK_STEPS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0), tuple(np.arange(1.0, 10.0, 0.5)))
+
+
+def figure(size: tuple[float, float]):
+    """A Figure on an Agg canvas: no pyplot global state, no display; matplotlib imported only here."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis over [lo, hi] (lo > 0): at least 2, each one printable with %g."""
+    if hi <= lo:
+        return [float(f"{lo:.3g}")]
+    for steps in TICK_STEPS:
+        ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                 for m in steps]
+        inside = sorted({float(f"{t:.3g}") for t in ticks if lo <= t <= hi})
+        if len(inside) >= 3:
+            return inside
+    # A range narrower than any step (e.g. 0.137..0.141 ms): three evenly spaced, rounded values.
+    return sorted({float(f"{t:.3g}") for t in np.geomspace(lo, hi, 3)})
+
+
+def pareto_mask(latency: pd.Series, accuracy: pd.Series) -> np.ndarray:
+    """True where no other point is at least as fast and as accurate, and better in one of the two."""
+    lat, acc = latency.to_numpy(float), accuracy.to_numpy(float)
+    better_or_equal = (lat[None, :] <= lat[:, None]) & (acc[None, :] >= acc[:, None])
+    strictly = (lat[None, :] < lat[:, None]) | (acc[None, :] > acc[:, None])
+    return ~(better_or_equal & strictly).any(axis=1)
+
+
+def acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path: Path, *, cpu: bool):
+    """Top-1 vs p95 per ok variant (one colour per model), Pareto-best points numbered in the legend."""
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
+    fig = figure((10, 5.5))
+    ax = fig.add_subplot()
+    for model, g in ok.groupby("model", sort=True):
+        ax.scatter(g["lat_p95_ms"], g["top1_pct"], label=str(model), s=40, alpha=0.85)
+    front = ok[pareto_mask(ok["lat_p95_ms"], ok["top1_pct"])].sort_values("lat_p95_ms", kind="stable")
+    for i, (_, r) in enumerate(front.iterrows(), start=1):
+        ax.annotate(str(i), (r["lat_p95_ms"], r["top1_pct"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=9, fontweight="bold")
+        brief = f" ({r['brief_id']})" if isinstance(r.get("brief_id"), str) and r["brief_id"] else ""
+        ax.plot([], [], " ", label=f"{i}: {r['variant_id']}{brief}")  # legend text only, no marker
+    ax.axhline(bar, color="gray", ls="--", lw=1, label=f"bar {bar:.1f}%")
+    if chosen is not None:
+        ax.scatter([chosen["lat_p95_ms"]], [chosen["top1_pct"]], s=220, facecolors="none", edgecolors="red",
+                   linewidths=2, label=f"chosen: {chosen['variant_id']}")
+    lo, hi = float(ok["lat_p95_ms"].min()), float(ok["lat_p95_ms"].max())
+    ax.set_xscale("log")
+    ax.set_xlim(lo / 1.15, hi * 1.15)
+    ax.xaxis.set_major_locator(FixedLocator(log_ticks(lo / 1.15, hi * 1.15)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.4, not 4x10^-1
+    ax.xaxis.set_minor_formatter(NullFormatter())            # minor ticks unlabelled: they would overlap
+    clock = "CPU timings, not GPU latency" if cpu else "GPU"
+    ax.set_xlabel(f"p95 latency, batch 1 (ms, log scale; median over repeats; {clock})")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Accuracy vs latency (ok variants)" + (" - CPU timings" if cpu else "")
+                 + "; numbers: Pareto-best variants")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
