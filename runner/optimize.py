@@ -152,7 +152,7 @@ def _capture_graph(forward, static_x: torch.Tensor, device: torch.device):
     return replay
 
 
-def prepare(model: nn.Module, variant: Variant, device: torch.device) -> Prepared:
+def prepare(model: nn.Module, variant: Variant, device: torch.device, *, reset: bool = True) -> Prepared:
     """Apply precision, BN folding, memory format and compile mode of `variant` to a copy of `model`."""
     reason = unsupported_reason(variant, device)
     if reason:
@@ -180,7 +180,8 @@ def prepare(model: nn.Module, variant: Variant, device: torch.device) -> Prepare
             return _m(x)
     forward: Callable = m if autocast_dtype is None else with_autocast
     if variant.compile != "none":
-        torch._dynamo.reset()  # no cache or guard left over from a previous variant in this process
+        if reset:  # no cache or guard left over from a previous variant in this process; a pair task
+            torch._dynamo.reset()  # prepares two variants and keeps the first one's compiled code alive
         # dynamic=False: batch 1 and the evaluation batch get their own static graphs, as in deployment.
         forward = torch.compile(forward, mode=None if variant.compile == "default" else variant.compile,
                                 dynamic=False)

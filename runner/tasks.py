@@ -216,11 +216,11 @@ def _checks(model, prepared, fn1, x1, data, model_spec, bench, device, variant) 
 
 # ---- re-check and paired timing (no accuracy: these only time) -----------------------------------------
 
-def _prepared_callable(variant: Variant, ckpt: dict, device: torch.device):
+def _prepared_callable(variant: Variant, ckpt: dict, device: torch.device, reset: bool = True):
     from runner import optimize
     from runner.train import model_from_checkpoint
 
-    prepared = optimize.prepare(model_from_checkpoint(ckpt, device), variant, device)
+    prepared = optimize.prepare(model_from_checkpoint(ckpt, device), variant, device, reset=reset)
     fn, x, _ = prepared.runner(1)
     return fn, x
 
@@ -256,7 +256,7 @@ def pair_job(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, roun
     try:
         with measurement_flags():
             a = _prepared_callable(parent, ckpt, device)
-            b = _prepared_callable(child, ckpt, device)
+            b = _prepared_callable(child, ckpt, device, reset=False)
             per_side = max(20, bench.iters // rounds)
             pa, pb = pairs.interleaved(a, b, rounds=rounds, iters=per_side, warmup=max(10, bench.warmup // 10))
     except Exception as e:
