@@ -393,7 +393,7 @@ def _decision_section(decisions: pd.DataFrame, paired: bool = False) -> list[str
             f"{round(d['gain_ms'], 3) + 0.0:+.3f} ({_num(round(d['gain_pct'], 1) + 0.0, 1)}%)"
         acc = DASH if _missing(d["acc_delta_pts"]) else f"{round(d['acc_delta_pts'], 2) + 0.0:+.2f}"
         rows.append([f"`{d['variant_id']}`", _txt(d["parent_id"]), _txt(d["change"]), _num(d["parent_p50_ms"], 3),
-                     _num(d["p50_ms"], 3), gain, _num(d["noise_ms"], 3), acc, d["decision"]])
+                     _num(d["p50_ms"], 3), gain, _num(d["noise_ms"], 4), acc, d["decision"]])
     return lines + markdown_table(["Variant", "Parent", "Axis changed", "Parent p50 (ms)", "p50 (ms)", "Gain ms (%)",
                            "Noise (ms)", "Acc. delta (pts)", "Decision"], rows) + [""]
 
