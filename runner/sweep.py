@@ -72,8 +72,9 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
     if url:
         log(f"Ray dashboard: http://{url}  (tasks are named train:<model> and bench:<variant>)")
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-            log("  token authentication is on: the dashboard asks for the token that `ray get-auth-token` "
-                "(.venv/bin/ray after the README's install) prints (stored in ~/.ray/auth_token); API calls need `Authorization: Bearer <token>`.")
+            log("  token authentication is on: the dashboard asks for the token that `ray get-auth-token` prints "
+                "(.venv/bin/ray after the README's install; stored in ~/.ray/auth_token); API calls need "
+                "`Authorization: Bearer <token>`.")
     log(f"Ray cluster: {len(nodes)} node(s), {gpus} GPU(s), {int(res.get('CPU', 0))} CPU(s)")
     _probe_workers()
     # Ray labels GPU nodes with the accelerator's kind (accelerator_type:H200): resume compares with it.
