@@ -36,7 +36,7 @@ EVAL_BATCH = 500
 
 def pick(run_dir: Path, variant_id: str | None) -> tuple[pd.Series, str]:
     """(the variant's summary line, why it was picked) from the sweep's results.parquet."""
-    from runner.report import choose  # the report's rule, so export and report name the same model
+    from runner.decisions import choose  # the report's rule, so export and report name the same model
 
     summary = summarize(pd.read_parquet(run_dir / "results.parquet"))
     if variant_id:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner.report import markdown_table
+from runner.report_format import markdown_table
 from runner.results import write_frame
 
 

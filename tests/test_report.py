@@ -6,7 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from runner.report import build_report, decide, parent_key
+from runner.decisions import decide, parent_key
+from runner.report import build_report
 from runner.results import TRAINING_SCHEMA, write_rows
 
 BRIEF_IDS = ["B1", "B2", "O1", "O2", "O3", "D1"]

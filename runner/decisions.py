@@ -1,0 +1,141 @@
+"""Keep / drop statistics of the report: each variant against its parent (last optimisation undone),
+unpaired (medians and ranges of p50 over repeats), and `choose`, the rule that names the chosen model."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from runner import agreement
+from runner.report_format import _missing, _ok
+from variants import OPTIMISATION_ORDER
+
+# Optimisation axes from last-applied to first, with the value that means "not applied".
+AXES = tuple(reversed(OPTIMISATION_ORDER))
+MAX_ACC_DROP_PTS = 0.5  # an optimisation may cost at most this much top-1 accuracy to be kept
+
+
+def _axis_value(row: pd.Series, axis: str, base: Any) -> Any:
+    v = row.get(axis)
+    return base if _missing(v) else (bool(v) if isinstance(base, bool) else str(v))
+
+
+def parent_key(row: pd.Series) -> tuple[tuple, str | None]:
+    """(axes of the parent, name of the axis undone): the last-applied optimisation reset to its base.
+
+    Optimisations apply in the order precision -> memory_format -> compile -> cuda_graph -> bn_fold, so the
+    last one applied is the highest-order axis not at its base value. A variant with every axis at base is
+    a root: its parent key is None.
+    """
+    axes = {a: _axis_value(row, a, b) for a, b in AXES}
+    for axis, base in AXES:
+        if axes[axis] != base:
+            parent = dict(axes, **{axis: base})
+            return (str(row["model"]), *[parent[a] for a, _ in AXES]), axis
+    return None, None
+
+
+def _own_key(row: pd.Series) -> tuple:
+    return (str(row["model"]), *[_axis_value(row, a, b) for a, b in AXES])
+
+
+def _p50_values(frame: pd.DataFrame) -> dict[str, list[float]]:
+    """variant_id -> per-repeat p50. A summary (one line per variant) gives one value per variant."""
+    ok = _ok(frame).dropna(subset=["lat_p50_ms"])
+    return {vid: list(g["lat_p50_ms"]) for vid, g in ok.groupby("variant_id", sort=False)}
+
+
+def _verdict(gain: float, noise: float, acc_drop: float) -> str:
+    if not _missing(acc_drop) and acc_drop > MAX_ACC_DROP_PTS:
+        return "drop (accuracy)"
+    if _missing(noise) or _missing(gain):
+        return "undecided (needs 2+ repeats)"
+    if _missing(acc_drop):
+        return "undecided (no accuracy)"
+    if gain > noise:
+        return "keep"
+    if -gain > noise:  # measurably slower, not just noise
+        return "slower"
+    return "drop (no measurable gain)"
+
+
+def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
+    """Keep / drop each ok variant against its parent (the same variant, last optimisation undone).
+
+    gain_ms = median p50 of the parent - median p50 of the variant (over repeats);
+    noise_ms = the larger of the two max-min ranges of p50 over repeats;
+    keep when gain_ms > noise_ms and the accuracy drop is at most MAX_ACC_DROP_PTS points.
+    Given per-repeat rows (RESULT_SCHEMA) the noise is measured; given a one-line-per-variant summary
+    there is no spread to measure, so the decision says "undecided" rather than pretend the noise is 0.
+    """
+    cols = ["variant_id", "brief_id", "model", "parent_id", "axis", "change", "parent_p50_ms", "p50_ms",
+            "gain_ms", "gain_pct", "noise_ms", "parent_top1_pct", "top1_pct", "acc_delta_pts", "decision"]
+    frame = summary_or_results
+    if frame.empty:
+        return pd.DataFrame(columns=cols)
+    ok = _ok(frame)
+    firsts = ok.drop_duplicates("variant_id")
+    by_key = {}
+    for _, r in firsts.iterrows():
+        by_key.setdefault(_own_key(r), r)  # first variant wins if two share every axis
+    values = _p50_values(frame)
+    rows = []
+    for _, r in firsts.iterrows():
+        key, axis = parent_key(r)
+        row = {c: None for c in cols}
+        row.update(variant_id=r["variant_id"], brief_id=r.get("brief_id"), model=r["model"], axis=axis,
+                   top1_pct=r.get("top1_pct"))
+        v = values.get(r["variant_id"], [])
+        row["p50_ms"] = pd.Series(v).median() if v else None
+        parent = by_key.get(key) if key else None
+        if key is None:
+            row["decision"] = "baseline (no parent)"
+        elif parent is None:
+            row["change"] = f"{axis}: {_axis_value(r, axis, dict(AXES)[axis])}"
+            row["decision"] = "no parent measured"
+        else:
+            row.update(_compare(r, parent, axis, v, values.get(parent["variant_id"], [])))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _compare(r: pd.Series, parent: pd.Series, axis: str, v: list[float], pv: list[float]) -> dict:
+    base = dict(AXES)[axis]
+    out: dict[str, Any] = {"parent_id": parent["variant_id"], "parent_top1_pct": parent.get("top1_pct"),
+                           "change": f"{axis}: {_axis_value(parent, axis, base)} -> {_axis_value(r, axis, base)}"}
+    pm = pd.Series(pv).median() if pv else None
+    vm = pd.Series(v).median() if v else None
+    out["parent_p50_ms"] = pm
+    gain = None if _missing(pm) or _missing(vm) else pm - vm
+    out["gain_ms"] = gain
+    out["gain_pct"] = None if gain is None or not pm else gain / pm * 100
+    # With one value on either side there is no spread, so no noise estimate.
+    noise = max(max(v) - min(v), max(pv) - min(pv)) if len(v) > 1 and len(pv) > 1 else None
+    out["noise_ms"] = noise
+    pt, vt = parent.get("top1_pct"), r.get("top1_pct")
+    drop = None if _missing(pt) or _missing(vt) else float(pt) - float(vt)
+    out["acc_delta_pts"] = None if drop is None else -drop
+    out["decision"] = _verdict(gain, noise, drop)
+    return out
+
+
+# ---------------------------------------------------------------- the chosen model
+
+def choose(summary: pd.DataFrame, bar_pct: float) -> dict[str, Any]:
+    """The ok variant with top-1 >= bar_pct that a caller waits least for: the lowest host-clock p95
+    (CUDA-event p95 where no host time exists), with what it beat."""
+    ok = summary[(summary["status"] == "ok")].dropna(subset=["lat_p95_ms"])
+    ok = ok.assign(_rank=ok.apply(agreement.rank_latency, axis=1)) if not ok.empty else ok.assign(_rank=[])
+    passing = ok[ok["top1_pct"] >= bar_pct].sort_values("_rank", kind="stable")
+    out: dict[str, Any] = {"chosen": None, "runner_up": None, "faster_under_bar": None, "most_accurate": None}
+    if not ok.dropna(subset=["top1_pct"]).empty:
+        out["most_accurate"] = ok.sort_values("top1_pct", ascending=False, kind="stable").iloc[0]
+    if passing.empty:
+        return out
+    chosen = passing.iloc[0]
+    out["chosen"] = chosen
+    out["runner_up"] = passing.iloc[1] if len(passing) > 1 else None
+    under = ok[(ok["top1_pct"] < bar_pct) & (ok["_rank"] < chosen["_rank"])]
+    if not under.empty:
+        out["faster_under_bar"] = under.sort_values("_rank", kind="stable").iloc[0]
+    return out
