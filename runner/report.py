@@ -19,6 +19,7 @@ import pandas as pd
 from runner import agreement, plots, report_latency, report_trust
 from runner.plots import figure as _figure
 from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, summarize
+from runner.timeline import section as timeline_section
 
 BRIEF_ROWS = [  # the brief's table, in its order, with its own wording of each row
     ("B1", "MobileNetV3 / ShuffleNet (FP32)"),
@@ -547,6 +548,7 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     lines += _training_section(training)
     cpu_rows = not _ok(results).empty and (_ok(results)["device"] == "cpu").all()
     lines += _plots(summary, choose(summary, bar)["chosen"], bar, out_dir, cpu=bool(cpu_rows))
+    lines += timeline_section(run_dir, out_dir)
     lines += _env_section(results, summary)
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
