@@ -8,7 +8,8 @@ with inductor's worker pool made eager timing ~1.5x slower even on the other GPU
 split between them; a neighbour training now and then did too. So no training runs while anything is
 timed, and no compilation runs while a non-compiling variant is timed: within a phase the tasks that
 compile go first, on every GPU at once, then the ones that do not. Each timing task is a fresh process.
-Ray does all the placing (one task per GPU, `num_gpus=1`); this module only decides what may overlap.
+Ray does all the placing (one task per GPU, `num_gpus=1`); this module only decides what may overlap,
+and in which order each phase's tasks are submitted (longest expected first: see ARCH_COST).
 """
 from __future__ import annotations
 
@@ -59,12 +60,57 @@ def compiles(*variants: Variant) -> bool:
     return any(v.compile != "none" for v in variants)
 
 
-def run_phase(name: str, jobs: list[tuple[bool, Callable[[], Any], Callable[[Any], None]]],
+# ---- submission order: longest expected task first -------------------------------------------------------
+# A phase ends when its last task does; with more tasks than GPUs, a long task started last keeps one GPU
+# busy while the others idle until the next phase (the timeline's idle tails). Submitting the longest
+# first (LPT) shortens that tail; Ray hands out GPUs to queued tasks of one shape in submission order.
+# The costs are only relative, per architecture, from reports/h200-training (training, us per image at
+# the shipped recipes' batch) and reports/h200x2-default-shortened (eager fp32 batch-1 ms per call, which
+# sets a bench's length: 3 x 1,200 timed calls; graphed calls are ~5-10x shorter). An unknown arch gets
+# DEFAULT_COST; a wrong guess costs only order, never correctness.
+ARCH_COST = {"resnet18": (16.0, 2.3), "mobilenet_v3": (55.0, 5.5), "shufflenet_v2": (60.0, 5.6),
+             "airbench": (9.0, 1.0), "fastnet": (11.0, 0.8)}
+DEFAULT_COST = (30.0, 3.0)
+GRAPHED_CALL = 0.2  # a CUDA-graphed or compiled call, as a fraction of the eager one
+
+
+def _arch_cost(arch: str) -> tuple[float, float]:
+    return next((c for prefix, c in ARCH_COST.items() if arch.startswith(prefix)), DEFAULT_COST)
+
+
+def train_cost(m: TrainSpec, n_train: int = 50_000) -> float:
+    """Expected relative length of a training: epochs x images x the arch's cost per image."""
+    images = min(m.recipe.train_subset or n_train, n_train)
+    return m.recipe.epochs * images * _arch_cost(m.arch)[0]
+
+
+def train_order(models: list[TrainSpec], n_train: int = 50_000) -> list[TrainSpec]:
+    """Students after every model without a teacher (a student's task waits on its teacher's checkpoint
+    anyway); within each group the longest *chain* first: a teacher counts with its longest student, so
+    the teacher of a long distillation starts first even when another model alone trains longer."""
+    def chain(m: TrainSpec) -> float:
+        return train_cost(m, n_train) + max((chain(s) for s in models if s.teacher == m.key), default=0.0)
+    return sorted(models, key=lambda m: (m.teacher is not None, -chain(m)))
+
+
+def bench_cost(spec: SweepSpec, *variants: Variant) -> float:
+    """Expected relative length of a timing task (a pair times both sides): its per-call latency."""
+    return sum(_arch_cost(spec.model(v.model).arch)[1]
+               * (GRAPHED_CALL if v.cuda_graph or v.compile != "none" else 1.0) for v in variants)
+
+
+def ordered(jobs: list[tuple]) -> list[tuple]:
+    """Jobs (compiles?, cost, submit, land) longest first; equal costs keep their order (stable)."""
+    return sorted(jobs, key=lambda j: -j[1])
+
+
+def run_phase(name: str, jobs: list[tuple[bool, float, Callable[[], Any], Callable[[Any], None]]],
               log: Callable[[str], None]) -> None:
-    """Jobs are (compiles?, submit() -> ref, land(ref)). Compiling jobs first, all landed, then the rest."""
+    """Jobs are (compiles?, cost, submit() -> ref, land(ref)). Compiling jobs first, all landed, then the
+    rest; within each group the longest expected first."""
     for group, label in ((True, "compiling"), (False, "not compiling")):
         refs = {}
-        for comp, submit, land in jobs:
+        for comp, _, submit, land in ordered(jobs):
             if comp == group:
                 refs[submit()] = land
         if refs:
@@ -84,7 +130,8 @@ def run(plan: Plan, data_ref, ckpts: dict[str, Any], progress: Progress) -> None
             continue
         submit = (lambda v=v: plan.remote["bench"].options(name=f"bench:{v.variant_id}", **plan.bench_opts).remote(
             v, spec.model(v.model), ckpts[v.model], data_ref, spec.bench, spec.name, plan.hashes[v.variant_id]))
-        jobs.append((compiles(v), submit, lambda ref, v=v: _land_bench(ref, v, plan, progress)))
+        land = (lambda ref, v=v: _land_bench(ref, v, plan, progress))
+        jobs.append((compiles(v), bench_cost(spec, v), submit, land))
     run_phase("bench", jobs, plan.log)
     if spec.bench.pair_rounds > 0:
         run_phase("pairs", _pair_jobs(plan, ckpts, progress), plan.log)
@@ -106,8 +153,9 @@ def _pair_jobs(plan: Plan, ckpts, progress) -> list:
         submit = (lambda p=parent, c=child: plan.remote["pair"].options(
             name=f"pair:{c.variant_id}", **plan.bench_opts).remote(p, c, ckpts[c.model], plan.spec.bench,
                                                                    plan.spec.bench.pair_rounds))
-        jobs.append((compiles(parent, child), submit, lambda ref, c=child: _land_row(
-            ref, plan.run_dir / "pairs" / f"{c.variant_id}.parquet", PAIR_SCHEMA, f"pair:{c.variant_id}", progress)))
+        land = (lambda ref, c=child: _land_row(
+            ref, plan.run_dir / "pairs" / f"{c.variant_id}.parquet", PAIR_SCHEMA, f"pair:{c.variant_id}", progress))
+        jobs.append((compiles(parent, child), bench_cost(plan.spec, parent, child), submit, land))
     progress.total += len(jobs)
     return jobs
 
@@ -125,7 +173,7 @@ def _recheck_jobs(plan: Plan, ckpts, progress) -> list:
             continue
         submit = (lambda v=v: plan.remote["recheck"].options(name=f"recheck:{v.variant_id}", **plan.bench_opts)
                   .remote(v, ckpts[v.model], plan.spec.bench))
-        jobs.append((compiles(v), submit, lambda ref, v=v: _land_row(
+        jobs.append((compiles(v), bench_cost(plan.spec, v), submit, lambda ref, v=v: _land_row(
             ref, plan.run_dir / "rechecks" / f"{v.variant_id}.parquet", RECHECK_SCHEMA, f"recheck:{v.variant_id}",
             progress)))
     return jobs

@@ -23,6 +23,7 @@ from runner.report_format import DASH, _distinct, _missing, _ok, markdown_table
 from runner.report_tables import (BRIEF_ROWS, _all_section, _brief_section, _chosen_section,
                                   _decision_section, _env_section, _header, _training_section, _tried_section)
 from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, summarize
+from runner.timeline import section as timeline_section
 
 # build_report is this module's job; the rest is re-exported for callers that import it from here.
 __all__ = ["build_report", "AXES", "BRIEF_ROWS", "DASH", "MAX_ACC_DROP_PTS", "choose", "decide", "markdown_table",
@@ -135,6 +136,7 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     lines += _training_section(training)
     cpu_rows = not _ok(results).empty and (_ok(results)["device"] == "cpu").all()
     lines += _plots(summary, choose(summary, bar)["chosen"], bar, out_dir, cpu=bool(cpu_rows))
+    lines += timeline_section(run_dir, out_dir)
     lines += _env_section(results, summary)
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))

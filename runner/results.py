@@ -9,7 +9,9 @@ Layout of a sweep folder (written by `runner/sweep.py`, read by `runner/report.p
     runs/<sweep>/results.parquet, training.parquet, final_table.csv   merged views
 
 Column names carry their units (`lat_p95_ms`, `compile_s`, `size_mb`). A failure is a row with
-`status` error / skipped and `error`, never a missing row.
+`status` error / skipped and `error`, never a missing row. Task rows carry `started_at` and `finished_at`
+(ISO UTC); `started_at` is the last column of each schema, and files written before it existed still read
+(read_folder reads every part with the schema: a column a part lacks comes back as nulls).
 """
 from __future__ import annotations
 
@@ -54,7 +56,9 @@ RESULT_SCHEMA = pa.schema(
        # why it is slow (runner/breakdown.py)
        ("kernels_per_forward", pa.float64()), ("kernel_us_per_forward", pa.float64()),
        ("wall_us_per_forward", pa.float64()), ("gap_us_per_forward", pa.float64()),
-       ("floor_p50_us", pa.float64()), ("floor_p95_us", pa.float64()), ("breakdown_note", pa.string())]
+       ("floor_p50_us", pa.float64()), ("floor_p95_us", pa.float64()), ("breakdown_note", pa.string()),
+       # when the task began (ISO UTC, ms), for the timeline; last so older files keep their layout
+       ("started_at", pa.string())]
 )
 
 # One row per (parent, child) pair timed interleaved in one task (runner/pairs.py); p50s as JSON lists.
@@ -65,7 +69,7 @@ PAIR_SCHEMA = pa.schema(
      ("gpu_uuid", pa.string()), ("ray_node_id", pa.string()), ("pid", pa.int64()), ("code_digest", pa.string()),
      ("torch_version", pa.string()), ("cuda_version", pa.string()), ("cudnn_version", pa.string()),
      ("ray_version", pa.string()), ("hostname", pa.string()), ("git_commit", pa.string()),
-     ("finished_at", pa.string())]
+     ("finished_at", pa.string()), ("started_at", pa.string())]
 )
 
 # One row per variant re-timed at the end of a sweep, alone (runner/agreement.py compares).
@@ -75,7 +79,7 @@ RECHECK_SCHEMA = pa.schema(
      ("device", pa.string()), ("gpu_name", pa.string()), ("gpu_uuid", pa.string()), ("ray_node_id", pa.string()),
      ("pid", pa.int64()), ("code_digest", pa.string()), ("torch_version", pa.string()), ("cuda_version", pa.string()),
      ("cudnn_version", pa.string()), ("ray_version", pa.string()), ("hostname", pa.string()),
-     ("git_commit", pa.string()), ("finished_at", pa.string())]
+     ("git_commit", pa.string()), ("finished_at", pa.string()), ("started_at", pa.string())]
 )
 
 TRAINING_SCHEMA = pa.schema(
@@ -86,7 +90,7 @@ TRAINING_SCHEMA = pa.schema(
      ("seed", pa.int64()), ("device", pa.string()), ("gpu_name", pa.string()), ("gpu_uuid", pa.string()),
      ("torch_version", pa.string()), ("git_commit", pa.string()), ("data_source", pa.string()),
      ("spec_hash", pa.string()), ("recipe_json", pa.string()), ("finished_at", pa.string()),
-     ("ray_node_id", pa.string()), ("pid", pa.int64())]
+     ("ray_node_id", pa.string()), ("pid", pa.int64()), ("started_at", pa.string())]
 )
 
 SAMPLES_SCHEMA = pa.schema([("variant_id", pa.string()), ("repeat", pa.int32()), ("iter", pa.int32()),

@@ -212,8 +212,9 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
     ckpts: dict[str, Any] = {}
     training: dict[ray.ObjectRef, TrainSpec] = {}
     refs: dict[str, ray.ObjectRef] = {}
-    # Teachers first (a student's task takes its teacher's checkpoint ref), whatever order the YAML uses.
-    for m in sorted((spec.model(k) for k in needed), key=lambda m: m.teacher is not None):
+    # Teachers first (a student's task takes its teacher's checkpoint ref), whatever order the YAML uses,
+    # then the longest expected first, so no GPU is left with one long training at the phase's end.
+    for m in phases.train_order([spec.model(k) for k in needed], len(data.train_y)):
         cached = _load_checkpoint(run_dir, m, data, log)
         if cached is not None:
             log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")

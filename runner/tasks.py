@@ -35,6 +35,12 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def stamp() -> str:
+    """A task row's started_at / finished_at: ISO UTC like now(), to the millisecond, because the sweep's
+    timeline (runner/timeline.py) draws tasks of a few seconds and sums their busy time per GPU."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def task_device() -> torch.device:
     """The GPU Ray gave this task (CUDA_VISIBLE_DEVICES holds just it), else the CPU."""
     if ray.get_gpu_ids() and torch.cuda.is_available():
@@ -82,17 +88,19 @@ def place() -> dict[str, Any]:
 def train_job(spec: TrainSpec, data: Cifar, teacher_ckpt: dict | None, sweep: str) -> dict:
     from runner.train import train
 
+    started = stamp()
     device = task_device()
     ckpt = train(spec, data, device, teacher_ckpt=teacher_ckpt)
-    ckpt["rows"] = training_rows(spec, ckpt, device, sweep)
+    ckpt["rows"] = training_rows(spec, ckpt, device, sweep, started)
     return ckpt
 
 
-def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str) -> list[dict]:
+def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str,
+                  started: str | None = None) -> list[dict]:
     base = {"sweep": sweep, "model": spec.key, "arch": spec.arch, "teacher": spec.teacher, "status": "ok",
             "epochs": ckpt["epochs"], "seed": spec.seed, "spec_hash": spec.spec_hash,
-            "recipe_json": ckpt["recipe_json"], "data_source": ckpt["data_source"], "finished_at": now(),
-            **env.device_info(device)}
+            "recipe_json": ckpt["recipe_json"], "data_source": ckpt["data_source"], "started_at": started,
+            "finished_at": stamp(), **env.device_info(device)}
     vers = place()
     base.update(torch_version=vers["torch_version"], git_commit=vers["git_commit"], ray_node_id=vers["ray_node_id"],
                 pid=vers["pid"])
@@ -112,17 +120,18 @@ def bench_job(variant: Variant, model_spec: TrainSpec, ckpt: dict, data: Cifar, 
     Order matters: latency first (a good latency is kept even when the accuracy pass fails: that is
     `eval_error`, not a lost row), then the numerical checks that can turn the row into an error.
     """
+    started = stamp()
     device = task_device()
-    base = _bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device)
+    base = {**_bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device), "started_at": started}
     try:
         with measurement_flags():
             rows, raw = _measure_variant(variant, model_spec, ckpt, data, bench, device, base)
     except _Unsupported as e:
-        return [{**base, "status": "skipped", "error": str(e), "repeat": 0, "finished_at": now()}], []
+        return [{**base, "status": "skipped", "error": str(e), "repeat": 0, "finished_at": stamp()}], []
     except Exception as e:  # a crash, an OOM, an unsupported compile: a row that says so, and the sweep goes on
         tb = traceback.format_exc(limit=6)
         return [{**base, "status": "error", "error": f"{type(e).__name__}: {e}\n{tb}"[:4000], "repeat": 0,
-                 "finished_at": now()}], []
+                 "finished_at": stamp()}], []
     return rows, raw
 
 
@@ -163,7 +172,7 @@ def _measure_variant(variant, model_spec, ckpt, data, bench, device, base) -> tu
     status, error = "ok", None
     if extra.get("check_error"):
         status, error = "error", extra["check_error"]
-    base = {**base, "status": status, "error": error, "finished_at": now(),
+    base = {**base, "status": status, "error": error, "finished_at": stamp(),
             **{k: v for k, v in extra.items() if k != "check_error"}}
     rows = [{**base, **r} for r in bench_mod.repeat_rows(samples, bench.cv_flag_pct)]
     raw = [{"variant_id": variant.variant_id, "repeat": r, "iter": i, "lat_ms": float(a), "host_ms": float(h)}
@@ -229,16 +238,17 @@ def recheck_job(variant: Variant, ckpt: dict, bench: BenchSpec) -> dict:
     """Time a variant again, alone, with the sweep's own protocol: the in-sweep number's witness."""
     from runner import bench as bench_mod
 
+    started = stamp()
     device = task_device()
-    row = {"variant_id": variant.variant_id, **place(), **env.device_info(device)}
+    row = {"variant_id": variant.variant_id, "started_at": started, **place(), **env.device_info(device)}
     try:
         with measurement_flags():
             fn, x = _prepared_callable(variant, ckpt, device)
             samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=1)
     except Exception as e:
-        return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": now()}
+        return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": stamp()}
     s = samples[0]
-    return {**row, "status": "ok", "error": None, "finished_at": now(),
+    return {**row, "status": "ok", "error": None, "finished_at": stamp(),
             "recheck_p50_ms": float(np.median(s.lat_ms)), "recheck_p95_ms": float(np.percentile(s.lat_ms, 95)),
             "recheck_host_p50_ms": float(np.median(s.host_ms))}
 
@@ -251,8 +261,10 @@ def pair_job(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, roun
     """
     from runner import pairs
 
+    started = stamp()
     device = task_device()
-    row = {"parent_id": parent.variant_id, "variant_id": child.variant_id, **place(), **env.device_info(device)}
+    row = {"parent_id": parent.variant_id, "variant_id": child.variant_id, "started_at": started, **place(),
+           **env.device_info(device)}
     try:
         with measurement_flags():
             a = _prepared_callable(parent, ckpt, device)
@@ -260,6 +272,6 @@ def pair_job(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, roun
             per_side = max(20, bench.iters // rounds)
             pa, pb = pairs.interleaved(a, b, rounds=rounds, iters=per_side, warmup=max(10, bench.warmup // 10))
     except Exception as e:
-        return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": now()}
-    return {**row, "status": "ok", "error": None, "finished_at": now(), "rounds": rounds, "iters_per_round": per_side,
+        return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": stamp()}
+    return {**row, "status": "ok", "error": None, "finished_at": stamp(), "rounds": rounds, "iters_per_round": per_side,
             "parent_p50s_ms": json.dumps(pa), "child_p50s_ms": json.dumps(pb)}

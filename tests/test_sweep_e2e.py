@@ -10,6 +10,7 @@ import re
 import pandas as pd
 import pytest
 
+from runner import timeline
 from runner.data import synthetic
 from runner.sweep import run_sweep
 from variants import load_sweep
@@ -116,6 +117,29 @@ def test_training_rows_and_merged_outputs(sweep_run):
     assert "tiny-fp32-nchw-eager" in set(csv["variant_id"])
     text = report.read_text()
     assert "| B2 |" in text and "| D1 |" in text and "CPU only" in text
+
+
+def test_timeline_matches_the_rows(sweep_run):
+    """Every task row with a start is one bar of its kind; nothing overlaps a timing task (phases)."""
+    _, _, run_dir, report, _ = sweep_run
+    tasks, untimed, _ = timeline.load(run_dir)
+    expected = set()
+    for kind, name, key in timeline.SOURCES:
+        rows = pd.read_parquet(run_dir / name) if (run_dir / name).exists() else pd.DataFrame()
+        assert rows.empty or rows["started_at"].notna().any(), name
+        expected |= {(kind, n) for n in rows.loc[rows["started_at"].notna(), key]} if len(rows) else set()
+    assert set(zip(tasks["kind"], tasks["name"])) == expected and len(tasks) == len(expected)
+    assert {"train", "bench", "pair", "re-check"} <= set(tasks["kind"])
+    # The training that failed inside its task and the variants it took along have only the driver's row.
+    assert untimed["train"] == 1 and untimed["bench"] == sum(v.model == "broken" for v in sweep_run[0].variants)
+    assert tasks["gpu_uuid"].isna().all() and tasks["lane"].str.contains("/CPU").all()
+    for _, t in tasks[tasks["kind"] != "train"].iterrows():  # a benchmark takes every CPU of its node
+        others = tasks.drop(t.name)
+        assert not ((others["start"] < t["end"]) & (others["end"] > t["start"])).any(), t["name"]
+    stats = timeline.lane_stats(tasks)
+    span = (tasks["end"].max() - tasks["start"].min()).total_seconds()
+    assert ((stats["busy_s"] + stats["idle_s"]) - span).abs().max() < 1e-6
+    assert (run_dir / "timeline.png").exists() and "## Where the time went" in report.read_text()
 
 
 def test_rerun_resumes_and_keeps_finished_rows(sweep_run):

@@ -1,0 +1,172 @@
+"""runner/timeline.py on hand-made rows and real Parquet folders, and the phases' submission order (CPU).
+
+The real sweep's timeline is checked in tests/test_sweep_e2e.py (its rows come from a real Ray run).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from runner import phases, timeline
+from runner.results import PAIR_SCHEMA, RECHECK_SCHEMA, RESULT_SCHEMA, TRAINING_SCHEMA, read_folder, write_rows
+from variants import load_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = pd.Timestamp("2026-05-01T10:00:00", tz="UTC")
+
+
+def _at(s: float) -> str:
+    return (T0 + pd.Timedelta(seconds=s)).isoformat(timespec="milliseconds")
+
+
+def _row(name_col: str, name: str, start: float | None, end: float, gpu: str | None = "GPU-a",
+         status: str = "ok", node: str = "node1", **kw) -> dict:
+    return {name_col: name, "status": status, "started_at": None if start is None else _at(start),
+            "finished_at": _at(end), "gpu_uuid": gpu, "ray_node_id": node, **kw}
+
+
+def _frames(**kinds: list[dict]) -> dict[str, pd.DataFrame]:
+    return {k.replace("_", "-"): pd.DataFrame(rows) for k, rows in kinds.items()}
+
+
+def test_one_lane_bars_busy_and_idle():
+    frames = _frames(train=[_row("model", "r18", 0, 10), _row("model", "r18", 0, 10)],  # epoch rows: one task
+                     bench=[_row("variant_id", "v1", 12, 20), _row("variant_id", "v2", 20.5, 25.5)])
+    tasks, untimed = timeline.tasks_from_frames(frames)
+    tasks = timeline.assign_lanes(tasks)
+    assert list(tasks["name"]) == ["r18", "v1", "v2"] and list(tasks["kind"]) == ["train", "bench", "bench"]
+    assert set(tasks["lane"]) == {"node1/GPU 0"} and untimed == {"train": 0, "bench": 0}
+    stats = timeline.lane_stats(tasks)
+    assert stats["busy_s"].tolist() == pytest.approx([23.0]) and stats["idle_s"].tolist() == pytest.approx([2.5])
+
+
+def test_rows_without_start_are_counted_not_drawn():
+    old = pd.DataFrame([{"variant_id": "old", "status": "ok", "finished_at": _at(3), "gpu_uuid": "GPU-a"}])
+    frames = {"bench": old, "pair": pd.DataFrame([_row("variant_id", "p", None, 5), _row("variant_id", "q", 1, 2)])}
+    tasks, untimed = timeline.tasks_from_frames(frames)
+    assert list(tasks["name"]) == ["q"] and untimed == {"bench": 1, "pair": 1}
+    assert timeline.tasks_from_frames({})[0].empty
+
+
+def test_error_rows_are_drawn_hatched(tmp_path):
+    frames = _frames(bench=[_row("variant_id", "ok1", 0, 4), _row("variant_id", "bad", 4, 5, status="error"),
+                            _row("variant_id", "skip", 5, 5, status="skipped")])
+    tasks = timeline.assign_lanes(timeline.tasks_from_frames(frames)[0])
+    fig = timeline.draw(tasks, timeline.lane_stats(tasks), tmp_path / "t.png")
+    hatched = [p for p in fig.axes[0].patches if p.get_hatch() == "//"]
+    assert len(fig.axes[0].patches) == 3 and len(hatched) == 2  # the skipped one too: 0 s drawn as a sliver
+    assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_gpu_lanes_per_node_and_cpu_tasks_packed_into_slots():
+    frames = _frames(bench=[_row("variant_id", "a", 0, 5, gpu="GPU-2", node="n1xxxxxx", hostname="h"),
+                            _row("variant_id", "b", 0, 5, gpu="GPU-1", node="n1xxxxxx", hostname="h"),
+                            _row("variant_id", "c", 0, 5, gpu="GPU-9", node="n2yyyyyy", hostname="h")],
+                     train=[_row("model", "m1", 0, 4, gpu=None, node="n3zzzzzz"),
+                            _row("model", "m2", 1, 3, gpu=None, node="n3zzzzzz"),
+                            _row("model", "m3", 4, 6, gpu=None, node="n3zzzzzz")])
+    tasks = timeline.assign_lanes(timeline.tasks_from_frames(frames)[0]).set_index("name")
+    # Two node ids on one hostname (a local multi-node cluster): the label tells them apart.
+    assert tasks.loc["b", "lane"] == "h:n1xxxx/GPU 0" and tasks.loc["a", "lane"] == "h:n1xxxx/GPU 1"
+    assert tasks.loc["c", "lane"] == "h:n2yyyy/GPU 0"
+    # m2 overlaps m1 (one CPU each): its own slot; m3 starts when m1 ends and reuses slot 0.
+    assert tasks.loc[["m1", "m2", "m3"], "lane"].tolist() == ["n3zzzzzz/CPU slot 0", "n3zzzzzz/CPU slot 1",
+                                                               "n3zzzzzz/CPU slot 0"]
+
+
+def test_cpu_only_sweep_one_lane_per_node_or_pid(tmp_path):
+    frames = _frames(bench=[_row("variant_id", "a", 0, 2, gpu=None, hostname="vm"),
+                            _row("variant_id", "b", 2, 3, gpu=None, hostname="vm"),
+                            _row("variant_id", "c", 0, 1, gpu=None, node=None, pid=42)])
+    tasks = timeline.assign_lanes(timeline.tasks_from_frames(frames)[0]).set_index("name")
+    assert tasks["lane"].to_dict() == {"a": "vm/CPU", "b": "vm/CPU", "c": "pid 42/CPU"}
+    timeline.draw(tasks.reset_index(), timeline.lane_stats(tasks.reset_index()), tmp_path / "t.png")
+
+
+def _folder(tmp_path: Path) -> Path:
+    write_rows([{"sweep": "s", "model": "r18", "status": "ok", "epoch": e, "gpu_uuid": "GPU-a", "pid": 1,
+                 "started_at": _at(0), "finished_at": _at(30)} for e in (1, 2)],
+               tmp_path / "training.parquet", TRAINING_SCHEMA)
+    write_rows([{"sweep": "s", "model": "kd", "status": "ok", "epoch": 1, "gpu_uuid": "GPU-b",
+                 "started_at": _at(-3600), "finished_at": _at(-3500)}],  # an earlier invocation's, reused
+               tmp_path / "training2.parquet", TRAINING_SCHEMA)
+    pd.concat([pd.read_parquet(tmp_path / n) for n in ("training.parquet", "training2.parquet")]).to_parquet(
+        tmp_path / "training.parquet")
+    write_rows([{"sweep": "s", "variant_id": v, "status": "ok", "repeat": r, "gpu_uuid": g, "hostname": "h",
+                 "started_at": _at(s), "finished_at": _at(s + 8)}
+                for v, g, s in (("v1", "GPU-a", 31), ("v2", "GPU-b", 31)) for r in range(3)],
+               tmp_path / "results.parquet", RESULT_SCHEMA)
+    write_rows([{"variant_id": "v2", "parent_id": "v1", "status": "error", "gpu_uuid": "GPU-a",
+                 "started_at": _at(40), "finished_at": _at(41)}], tmp_path / "pairs.parquet", PAIR_SCHEMA)
+    (tmp_path / "sweep.json").write_text(json.dumps({"started_at": _at(-20), "wall_s": 70.0}))
+    return tmp_path  # no rechecks.parquet: a missing file is no bars
+
+
+def test_section_from_a_folder(tmp_path):
+    run = _folder(tmp_path)
+    lines = timeline.section(run, tmp_path / "out")
+    text = "\n".join(lines)
+    assert lines[0] == "## Where the time went" and (tmp_path / "out" / "timeline.png").exists()
+    assert "4 tasks ran from the first start to the last end in 41.0 s" in text and "70.0 s" in text
+    assert "| train | 1 | 30.0 |" in text and "| bench | 2 | 16.0 |" in text and "| pair | 1 | 1.0 |" in text
+    # GPU-a's node is named by its bench rows (training rows carry no hostname); GPU-b has only benches here.
+    assert "| h/GPU 0 | 3 | 39.0 | 2.0 | 95 |" in text and "| h/GPU 1 | 1 | 8.0 | 33.0 | 20 |" in text
+    assert "1 task(s) of earlier invocations" in text  # kd, from an hour before this invocation
+
+
+def test_section_on_rows_from_before_started_at(tmp_path):
+    published = ROOT / "reports" / "h200-latency-first"  # rows written before the column existed
+    lines = timeline.section(published, tmp_path)
+    assert lines[:2] == ["## Where the time went", ""] and "No timeline" in lines[2]
+    assert not (tmp_path / "timeline.png").exists()
+    assert timeline.section(tmp_path / "empty", tmp_path) == []
+
+
+def test_part_files_without_started_at_still_read(tmp_path):
+    for schema in (RESULT_SCHEMA, TRAINING_SCHEMA, PAIR_SCHEMA, RECHECK_SCHEMA):
+        assert schema.names[-1] == "started_at"  # appended: older files keep their layout
+    older = pa.schema([f for f in RESULT_SCHEMA if f.name != "started_at"])
+    write_rows([{"sweep": "s", "variant_id": "v", "status": "ok"}], tmp_path / "r" / "v.parquet", older)
+    df = read_folder(tmp_path / "r", RESULT_SCHEMA)
+    assert list(df.columns) == RESULT_SCHEMA.names and len(df) == 1 and df["started_at"].isna().all()
+
+
+# ---- submission order -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def default_spec():
+    return load_sweep(ROOT / "variants" / "default.yaml")
+
+
+def test_trainings_teachers_first_then_longest(default_spec):
+    order = [m.key for m in phases.train_order(list(default_spec.models))]
+    cost = {m.key: phases.train_cost(m) for m in default_spec.models}
+    # resnet18 alone trains shorter than shufflenet, but with its student it is the longest chain.
+    assert cost["resnet18"] < cost["shufflenet"] < cost["resnet18"] + cost["mobilenet_kd"]
+    assert order[0] == "resnet18"
+    assert order[-1] == "mobilenet_kd"               # students after every model without a teacher
+    assert order.index("airbench") == len(order) - 2  # the shortest of the rest goes last among them
+    costs = [cost[k] for k in order[1:-1]]
+    assert costs == sorted(costs, reverse=True)
+
+
+def test_benches_longest_expected_first_within_each_sub_phase(default_spec):
+    spec = default_spec
+    jobs = [(phases.compiles(v), phases.bench_cost(spec, v), v, None) for v in spec.variants]
+    order = [j[2] for j in phases.ordered(jobs)]
+    eager = [v for v in order if not v.cuda_graph and v.compile == "none"]
+    # Eager variants of the models with the slowest calls lead; graphed airbench ones come last.
+    assert {spec.model(v.model).arch for v in order[:3]} <= {"mobilenet_v3_small_cifar", "shufflenet_v2_x1_0_cifar"}
+    assert order.index(eager[-1]) < min(order.index(v) for v in order if v.cuda_graph and v.model == "airbench")
+    # Equal costs keep the YAML's order (a stable sort), so the submission order is reproducible.
+    same = [v for v in order if phases.bench_cost(spec, v) == phases.bench_cost(spec, order[0])]
+    assert same == [v for v in spec.variants if v in same]
+
+
+def test_unknown_arch_gets_the_default_cost():
+    assert phases._arch_cost("my_new_net") == phases.DEFAULT_COST
+    assert phases._arch_cost("shufflenet_v2_x0_5_cifar") == phases.ARCH_COST["shufflenet_v2"]
