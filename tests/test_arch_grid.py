@@ -1,4 +1,4 @@
-"""Architecture as a sweep axis (variants/loader.py): arch_args bound at load, arch_grid families, their
+"""Architecture as a sweep axis (variants/families.py, via variants/loader.py): arch_args bound at load, arch_grid families, their
 keys and errors; the latency-first sweep file; a whitening-stem model through runner/train.py."""
 from __future__ import annotations
 

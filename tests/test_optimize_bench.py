@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -182,7 +183,6 @@ def test_runner_batch1(mobilenet, axes):
     p = prepare(mobilenet, Variant("m", **axes), CPU)
     fn, example, warm_s = p.runner(1)
     assert example.shape == (1, 3, 32, 32) and example.dtype == p.input_dtype
-    assert warm_s >= 0
     with torch.inference_mode():
         y = fn(example)
     assert y.shape == (1, 10) and torch.isfinite(y.float()).all()
@@ -190,6 +190,38 @@ def test_runner_batch1(mobilenet, axes):
     assert ex8.shape == (8, 3, 32, 32)
     # same seeded example each call: batch 1 is the first image of batch 8
     assert torch.equal(ex8[:1], example)
+
+
+_SLEEP_S = 0.05
+_CALLS: list[int] = []   # module level: prepare() works on a copy of the model, so an attribute would not show
+
+
+class _SlowNet(nn.Module):
+    """A real module whose forward takes a known minimum time, so the warm-up time can be checked."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        _CALLS.append(x.shape[0])
+        time.sleep(_SLEEP_S)
+        return self.fc(x.flatten(1))
+
+
+def test_runner_warm_time_is_the_warm_calls():
+    """warm_s (reported as compile / warm-up time, never in a latency) covers exactly the warm calls."""
+    p = prepare(_SlowNet(), Variant("m"), CPU)
+    _CALLS.clear()
+    fn, example, warm_s = p.runner(1, warm_calls=3)
+    assert _CALLS == [1, 1, 1]                  # the warm calls ran, on the batch-1 example
+    assert warm_s >= 3 * _SLEEP_S
+    _CALLS.clear()
+    _, _, cold_s = p.runner(1, warm_calls=0)
+    assert _CALLS == [] and cold_s < 3 * _SLEEP_S
+    with torch.inference_mode():
+        fn(example)
+    assert _CALLS == [1]                        # the returned callable is the model's forward
 
 
 # ---- bench ---------------------------------------------------------------------------------------------
@@ -230,8 +262,6 @@ def test_measure_on_cpu():
 
 
 def test_measure_times_the_call():
-    import time
-
     def slow(x):
         time.sleep(0.005)
         return x

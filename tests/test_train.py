@@ -138,17 +138,25 @@ def _ce_by_hand(student, y, ls=0.0):
     return ((1 - ls) * nll + ls * smooth).mean()
 
 
-def test_hand_helpers_on_known_numbers():
-    # KL(p||p) = 0; CE of uniform logits over 3 classes = ln 3
-    assert _kl_by_hand(S, S, 1.0).abs() < 1e-7
-    assert _ce_by_hand(torch.zeros(2, 3), Y).item() == pytest.approx(math.log(3))
-    # first row, T=1, by scalar arithmetic
-    q = [math.exp(v) for v in (1.0, 2.0, 0.5)]
-    p = [math.exp(v) for v in (2.0, 0.0, 1.0)]
-    q = [v / sum(q) for v in q]
-    p = [v / sum(p) for v in p]
-    kl_row0 = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
-    assert _kl_by_hand(S[:1], T[:1], 1.0).item() == pytest.approx(kl_row0, rel=1e-6)
+def test_distill_loss_on_known_numbers():
+    """distill_loss against scalar arithmetic (no torch) on one row: the soft KL term, its T^2 scale, the hard
+    cross-entropy and their mix."""
+    s, t, y = (1.0, 2.0, 0.5), (2.0, 0.0, 1.0), 1
+
+    def softmax(v, temp):
+        e = [math.exp(x / temp) for x in v]
+        return [x / sum(e) for x in e]
+
+    for alpha, temp in ((1.0, 1.0), (1.0, 2.0), (0.5, 4.0), (0.0, 3.0)):
+        q, p = softmax(s, temp), softmax(t, temp)
+        kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        ce = -math.log(softmax(s, 1.0)[y])
+        want = alpha * temp ** 2 * kl + (1 - alpha) * ce
+        got = distill_loss(torch.tensor([s]), torch.tensor([t]), torch.tensor([y]), alpha=alpha, temperature=temp)
+        assert got.item() == pytest.approx(want, rel=1e-5)
+    # uniform logits over 3 classes: cross-entropy ln 3 for any label
+    uniform = distill_loss(torch.zeros(2, 3), torch.zeros(2, 3), Y, alpha=0.0, temperature=4.0)
+    assert uniform.item() == pytest.approx(math.log(3))
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])

@@ -1,6 +1,8 @@
-"""variants/loader.py: the shipped sweep files, deterministic expansion, and every validation error."""
+"""variants/ (loader, axes, spec): the shipped sweep files, deterministic expansion, and every validation error."""
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import textwrap
 from pathlib import Path
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from models import list_models
-from variants import AXES, Recipe, SpecError, Variant, load_sweep
+from variants import AXES, Recipe, SpecError, Variant, axes, load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "variants" / "default.yaml"
@@ -379,10 +381,21 @@ def test_list_instead_of_mapping_is_a_spec_error(tmp_path, body):
     assert "expected a mapping, got list" in msg
 
 
-def test_axes_order_matches_variant_fields():
+def test_variant_fields_are_the_axis_table():
+    """Positional Variant(...) and every default follow variants/axes.py's TABLE, in its stacking order."""
+    fields = dataclasses.fields(Variant)[1:1 + len(axes.TABLE)]
+    assert [(f.name, f.default) for f in fields] == [(a.name, a.default) for a in axes.TABLE]
     v = Variant("m", "bf16", "channels_last", "max-autotune", True, True)
     assert tuple(v.axes()) == AXES
     assert v.variant_id == "m-bf16-cl-ma-graph-fold"
+    assert Variant("m").variant_id == "m-fp32-nchw-eager"  # each default's token
+
+
+def test_every_axis_combination_has_its_own_id():
+    """Two variants sharing an id would share one results/<id>.parquet: the tokens must never collide."""
+    combos = list(itertools.product(*(a.values for a in axes.TABLE)))
+    ids = {Variant("m", *combo).variant_id for combo in combos}
+    assert len(ids) == len(combos)
 
 
 def test_capped_shortens_never_lengthens():

@@ -20,7 +20,7 @@ MAX_NAME = 100          # a variant id adds ~40 characters and '.parquet' / temp
 INT32_MAX = 2**31 - 1   # warmup / iters / repeat are int32 columns in RESULT_SCHEMA
 INT64_MAX = 2**63 - 1   # seed is an int64 column
 
-Fail = Callable[[str, str], Exception]   # _Checker.fail(where, msg)
+Fail = Callable[[str, str], Exception]   # checker.Checker.fail(where, msg)
 
 # (low, high, low inclusive?) of each bench field; high is always inclusive.
 BENCH_RANGES: dict[str, tuple[float, float, bool]] = {
