@@ -550,3 +550,13 @@ def test_fault_runs_write_only_inside_the_run_folder(fault_runs):
         outside = [k for k in changed(before, after) if not k.startswith("runs")]
         assert outside == []
         assert all(k == "runs" or k.startswith("runs/fault") for k in changed(before, after))
+
+
+@pytest.mark.parametrize("value", ["[]", "[fp32, fp16]"])
+def test_named_row_takes_one_value_per_axis(tmp_path, value):
+    from variants import SpecError, load_sweep
+    cfg = tmp_path / "named.yaml"
+    cfg.write_text("models: {m: {arch: airbench_cifar}}\n"
+                   f"named: {{B1: {{model: m, precision: {value}}}}}\n")
+    with pytest.raises(SpecError, match=r"named\.B1\.precision: expected one value"):
+        load_sweep(cfg)

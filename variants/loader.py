@@ -183,7 +183,12 @@ def _add_named(c: Checker, value: Any, models: dict, variants: dict[str, Variant
         where = f"named.{bid}"
         row = c.mapping(row, where, _NAMED_KEYS, required={"model"})
         c.choice(row["model"], f"{where}.model", tuple(models))
-        axes = {a: _axis_values(c, row, where, a)[0] for a in AXES}
+        axes = {}
+        for a in AXES:
+            vals = _axis_values(c, row, where, a)
+            if len(vals) != 1:  # a named row is one variant: one value per axis
+                raise c.fail(f"{where}.{a}", f"expected one value, got {len(vals)}: {row.get(a)!r}")
+            axes[a] = vals[0]
         v = Variant(row["model"], **axes, brief_id=str(bid), label=str(row.get("label", "")))
         if v.variant_id in variants and variants[v.variant_id].brief_id:
             raise c.fail(where, f"same variant as named.{variants[v.variant_id].brief_id}")
