@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from runner.results import STATS
+from runner.results import STATS, cv_pct  # noqa: F401  (cv_pct: one definition, re-exported)
 
 
 @dataclass
@@ -36,14 +36,8 @@ def stats(samples_ms: np.ndarray) -> dict[str, float]:
             "p99": float(p99), "std": float(a.std()), "min": float(a.min())}
 
 
-def cv_pct(values) -> float:
-    """Coefficient of variation (sample std / mean, %) across repeats: how far repeats disagree."""
-    v = np.asarray(values, dtype=np.float64)
-    return float(100.0 * v.std(ddof=1) / v.mean()) if v.size > 1 and v.mean() > 0 else 0.0
-
-
 @torch.inference_mode()
-def time_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, warmup: int, iters: int) -> Samples:
+def time_repeat(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, warmup: int, iters: int) -> Samples:
     """One repeat: `warmup` untimed calls, then `iters` individually timed calls."""
     cuda = x.device.type == "cuda"
     for _ in range(warmup):
@@ -71,7 +65,7 @@ def time_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, wa
 
 def measure(fn: Callable, x: torch.Tensor, *, warmup: int, iters: int, repeats: int) -> list[Samples]:
     """`repeats` independent repeats (each with its own warm-up, so a repeat does not inherit a warm cache)."""
-    return [time_once(fn, x, warmup=warmup, iters=iters) for _ in range(repeats)]
+    return [time_repeat(fn, x, warmup=warmup, iters=iters) for _ in range(repeats)]
 
 
 def repeat_rows(samples: list[Samples], cv_flag_pct: float) -> list[dict[str, float]]:

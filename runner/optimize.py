@@ -2,7 +2,7 @@
 
 Every axis is resolved here and nowhere else: precision -> dtypes, memory format on the model and its
 input together, BN folding, torch.compile mode (after `torch._dynamo.reset()`), whole-model CUDA graph.
-Used by `runner/sweep.py`'s bench task: `prepare()` once, then `.runner(batch_size)` for the benchmark
+Used by `runner/sweep.py`'s bench task: `prepare()` once, then `.callable_for(batch_size)` for the benchmark
 (batch 1) and for the accuracy pass (large batches), so both go through the same prepared model.
 A combination that cannot run on the device raises `Unsupported` (a `skipped` row, with the reason).
 """
@@ -89,7 +89,7 @@ def state_size_mb(model: nn.Module) -> tuple[float, int]:
 
 @dataclass
 class Prepared:
-    """A model with every axis of one variant applied; `runner(batch)` gives a callable for that batch size."""
+    """A model with every axis of one variant applied; `callable_for(batch)` gives a callable for that batch size."""
     variant: Variant
     device: torch.device
     forward: Callable[[torch.Tensor], torch.Tensor]
@@ -106,7 +106,7 @@ class Prepared:
             return x.contiguous(memory_format=torch.channels_last)
         return x.contiguous()
 
-    def runner(self, batch_size: int, warm_calls: int = 3) -> tuple[Callable, torch.Tensor, float]:
+    def callable_for(self, batch_size: int, warm_calls: int = 3) -> tuple[Callable, torch.Tensor, float]:
         """(callable, example input already on the device, seconds spent compiling / capturing / warming).
 
         The warm calls trigger compilation (torch.compile compiles on first call) and cuDNN's algorithm

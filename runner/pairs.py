@@ -43,13 +43,13 @@ def plan(variants: tuple[Variant, ...] | list[Variant]) -> list[tuple[Variant, V
 def interleaved(a: tuple[Callable, Any], b: tuple[Callable, Any], *, rounds: int, iters: int,
                 warmup: int) -> tuple[list[float], list[float]]:
     """Per-round p50 (ms) of a and b, timed alternately; the order flips every round (A B, B A, ...)."""
-    from runner.bench import time_once
+    from runner.bench import time_repeat
 
     pa, pb = [], []
     for r in range(rounds):
         order = [(a, pa), (b, pb)] if r % 2 == 0 else [(b, pb), (a, pa)]
         for (fn, x), sink in order:
-            s = time_once(fn, x, warmup=warmup, iters=iters)
+            s = time_repeat(fn, x, warmup=warmup, iters=iters)
             sink.append(float(np.median(s.lat_ms)))
     return pa, pb
 

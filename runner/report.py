@@ -22,7 +22,7 @@ from runner.plots import figure as _figure
 from runner.report_format import DASH, _distinct, _missing, _ok, markdown_table
 from runner.report_tables import (BRIEF_ROWS, _all_section, _brief_section, _chosen_section,
                                   _decision_section, _env_section, _header, _training_section, _tried_section)
-from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, summarize
+from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, cv_pct, summarize
 from runner.timeline import section as timeline_section
 
 # build_report is this module's job; the rest is re-exported for callers that import it from here.
@@ -53,8 +53,8 @@ def _repeat_stats(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["p50_values", "p50_min", "p50_max", "p50_cv_pct"])
     g = ok.groupby("variant_id", sort=False)["lat_p50_ms"]
     out = pd.DataFrame({"p50_values": g.apply(list), "p50_min": g.min(), "p50_max": g.max()})
-    # CV over repeats needs at least two of them (sample std, ddof=1).
-    out["p50_cv_pct"] = g.std() / g.mean() * 100
+    # CV over repeats needs at least two of them: with one, no spread is known (NaN prints as a dash).
+    out["p50_cv_pct"] = g.apply(lambda v: cv_pct(v) if len(v) > 1 else float("nan"))
     return out
 
 

@@ -196,6 +196,14 @@ def merge(run_dir: str | Path, skipped: list[Path] | None = None) -> dict[str, P
     return out
 
 
+def cv_pct(values) -> float:
+    """Coefficient of variation (sample std / mean, %) across repeats: how far repeats disagree.
+    The one definition: the bench's `unstable` flag and the report's CV column both use it."""
+    import numpy as np
+    v = np.asarray(values, dtype=np.float64)
+    return float(100.0 * v.std(ddof=1) / v.mean()) if v.size > 1 and v.mean() > 0 else 0.0
+
+
 def _all_or_none(values: pd.Series):
     """True only if every repeat was exclusive; None when nothing was checked (CPU, no NVML)."""
     v = values.dropna()

@@ -160,7 +160,7 @@ def _measure_variant(variant, model_spec, ckpt, data, bench, device, base) -> tu
         prepared = optimize.prepare(model, variant, device)
     except optimize.Unsupported as e:
         raise _Unsupported(str(e)) from None
-    fn, x, compile_s = prepared.runner(1)
+    fn, x, compile_s = prepared.callable_for(1)
     with env.GpuMonitor(base["gpu_uuid"]) as gpu:
         samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
     extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params, **gpu.summary()}
@@ -205,7 +205,7 @@ def _checks(model, prepared, fn1, x1, data, model_spec, bench, device, variant) 
                                 f"(bound {FOLD_REL_ERR_MAX:.0e})")
     try:
         eval_bs = min(bench.eval_batch_size, len(test.test_y))
-        eval_fn, _, _ = prepared.runner(eval_bs)
+        eval_fn, _, _ = prepared.callable_for(eval_bs)
         logits = evaluate.predict(eval_fn, test.test_x, device, eval_bs, prepared.cast_input)
         out["top1_pct"] = evaluate.top1(logits, test.test_y)
         path_err = evaluate.max_rel_err(logits[:n_check], ref.cpu())
@@ -230,7 +230,7 @@ def _prepared_callable(variant: Variant, ckpt: dict, device: torch.device, reset
     from runner.train import model_from_checkpoint
 
     prepared = optimize.prepare(model_from_checkpoint(ckpt, device), variant, device, reset=reset)
-    fn, x, _ = prepared.runner(1)
+    fn, x, _ = prepared.callable_for(1)
     return fn, x
 
 

@@ -50,7 +50,7 @@ def test_kernel_breakdown_counts_at_least_one_kernel_per_conv(graph):
     k = _n_convs(model)
     prepared = prepare(model, Variant("m", precision="fp16", memory_format="channels_last",
                                       cuda_graph=graph, bn_fold=True), dev)
-    fn, x, _ = prepared.runner(1)
+    fn, x, _ = prepared.callable_for(1)
     parts = kernel_breakdown(fn, x, replays=10)
     assert parts["breakdown_note"] is None, parts
     assert parts["kernels_per_forward"] >= k
@@ -65,7 +65,7 @@ def test_graph_runs_the_model_kernels_as_eager_does():
     model = get_model("fastnet_cifar")
     counts = []
     for graph in (False, True):
-        fn, x, _ = prepare(model, Variant("m", precision="fp16", cuda_graph=graph, bn_fold=True), dev).runner(1)
+        fn, x, _ = prepare(model, Variant("m", precision="fp16", cuda_graph=graph, bn_fold=True), dev).callable_for(1)
         counts.append(kernel_breakdown(fn, x, replays=10)["kernels_per_forward"])
     # The same model kernels; a replay may add up to two small fills of its own (CUDAGraph::replay's
     # prologue, pytorch/pytorch#143572), which are part of what the benchmark times, so they count.

@@ -158,6 +158,6 @@ def test_inductor_default_on_cpu_matches_eager_after_folding():
     model = _randomise_bn(get_model("fastnet_cifar", widths=(16, 32, 32))).eval()
     eager = prepare(model, Variant("m", bn_fold=True), CPU)
     compiled = prepare(model, Variant("m", bn_fold=True, compile="default"), CPU)
-    fn, x, _ = compiled.runner(2, warm_calls=1)
+    fn, x, _ = compiled.callable_for(2, warm_calls=1)
     with torch.inference_mode():
         torch.testing.assert_close(fn(x), eager.forward(x), atol=1e-4, rtol=1e-4)

@@ -181,12 +181,12 @@ def test_prepare_does_not_touch_the_model(mobilenet):
                          ids=["fp32", "bf16-cl-fold"])
 def test_runner_batch1(mobilenet, axes):
     p = prepare(mobilenet, Variant("m", **axes), CPU)
-    fn, example, warm_s = p.runner(1)
+    fn, example, warm_s = p.callable_for(1)
     assert example.shape == (1, 3, 32, 32) and example.dtype == p.input_dtype
     with torch.inference_mode():
         y = fn(example)
     assert y.shape == (1, 10) and torch.isfinite(y.float()).all()
-    fn8, ex8, _ = p.runner(8)
+    fn8, ex8, _ = p.callable_for(8)
     assert ex8.shape == (8, 3, 32, 32)
     # same seeded example each call: batch 1 is the first image of batch 8
     assert torch.equal(ex8[:1], example)
@@ -213,11 +213,11 @@ def test_runner_warm_time_is_the_warm_calls():
     """warm_s (reported as compile / warm-up time, never in a latency) covers exactly the warm calls."""
     p = prepare(_SlowNet(), Variant("m"), CPU)
     _CALLS.clear()
-    fn, example, warm_s = p.runner(1, warm_calls=3)
+    fn, example, warm_s = p.callable_for(1, warm_calls=3)
     assert _CALLS == [1, 1, 1]                  # the warm calls ran, on the batch-1 example
     assert warm_s >= 3 * _SLEEP_S
     _CALLS.clear()
-    _, _, cold_s = p.runner(1, warm_calls=0)
+    _, _, cold_s = p.callable_for(1, warm_calls=0)
     assert _CALLS == [] and cold_s < 3 * _SLEEP_S
     with torch.inference_mode():
         fn(example)

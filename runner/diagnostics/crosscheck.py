@@ -4,7 +4,7 @@
                                 [--timer auto|triton|torch] [--only ARCH,...] [--device cuda:0]
 
 Three untrained variants (weights do not change latency) are prepared exactly as a sweep prepares them
-(`runner.optimize.prepare` + `.runner(1)`), then timed, interleaved, as: ours -> independent -> ours.
+(`runner.optimize.prepare` + `.callable_for(1)`), then timed, interleaved, as: ours -> independent -> ours.
 The second run of ours exposes drift (clocks, temperature) between the two timers' windows.
 
   ours         `runner.bench.measure(repeats=3)`: each call timed *alone* (CUDA events around one call,
@@ -120,7 +120,7 @@ def check_variant(v: Variant, device: torch.device, timer: str, args) -> dict:
     torch.manual_seed(0)
     model = get_model(run_v.model, num_classes=10).eval()
     prepared = prepare(model, run_v, device)
-    fn, x, compile_s = prepared.runner(1)
+    fn, x, compile_s = prepared.callable_for(1)
     first = ours(fn, x, warmup=args.warmup, iters=args.iters, repeats=args.repeats)
     indep, method = independent_ms(fn, x, timer, args)
     second = ours(fn, x, warmup=args.warmup, iters=args.iters, repeats=args.repeats)

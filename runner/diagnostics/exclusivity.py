@@ -56,7 +56,7 @@ def measure_phase(phase: str, fn, x, uuid: str | None, *, warmup: int, iters: in
     """NVML state before and after one bench repeat, and its event / host p50 (the sweep's checks)."""
     before = env.nvml_state(uuid)
     raw = nvml.compute_pids(uuid)  # every pid, ours included: shows a PID-namespace mismatch
-    s = bench.time_once(fn, x, warmup=warmup, iters=iters)
+    s = bench.time_repeat(fn, x, warmup=warmup, iters=iters)
     after = env.nvml_state(uuid)
     lat, host = bench.stats(s.lat_ms)["p50"], bench.stats(s.host_ms)["p50"]
     excl = [v for v in (before["gpu_exclusive"], after["gpu_exclusive"]) if v is not None]
@@ -139,7 +139,7 @@ def run(args) -> int:
     torch.backends.cudnn.benchmark = True  # as the sweep's bench task does
     info = env.device_info(device)
     torch.manual_seed(0)
-    fn, x, _ = prepare(get_model(VARIANT.model).eval(), VARIANT, device).runner(1)
+    fn, x, _ = prepare(get_model(VARIANT.model).eval(), VARIANT, device).callable_for(1)
     kw = dict(warmup=args.warmup, iters=args.iters)
 
     rows = [measure_phase("alone", fn, x, info["gpu_uuid"], **kw)]
