@@ -119,6 +119,33 @@ def train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: d
         return _train(spec, data, device, teacher_ckpt=teacher_ckpt, log=log)
 
 
+def _epochs(spec, model, step_model, train_b, test_b, opt, sched, teacher, amp_dtype, log):
+    """The epoch loop: train, time (synchronized on a GPU), test; returns (per-epoch log, seconds, images)."""
+    recipe, device = spec.recipe, train_b.x.device
+    on_gpu = device.type == "cuda"
+    epochs_log: list[dict[str, Any]] = []
+    train_s = 0.0
+    images = 0
+    for epoch in range(1, recipe.epochs + 1):
+        if on_gpu:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        loss, acc, seen = train_one_epoch(step_model, train_b, opt, sched, amp_dtype=amp_dtype,
+                                          label_smoothing=recipe.label_smoothing, teacher=teacher, recipe=recipe)
+        if on_gpu:
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        train_s += dt
+        images += seen
+        model.eval()
+        top1 = accuracy(model, test_b, amp_dtype=amp_dtype)
+        epochs_log.append({"epoch": epoch, "train_loss": loss, "train_acc_pct": acc, "top1_pct": top1,
+                           "epoch_s": dt, "train_img_per_s": seen / dt})
+        log(f"[train {spec.key}] epoch {epoch}/{recipe.epochs} loss {loss:.3f} train {acc:.1f}% "
+            f"test {top1:.2f}% {dt:.1f}s {seen / dt:,.0f} img/s")
+    return epochs_log, train_s, images
+
+
 def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: dict | None,
            log: Callable[[str], None]) -> dict[str, Any]:
     recipe = spec.recipe
@@ -147,26 +174,8 @@ def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: 
     opt = make_optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(recipe.epochs * len(train_b), recipe.warmup_frac))
 
-    epochs_log: list[dict[str, Any]] = []
-    train_s = 0.0
-    images = 0
-    for epoch in range(1, recipe.epochs + 1):
-        if on_gpu:
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        loss, acc, seen = train_one_epoch(step_model, train_b, opt, sched, amp_dtype=amp_dtype,
-                                          label_smoothing=recipe.label_smoothing, teacher=teacher, recipe=recipe)
-        if on_gpu:
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
-        train_s += dt
-        images += seen
-        model.eval()
-        top1 = accuracy(model, test_b, amp_dtype=amp_dtype)
-        epochs_log.append({"epoch": epoch, "train_loss": loss, "train_acc_pct": acc, "top1_pct": top1,
-                           "epoch_s": dt, "train_img_per_s": seen / dt})
-        log(f"[train {spec.key}] epoch {epoch}/{recipe.epochs} loss {loss:.3f} train {acc:.1f}% "
-            f"test {top1:.2f}% {dt:.1f}s {seen / dt:,.0f} img/s")
+    epochs_log, train_s, images = _epochs(spec, model, step_model, train_b, test_b, opt, sched, teacher,
+                                          amp_dtype, log)
 
     model.eval()
     # The number the sweep reports for the trained model: full fp32 (TF32 off), no autocast.
