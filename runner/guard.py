@@ -1,7 +1,7 @@
 """Driver guards: what keeps one sweep from hurting another run, the user's files or the machine.
 
     paths     every file the sweep writes stays inside its run folder (names are checked at load too)
-    lock      one sweep per run folder at a time (runs/<sweep>/.sweep.lock: pid, host, start time)
+    lock      one sweep per run folder at a time (runs/<sweep>/.sweep.lock: pid, its start ticks, host, time)
     address   `--address` to a cluster that is not there fails in seconds, not minutes of retries
     signals   Ctrl-C or SIGTERM stops the sweep; a second one cannot cut the clean-up short
     errors    the exception inside a Ray task, not Ray's wrapper, names what went wrong
@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from runner.reaper import start_ticks
 
 LOCK_NAME = ".sweep.lock"
 PROBE_TIMEOUT_S = 5.0
@@ -74,6 +76,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _owner_gone(lock: dict) -> str | None:
+    """Why the process a lock of this host names is no longer its owner, or None while it is. A pid alone
+    is not enough: after a reboot or many processes the same pid runs something else, so the lock also
+    keeps the owner's start time (/proc/<pid>/stat); a lock without one (older code) is judged by pid."""
+    if not _pid_alive(lock["pid"]):
+        return "is no longer running"
+    recorded, now = lock.get("pid_start"), start_ticks(lock["pid"])
+    if isinstance(recorded, int) and now is not None and now != recorded:
+        return "is no longer running (that pid now belongs to a process started later)"
+    return None
+
+
 def _read_lock(path: Path) -> dict | None:
     try:
         info = json.loads(path.read_text())
@@ -101,11 +115,12 @@ def _create_lock(path: Path, info: dict) -> bool:
 def sweep_lock(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[dict]:
     """Hold `run_dir/.sweep.lock` while the body runs. A lock of a live process (or of another host,
     whose processes we cannot see) refuses with its pid, host and start time; a lock left by a dead
-    process on this host is taken over, and the log says so."""
+    process on this host, or naming a pid that another process has since taken, is taken over, and the
+    log says so."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
+    me = {"pid": os.getpid(), "pid_start": start_ticks(os.getpid()), "host": socket.gethostname(),
           "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     for _ in range(3):  # a lock removed as stale may be re-taken by a third process in between
         if _create_lock(path, me):
@@ -113,9 +128,8 @@ def sweep_lock(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[di
         other = _read_lock(path)
         if other is None:
             log(f"lock {path} is unreadable (a damaged file); taking it over")
-        elif other.get("host") == me["host"] and not _pid_alive(other["pid"]):
-            log(f"taking over a stale lock: pid {other['pid']} (started {other.get('started_at')}) "
-                f"is no longer running")
+        elif other.get("host") == me["host"] and (gone := _owner_gone(other)):
+            log(f"taking over a stale lock: pid {other['pid']} (started {other.get('started_at')}) {gone}")
         else:
             raise GuardError(
                 f"another sweep is running in {run_dir}: pid {other['pid']} on host {other.get('host')}, "

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import ray
 import torch
 
-from runner import env, guard, phases, results, tasks
+from runner import env, guard, phases, reaper, results, tasks
 from runner.data import Cifar
 from runner.results import RESULT_SCHEMA
 from variants import BenchSpec, SweepSpec, TrainSpec, Variant
@@ -62,8 +62,11 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
         # On a real cluster the code travels with the job, so every node runs this exact checkout.
         runtime_env = {"working_dir": str(PROJECT_ROOT), "env_vars": {"RUNNER_GIT_COMMIT": env_vars["RUNNER_GIT_COMMIT"]},
                        "excludes": [".git", ".devkit", ".data", ".venv", "runs", "reports", "*.pt"]}
-    ctx = ray.init(address=address, runtime_env=runtime_env, include_dashboard=True,
-                   log_to_driver=True, logging_level="WARNING", **guard.local_ray_args(address))
+    # No address means a cluster of our own ("local"): ray.init(address=None) silently joins any cluster that
+    # `ray start` left on this machine (a sweep joined a 2-node test cluster so), with a one-node runtime_env.
+    ctx = ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env=runtime_env,
+                   include_dashboard=True, log_to_driver=True, logging_level="WARNING", **guard.local_ray_args(address))
+    reaper.watch_local_cluster()  # a cluster we started goes with this driver, even after a SIGKILL
     guard.reclaim_signals()  # ray.init replaced our SIGTERM handler with its own sys.exit(15)
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
@@ -124,6 +127,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
         _run(spec, data, run_dir, pending, hashes, cluster, log)
     finally:  # also on Ctrl-C or a crash: whatever landed is merged and readable
         ray.shutdown()
+        reaper.stop()  # and whatever ray.shutdown left of a cluster we started
         results.merge(run_dir)
     _write_meta(spec, data, run_dir, cluster, started, shortened_note, code)
     from runner.report import build_report
