@@ -120,13 +120,15 @@ def bench_job(variant: Variant, model_spec: TrainSpec, ckpt: dict, data: Cifar, 
     Order matters: latency first (a good latency is kept even when the accuracy pass fails: that is
     `eval_error`, not a lost row), then the numerical checks that can turn the row into an error.
     """
+    from runner import optimize
+
     started = stamp()
     device = task_device()
     base = {**_bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device), "started_at": started}
     try:
         with measurement_flags():
             rows, raw = _measure_variant(variant, model_spec, ckpt, data, bench, device, base)
-    except _Unsupported as e:
+    except optimize.Unsupported as e:
         return [{**base, "status": "skipped", "error": str(e), "repeat": 0, "finished_at": stamp()}], []
     except Exception as e:  # a crash, an OOM, an unsupported compile: a row that says so, and the sweep goes on
         tb = traceback.format_exc(limit=6)
@@ -146,20 +148,13 @@ def _bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device) -> d
             **place(), **env.device_info(device)}
 
 
-class _Unsupported(Exception):
-    pass
-
-
 def _measure_variant(variant, model_spec, ckpt, data, bench, device, base) -> tuple[list[dict], list[dict]]:
     from runner import bench as bench_mod
     from runner import breakdown, optimize
     from runner.train import model_from_checkpoint
 
     model = model_from_checkpoint(ckpt, device)
-    try:
-        prepared = optimize.prepare(model, variant, device)
-    except optimize.Unsupported as e:
-        raise _Unsupported(str(e)) from None
+    prepared = optimize.prepare(model, variant, device)  # optimize.Unsupported: a skipped row (bench_job)
     fn, x, compile_s = prepared.callable_for(1)
     with env.GpuMonitor(base["gpu_uuid"]) as gpu:
         samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
