@@ -62,10 +62,10 @@ def cmd_list(args) -> int:
         print(f"  {m.key:<16} {m.arch:<26} epochs {r.epochs:<3} batch {r.batch_size:<4} lr {r.lr:<6} "
               f"amp {r.amp}{extra}")
     print(f"\nvariants ({len(spec.variants)}):")
-    print(f"  {'id':<5} {'variant_id':<44} {'precision':<9} {'memory':<14} {'compile':<27} graph fold")
+    print(f"  {'id':<5} {'variant_id':<44} {'precision':<9} {'memory':<14} {'compile':<27} graph fold  tta")
     for v in spec.variants:
         print(f"  {v.brief_id:<5} {v.variant_id:<44} {v.precision:<9} {v.memory_format:<14} {v.compile:<27} "
-              f"{'on' if v.cuda_graph else 'off':<5} {'on' if v.bn_fold else 'off'}")
+              f"{'on' if v.cuda_graph else 'off':<5} {'on' if v.bn_fold else 'off':<5} {v.tta}")
     return 0
 
 

@@ -64,13 +64,14 @@ def row_config(run_dir: Path, variant_id: str) -> dict[str, Any]:
     return json.loads(cfg.iloc[0])
 
 
-def eval_model(ckpt: dict, fold: bool) -> torch.nn.Module:
-    """The fp32 eval model on CPU, folded when the variant folds (the optimisation that changes weights)."""
-    from runner.optimize import fold_batchnorm
+def eval_model(ckpt: dict, fold: bool, tta: str = "none") -> torch.nn.Module:
+    """The fp32 eval model on CPU, folded when the variant folds, with its test-time augmentation (the
+    two optimisations that change the function or the weights)."""
+    from runner.optimize import fold_batchnorm, with_tta
     from runner.train import model_from_checkpoint
 
     model = model_from_checkpoint(ckpt, torch.device("cpu")).float()
-    return fold_batchnorm(model)[0] if fold else model
+    return with_tta(fold_batchnorm(model)[0] if fold else model, tta)
 
 
 def write_program(model: torch.nn.Module, out: Path) -> torch.export.ExportedProgram:
@@ -153,7 +154,7 @@ def export(run_dir: Path, variant_id: str | None = None, out: Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     x, y, test_source = sweep_test_set(run_dir, ckpt, cfg["model"], data_arg)  # fail before writing anything big
 
-    model = eval_model(ckpt, fold=bool(cfg["variant"]["bn_fold"]))
+    model = eval_model(ckpt, fold=bool(cfg["variant"]["bn_fold"]), tta=cfg["variant"].get("tta", "none"))
     program = write_program(model, out)
     onnx_method = write_onnx(program, model, out / "model.onnx")
     torch.save({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()},

@@ -81,6 +81,29 @@ def fold_error(model: nn.Module, x: torch.Tensor) -> float:
     return float((got - ref).abs().max()) / (scale if scale > 0 else 1.0)
 
 
+class FlipTTA(nn.Module):
+    """Test-time augmentation: logits of the image and its horizontal mirror, averaged, in one forward of
+    batch 2N, so a compiled graph / CUDA graph holds both (a second launch would cost a whole floor)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        y = self.model(torch.cat([x, x.flip(3)]))
+        return (y[:n] + y[n:]) * 0.5
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    """`model` with the variant's test-time augmentation applied (none: the model itself)."""
+    if tta == "none":
+        return model
+    if tta == "flip":
+        return FlipTTA(model)
+    raise Unsupported(f"unknown tta {tta!r}")
+
+
 def state_size_mb(model: nn.Module) -> tuple[float, int]:
     """Bytes of parameters + buffers as stored (i.e. in the variant's precision), in MB (10^6), and #params."""
     tensors = list(model.parameters()) + list(model.buffers())
@@ -174,6 +197,7 @@ def prepare(model: nn.Module, variant: Variant, device: torch.device, *, reset: 
     for p in m.parameters():
         p.requires_grad_(False)
     size_mb, params = state_size_mb(m)
+    m = with_tta(m, getattr(variant, "tta", "none"))  # after folding: fx sees the plain model
 
     def with_autocast(x, _m=m):
         with torch.autocast(device.type, dtype=autocast_dtype):

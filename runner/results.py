@@ -33,7 +33,7 @@ RESULT_SCHEMA = pa.schema(
     [("sweep", pa.string()), ("variant_id", pa.string()), ("brief_id", pa.string()), ("label", pa.string()),
      ("model", pa.string()), ("arch", pa.string()), ("precision", pa.string()),
      ("memory_format", pa.string()), ("compile", pa.string()), ("cuda_graph", pa.bool_()),
-     ("bn_fold", pa.bool_()), ("status", pa.string()), ("error", pa.string()), ("repeat", pa.int32()),
+     ("bn_fold", pa.bool_()), ("tta", pa.string()), ("status", pa.string()), ("error", pa.string()), ("repeat", pa.int32()),
      ("top1_pct", pa.float64()), ("top1_drift_pts", pa.float64()), ("teacher", pa.string())]
     + [(f"lat_{s}_ms", pa.float64()) for s in STATS]
     + [(f"host_{s}_ms", pa.float64()) for s in STATS]
@@ -213,7 +213,7 @@ def _all_or_none(values: pd.Series):
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """One line per variant: accuracy, the median over repeats of each latency statistic, repeat spread."""
     keys = ["variant_id", "brief_id", "label", "model", "precision", "memory_format", "compile", "cuda_graph",
-            "bn_fold", "status"]
+            "bn_fold", "status"] + (["tta"] if "tta" in results.columns else [])
     if results.empty:
         return pd.DataFrame(columns=keys + ["error", "top1_pct", "lat_mean_ms", "lat_p50_ms", "lat_p95_ms"])
     agg = {"error": "first", "top1_pct": "first", "top1_drift_pts": "first", "lat_mean_ms": "median",

@@ -191,7 +191,7 @@ def _checks(model, prepared, fn1, x1, data, model_spec, bench, device, variant) 
     out: dict[str, Any] = {"folded_layers": prepared.folded_layers}
     problems = []
     with torch.inference_mode():
-        ref = model.float()(check_x.float()).float()
+        ref = optimize.with_tta(model.float(), variant.tta)(check_x.float()).float()  # same function, fp32
         if variant.bn_fold:
             err = optimize.fold_error(model, check_x)
             out["fold_max_rel_err"] = err

@@ -170,6 +170,10 @@ def test_latency_first_file():
         assert v.bn_fold or v.model == "airbench"  # airbench also unfolded: a paired decision on folding
     for m in spec.models:  # every model is measured both ways
         assert {v.compile for v in family if v.model == m.key} == {"none", "default"}
+    tta = [v for v in family if v.tta == "flip"]  # flip TTA only compiled + graphed, each with its parent
+    assert tta and all(v.compile == "default" for v in tta)
+    ids = {v.variant_id for v in spec.variants}
+    assert all(v.variant_id.removesuffix("-tta") in ids for v in tta)
     b2 = next(v for v in spec.variants if v.brief_id == "B2")
     assert (b2.model, b2.precision, b2.cuda_graph) == ("resnet18", "fp32", False)
     convs = [sum(isinstance(x, nn.Conv2d) for x in get_model(m.arch, **dict(m.arch_args)).modules())

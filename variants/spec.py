@@ -115,6 +115,7 @@ class Variant:
     compile: str = BY_NAME["compile"].default
     cuda_graph: bool = BY_NAME["cuda_graph"].default
     bn_fold: bool = BY_NAME["bn_fold"].default
+    tta: str = BY_NAME["tta"].default
     brief_id: str = ""              # B1, O2, ... when a named row matches this variant
     label: str = ""
 
