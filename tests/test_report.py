@@ -150,7 +150,8 @@ def test_slower_and_parent_order():
     # bn_fold is the last axis applied, so it is the one undone first.
     key, axis = parent_key(pd.Series(dict(model="m", precision="fp16", memory_format="channels_last",
                                           compile="default", cuda_graph=True, bn_fold=True)))
-    assert axis == "bn_fold" and key == ("m", False, True, "default", "channels_last", "fp16")
+    # (tta is stacked after bn_fold; a row without the column counts as tta "none")
+    assert axis == "bn_fold" and key == ("m", "none", False, True, "default", "channels_last", "fp16")
 
 
 def test_empty_results(tmp_path):
