@@ -49,11 +49,11 @@ def rank_latency(row) -> float:
 
 
 def choose_id(summary: pd.DataFrame, bar_pct: float) -> str | None:
-    ok = summary[summary["status"] == "ok"].dropna(subset=["lat_p95_ms", "top1_pct"])
-    ok = ok[ok["top1_pct"] >= bar_pct]
-    if ok.empty:
-        return None
-    return ok.assign(_rank=ok.apply(rank_latency, axis=1)).sort_values("_rank", kind="stable").iloc[0]["variant_id"]
+    """The id of the report's chosen model (runner/decisions.choose: one rule, used by report, re-check, export)."""
+    from runner.decisions import choose  # imported here: decisions ranks with rank_latency from this module
+
+    chosen = choose(summary, bar_pct)["chosen"]
+    return None if chosen is None else chosen["variant_id"]
 
 
 def recheck_sample(summary: pd.DataFrame, extra: int, bar_pct: float, seed: int = 0) -> list[str]:
