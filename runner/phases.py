@@ -1,13 +1,15 @@
 """The sweep's phases on a Ray cluster, each finished before the next starts; rows written as they land.
 
-    train  ->  bench (compiling variants, then the rest)  ->  pairs (same split)  ->  re-check (same split)
+    train  ->  bench + pairs (compiling groups, then the rest)  ->  re-check (same split)
 
 Why phases, measured on an H200 host (reports/h200-contention/): a benchmark's number must be that
 variant's alone, and a GPU to itself is not enough for eager (CPU-bound) variants. A neighbour compiling
 with inductor's worker pool made eager timing ~1.5x slower even on the other GPU and even with the CPUs
 split between them; a neighbour training now and then did too. So no training runs while anything is
 timed, and no compilation runs while a non-compiling variant is timed: within a phase the tasks that
-compile go first, on every GPU at once, then the ones that do not. Each timing task is a fresh process.
+compile go first, on every GPU at once, then the ones that do not. Each timing task is a fresh process
+measuring one *group* (`group_key`: a model's variants of one precision, compiling or not) and the pairs
+whose child is in it; the re-check times the same groups in reverse order (runner/tasks.py says why).
 Ray does all the placing (one task per GPU, `num_gpus=1`); this module only decides what may overlap,
 and in which order each phase's tasks are submitted (longest expected first: see ARCH_COST).
 """
@@ -120,68 +122,85 @@ def run_phase(name: str, jobs: list[tuple[bool, float, Callable[[], Any], Callab
             refs.pop(ready[0])(ready[0])
 
 
+def group_key(v: Variant) -> tuple[str, bool, str]:
+    """Which bench task measures `v`: one per model, compiling or not, and precision. Compiling and not
+    stay apart because the phases order them; the precision split halves a model's task so that a
+    phase's tasks spread over more GPUs (the two halves share no prepared state anyway)."""
+    return v.model, compiles(v), v.precision
+
+
+def group_name(key: tuple[str, bool, str]) -> str:
+    model, comp, precision = key
+    return f"{model}-{precision}" + ("-compiling" if comp else "")
+
+
+def groups(variants: list[Variant]) -> dict[tuple, list[Variant]]:
+    """Variants by group_key, each group in the sweep's order (parents before their children)."""
+    out: dict[tuple, list[Variant]] = {}
+    for v in variants:
+        out.setdefault(group_key(v), []).append(v)
+    return out
+
+
 def run(plan: Plan, data_ref, ckpts: dict[str, Any], progress: Progress) -> None:
-    """Bench, pairs and re-check phases (training is done: `ckpts` maps model -> checkpoint or None)."""
+    """Bench (with each group's pairs) and re-check phases; training is done: `ckpts` maps model ->
+    checkpoint or None."""
     spec = plan.spec
-    jobs = []
+    pending = []
     for v in plan.pending:
         if ckpts.get(v.model) is None:
             _land_untrained(v, plan, progress, plan.train_errors.get(v.model, "no checkpoint"))
-            continue
-        submit = (lambda v=v: plan.remote["bench"].options(name=f"bench:{v.variant_id}", **plan.bench_opts).remote(
-            v, spec.model(v.model), ckpts[v.model], data_ref, spec.bench, spec.name, plan.hashes[v.variant_id]))
-        land = (lambda ref, v=v: _land_bench(ref, v, plan, progress))
-        jobs.append((compiles(v), bench_cost(spec, v), submit, land))
+        else:
+            pending.append(v)
+    bench_groups = groups(pending)
+    pair_groups = _pairs_to_time(plan, ckpts)
+    progress.total += sum(len(p) for p in pair_groups.values())
+    jobs = []
+    for key in list(bench_groups) + [k for k in pair_groups if k not in bench_groups]:
+        group, pair_list = bench_groups.get(key, []), pair_groups.get(key, [])
+        submit = (lambda g=group, pl=pair_list, key=key: plan.remote["bench"].options(
+            name=f"bench:{group_name(key)}", **plan.bench_opts).remote(
+            g, pl, spec.model(key[0]), ckpts[key[0]], data_ref, spec.bench, spec.name,
+            {v.variant_id: plan.hashes[v.variant_id] for v in g}))
+        land = (lambda ref, g=group, pl=pair_list: _land_group(ref, g, pl, plan, progress))
+        cost = bench_cost(spec, *group) + sum(bench_cost(spec, a, b) for a, b in pair_list)
+        jobs.append((key[1], cost, submit, land))
     run_phase("bench", jobs, plan.log)
-    if spec.bench.pair_rounds > 0:
-        run_phase("pairs", _pair_jobs(plan, ckpts, progress), plan.log)
     if plan.pending and spec.bench.recheck >= 0:
         run_phase("re-check", _recheck_jobs(plan, ckpts, progress), plan.log)
 
 
-def _pair_jobs(plan: Plan, ckpts, progress) -> list:
-    """A pair is timed when either side was measured in this invocation, or its pair file is missing."""
-    jobs = []
-    ok = set(_ok_ids(plan.run_dir))
+def _pairs_to_time(plan: Plan, ckpts) -> dict[tuple, list[tuple[Variant, Variant]]]:
+    """Pairs by the group that times them (the child's model and precision, compiling if either side
+    does): a pair is timed when either side is measured in this invocation, or its pair file is missing."""
+    if plan.spec.bench.pair_rounds <= 0:
+        return {}
     new = {v.variant_id for v in plan.pending}
     done = set(results.read_folder(plan.run_dir / "pairs", PAIR_SCHEMA)["variant_id"])
-    for parent, child, axis in pairs.plan(plan.spec.variants):
-        if ckpts.get(child.model) is None or parent.variant_id not in ok or child.variant_id not in ok:
+    out: dict[tuple, list] = {}
+    for parent, child, _axis in pairs.plan(plan.spec.variants):
+        if ckpts.get(child.model) is None:
             continue
         if child.variant_id in done and not ({parent.variant_id, child.variant_id} & new):
             continue
-        submit = (lambda p=parent, c=child: plan.remote["pair"].options(
-            name=f"pair:{c.variant_id}", **plan.bench_opts).remote(p, c, ckpts[c.model], plan.spec.bench,
-                                                                   plan.spec.bench.pair_rounds))
-        land = (lambda ref, c=child: _land_row(
-            ref, plan.run_dir / "pairs" / f"{c.variant_id}.parquet", PAIR_SCHEMA, f"pair:{c.variant_id}", progress))
-        jobs.append((compiles(parent, child), bench_cost(plan.spec, parent, child), submit, land))
-    progress.total += len(jobs)
-    return jobs
+        out.setdefault((child.model, compiles(parent, child), child.precision), []).append((parent, child))
+    return out
 
 
 def _recheck_jobs(plan: Plan, ckpts, progress) -> list:
+    """The re-check sample, timed by groups like the bench phase (runner/tasks.recheck_job)."""
     summary = results.summarize(results.read_folder(plan.run_dir / "results", RESULT_SCHEMA))
     ids = agreement.recheck_sample(summary, plan.spec.bench.recheck, plan.bar_pct)
     by_id = {v.variant_id: v for v in plan.spec.variants}
+    chosen = [by_id[i] for i in ids if i in by_id and ckpts.get(by_id[i].model) is not None]
+    progress.total += len(chosen)
     jobs = []
-    progress.total += len(ids)
-    for vid in ids:
-        v = by_id.get(vid)
-        if v is None or ckpts.get(v.model) is None:
-            progress.total -= 1
-            continue
-        submit = (lambda v=v: plan.remote["recheck"].options(name=f"recheck:{v.variant_id}", **plan.bench_opts)
-                  .remote(v, ckpts[v.model], plan.spec.bench))
-        jobs.append((compiles(v), bench_cost(plan.spec, v), submit, lambda ref, v=v: _land_row(
-            ref, plan.run_dir / "rechecks" / f"{v.variant_id}.parquet", RECHECK_SCHEMA, f"recheck:{v.variant_id}",
-            progress)))
+    for key, group in groups([v for v in plan.spec.variants if v in chosen]).items():
+        submit = (lambda g=group, key=key: plan.remote["recheck"].options(
+            name=f"recheck:{group_name(key)}", **plan.bench_opts).remote(g, ckpts[key[0]], plan.spec.bench))
+        jobs.append((key[1], bench_cost(plan.spec, *group), submit,
+                     lambda ref, g=group: _land_rechecks(ref, g, plan, progress)))
     return jobs
-
-
-def _ok_ids(run_dir: Path) -> list[str]:
-    df = results.read_folder(run_dir / "results", RESULT_SCHEMA)
-    return list(df.loc[df["status"] == "ok", "variant_id"].unique())
 
 
 # ---- landing: every result on disk the moment it arrives -------------------------------------------------
@@ -221,11 +240,27 @@ def _land_untrained(v: Variant, plan: Plan, progress: Progress, cause: str) -> N
     progress.landed(f"bench:{v.variant_id}", "error", row["error"])
 
 
-def _land_bench(ref, v: Variant, plan: Plan, progress: Progress) -> None:
+def _land_group(ref, group: list[Variant], pair_list: list, plan: Plan, progress: Progress) -> None:
+    """Write every variant's rows and every pair's row of one bench task; a task that died (OOM kill,
+    node lost) still leaves one row per variant and pair, naming the real cause."""
     try:
-        rows, raw = ray.get(ref)
-    except Exception as e:  # the task died (OOM kill, node lost): still a row, naming the real cause
-        rows, raw = [_error_row(v, plan, guard.task_error_text(e))], []
+        out = ray.get(ref)
+        benches, pair_rows = out["bench"], out["pairs"]
+    except Exception as e:
+        cause = guard.task_error_text(e)
+        benches = {v.variant_id: ([_error_row(v, plan, cause)], []) for v in group}
+        pair_rows = [{"parent_id": a.variant_id, "variant_id": b.variant_id, "status": "error", "error": cause,
+                      "finished_at": now()} for a, b in pair_list]
+    for v in group:
+        rows, raw = benches.get(v.variant_id) or ([_error_row(v, plan, "the task returned no row")], [])
+        _land_bench(v, rows, raw, plan, progress)
+    progress.total -= len(pair_list) - len(pair_rows)  # pairs with a side that did not end ok
+    for row in pair_rows:
+        _write_row(row, plan.run_dir / "pairs" / f"{row['variant_id']}.parquet", PAIR_SCHEMA,
+                   f"pair:{row['variant_id']}", progress)
+
+
+def _land_bench(v: Variant, rows: list[dict], raw: list[dict], plan: Plan, progress: Progress) -> None:
     results.write_rows(rows, plan.run_dir / "results" / f"{v.variant_id}.parquet", RESULT_SCHEMA)
     if raw:
         results.write_rows(raw, plan.run_dir / "samples" / f"{v.variant_id}.parquet", SAMPLES_SCHEMA)
@@ -241,11 +276,20 @@ def _land_bench(ref, v: Variant, plan: Plan, progress: Progress) -> None:
     progress.landed(f"bench:{v.variant_id}", r["status"], detail)
 
 
-def _land_row(ref, path: Path, schema, what: str, progress: Progress) -> None:
+def _land_rechecks(ref, group: list[Variant], plan: Plan, progress: Progress) -> None:
     try:
-        row = ray.get(ref)
+        rows = {r["variant_id"]: r for r in ray.get(ref)}
     except Exception as e:
-        row = {"status": "error", "error": guard.task_error_text(e), "finished_at": now()}
-        row["variant_id"] = what.split(":", 1)[1]
+        cause = guard.task_error_text(e)
+        rows = {v.variant_id: {"variant_id": v.variant_id, "status": "error", "error": cause,
+                               "finished_at": now()} for v in group}
+    for v in group:
+        row = rows.get(v.variant_id) or {"variant_id": v.variant_id, "status": "error",
+                                         "error": "the task returned no row", "finished_at": now()}
+        _write_row(row, plan.run_dir / "rechecks" / f"{v.variant_id}.parquet", RECHECK_SCHEMA,
+                   f"recheck:{v.variant_id}", progress)
+
+
+def _write_row(row: dict, path: Path, schema, what: str, progress: Progress) -> None:
     results.write_rows([row], path, schema)
     progress.landed(what, row["status"], (row.get("error") or "").splitlines()[0][:200] if row.get("error") else "")

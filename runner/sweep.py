@@ -44,7 +44,6 @@ def variant_hash(variant: Variant, model: TrainSpec, bench: BenchSpec, data_sour
 # declared with num_gpus, and ours get their resources from .options(), so it is set here explicitly.
 train_task = ray.remote(max_retries=1, max_calls=1)(tasks.train_job)
 bench_task = ray.remote(max_retries=1, max_calls=1)(tasks.bench_job)
-pair_task = ray.remote(max_retries=1, max_calls=1)(tasks.pair_job)
 recheck_task = ray.remote(max_retries=1, max_calls=1)(tasks.recheck_job)
 
 
@@ -73,7 +72,7 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     url = getattr(ctx, "dashboard_url", None)
     if url:
-        log(f"Ray dashboard: http://{url}  (tasks are named train:<model> and bench:<variant>)")
+        log(f"Ray dashboard: http://{url}  (tasks are named train:<model>, bench:<model>-<precision> and recheck:<model>-<precision>)")
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
             log("  token authentication is on: the dashboard asks for the token that `ray get-auth-token` prints "
                 "(.venv/bin/ray after the README's install; stored in ~/.ray/auth_token); API calls need "
@@ -238,5 +237,5 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
         if error:
             errors[m.key] = error
     plan = phases.Plan(spec, run_dir, pending, hashes, train_opts, bench_opts,
-                       {"bench": bench_task, "pair": pair_task, "recheck": recheck_task}, log, errors)
+                       {"bench": bench_task, "recheck": recheck_task}, log, errors)
     phases.run(plan, data_ref, ckpts, progress)

@@ -1,4 +1,5 @@
-"""What runs inside a Ray task: train a model, benchmark a variant, re-time it, time a parent/child pair.
+"""What runs inside a Ray task: train a model; benchmark a group of variants and time its parent/child
+pairs; re-time a group.
 
 Every function here takes all it needs as arguments and returns plain rows (dicts); `runner/sweep.py`
 wraps them as Ray tasks and decides when each runs. Timing tasks run in a *fresh worker process*
@@ -28,6 +29,7 @@ AGREE_IMAGES = 500        # test images the batch-1 callable is checked on again
 FOLD_REL_ERR_MAX = 1e-3   # BN folding in fp32: max |logit error| / max |logit| above this is an error
 # A prepared variant's logits vs the fp32 eager model's, relative to the logit scale: catches a broken
 # fused / compiled path (wrong layout, a dropped epilogue) while allowing half-precision rounding.
+DYNAMO_RECOMPILE_LIMIT = 64  # see measurement_flags
 PATH_REL_ERR_MAX = {"fp32": 1e-3, "fp16": 5e-2, "amp_fp16": 5e-2, "bf16": 1e-1}
 
 
@@ -55,25 +57,29 @@ def measurement_flags():
 
     TF32 off (fp32 means fp32); cuDNN autotuning on and determinism off (pick the fastest kernels during
     warm-up, as a deployment would); one inductor compile thread: a neighbour compiling with inductor's
-    pool of workers made eager timing on the *other* GPU ~1.5x slower (reports/h200-contention/).
+    pool of workers made eager timing on the *other* GPU ~1.5x slower (reports/h200-contention/). Dynamo's
+    recompile limit raised: a group task compiles several variants of one model class (and each for two
+    batch sizes) in one process, and past the default limit dynamo silently runs the model eagerly.
     """
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
              torch.get_float32_matmul_precision(), torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic, inductor_config.compile_threads)
+             torch.backends.cudnn.deterministic, inductor_config.compile_threads, dynamo_config.recompile_limit)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.benchmark = torch.cuda.is_available()
     torch.backends.cudnn.deterministic = False
     inductor_config.compile_threads = 1
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, DYNAMO_RECOMPILE_LIMIT)
     try:
         yield
     finally:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, precision,
          torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-         inductor_config.compile_threads) = saved
+         inductor_config.compile_threads, dynamo_config.recompile_limit) = saved
         torch.set_float32_matmul_precision(precision)
 
 
@@ -111,11 +117,37 @@ def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str,
     return rows
 
 
-# ---- the benchmark of one variant ----------------------------------------------------------------------
+# ---- the benchmark of a group of variants ---------------------------------------------------------------
+# One task measures a *group*: the variants of one model that share precision and whether they compile
+# (runner/phases.py groups them), one after another in one fresh process on one GPU, then the group's
+# parent/child pairs with the callables it already holds. Why groups: each fresh process costs seconds
+# (Ray worker start, torch import, CUDA context, checkpoint and data) that dwarf the ~0.4 s a graphed
+# variant takes to time. Each variant is still timed with nothing else on its GPU and nothing compiling on
+# the host (phases); the re-check phase times the same groups in *reverse* order in other processes, so a
+# variant whose number depended on what ran before it in the process would disagree there.
 
-def bench_job(variant: Variant, model_spec: TrainSpec, ckpt: dict, data: Cifar, bench: BenchSpec,
-              sweep: str, spec_hash: str) -> tuple[list[dict], list[dict]]:
-    """Prepare one variant, time it at batch 1, then check and evaluate it; never raises for its faults.
+def bench_job(group: list[Variant], pair_list: list[tuple[Variant, Variant]], model_spec: TrainSpec,
+              ckpt: dict, data: Cifar, bench: BenchSpec, sweep: str, hashes: dict[str, str]) -> dict:
+    """Benchmark every variant of `group`, then time `pair_list` interleaved; never raises for a variant's
+    faults. Returns {"bench": {variant_id: (rows, raw samples)}, "pairs": [pair row, ...]} (no row for a
+    pair with a side in this group that did not end ok)."""
+    device = task_device()
+    floor: dict[str, Any] = {}
+    if device.type == "cuda":
+        from runner import breakdown
+        floor = breakdown.launch_floor(device)  # the GPU's floor, once per process: the same for every row
+    held: dict[str, tuple] = {}
+    out = {vid: _bench_one(v, model_spec, ckpt, data, bench, sweep, hashes[vid], device, floor, held)
+           for vid, v in ((v.variant_id, v) for v in group)}
+    # A pair needs both sides measured: one of this group that did not end ok (skipped, error) has no pair.
+    in_group = set(out)
+    pair_rows = [_pair_one(parent, child, ckpt, bench, device, held) for parent, child in pair_list
+                 if not ({parent.variant_id, child.variant_id} & in_group) - set(held)]
+    return {"bench": out, "pairs": pair_rows}
+
+
+def _bench_one(variant, model_spec, ckpt, data, bench, sweep, spec_hash, device, floor, held):
+    """Prepare one variant, time it at batch 1, then check and evaluate it.
 
     Order matters: latency first (a good latency is kept even when the accuracy pass fails: that is
     `eval_error`, not a lost row), then the numerical checks that can turn the row into an error.
@@ -123,18 +155,19 @@ def bench_job(variant: Variant, model_spec: TrainSpec, ckpt: dict, data: Cifar, 
     from runner import optimize
 
     started = stamp()
-    device = task_device()
     base = {**_bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device), "started_at": started}
     try:
         with measurement_flags():
-            rows, raw = _measure_variant(variant, model_spec, ckpt, data, bench, device, base)
+            rows, raw, callable_ = _measure_variant(variant, model_spec, ckpt, data, bench, device, base, floor)
+        if rows[0]["status"] == "ok":
+            held[variant.variant_id] = callable_  # kept for the group's pairs
+        return rows, raw
     except optimize.Unsupported as e:
         return [{**base, "status": "skipped", "error": str(e), "repeat": 0, "finished_at": stamp()}], []
-    except Exception as e:  # a crash, an OOM, an unsupported compile: a row that says so, and the sweep goes on
+    except Exception as e:  # a crash, an OOM, an unsupported compile: a row that says so, and the group goes on
         tb = traceback.format_exc(limit=6)
         return [{**base, "status": "error", "error": f"{type(e).__name__}: {e}\n{tb}"[:4000], "repeat": 0,
                  "finished_at": stamp()}], []
-    return rows, raw
 
 
 def _bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device) -> dict:
@@ -148,19 +181,21 @@ def _bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device) -> d
             **place(), **env.device_info(device)}
 
 
-def _measure_variant(variant, model_spec, ckpt, data, bench, device, base) -> tuple[list[dict], list[dict]]:
+def _measure_variant(variant, model_spec, ckpt, data, bench, device, base, floor) -> tuple[list[dict], list[dict], tuple]:
     from runner import bench as bench_mod
     from runner import breakdown, optimize
     from runner.train import model_from_checkpoint
 
     model = model_from_checkpoint(ckpt, device)
-    prepared = optimize.prepare(model, variant, device)  # optimize.Unsupported: a skipped row (bench_job)
+    # reset=False: the group's earlier compiled variants stay valid for its pairs (a fresh process has no
+    # other leftovers; measurement_flags raises dynamo's recompile limit so they never fall back to eager).
+    prepared = optimize.prepare(model, variant, device, reset=False)  # optimize.Unsupported: a skipped row
     fn, x, compile_s = prepared.callable_for(1)
     with env.GpuMonitor(base["gpu_uuid"]) as gpu:
         samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
     extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params, **gpu.summary()}
+    extra.update(floor)
     if device.type == "cuda":
-        extra.update(breakdown.launch_floor(device))
         extra.update(breakdown.kernel_breakdown(fn, x))
     extra.update(_checks(model, prepared, fn, x, data, model_spec, bench, device, variant))
     extra["top1_drift_pts"] = (extra["top1_pct"] - ckpt["top1_pct"]) if extra.get("top1_pct") is not None else None
@@ -172,7 +207,7 @@ def _measure_variant(variant, model_spec, ckpt, data, bench, device, base) -> tu
     rows = [{**base, **r} for r in bench_mod.repeat_rows(samples, bench.cv_flag_pct)]
     raw = [{"variant_id": variant.variant_id, "repeat": r, "iter": i, "lat_ms": float(a), "host_ms": float(h)}
            for r, s in enumerate(samples) for i, (a, h) in enumerate(zip(s.lat_ms, s.host_ms))]
-    return rows, raw
+    return rows, raw, (fn, x)
 
 
 def _checks(model, prepared, fn1, x1, data, model_spec, bench, device, variant) -> dict[str, Any]:
@@ -229,41 +264,50 @@ def _prepared_callable(variant: Variant, ckpt: dict, device: torch.device, reset
     return fn, x
 
 
-def recheck_job(variant: Variant, ckpt: dict, bench: BenchSpec) -> dict:
-    """Time a variant again, alone, with the sweep's own protocol: the in-sweep number's witness."""
+def recheck_job(group: list[Variant], ckpt: dict, bench: BenchSpec) -> list[dict]:
+    """Time each variant of a group again with the sweep's protocol, in the *reverse* of the bench task's
+    order, one at a time (each released before the next is prepared): the in-sweep numbers' witness."""
     from runner import bench as bench_mod
 
-    started = stamp()
     device = task_device()
-    row = {"variant_id": variant.variant_id, "started_at": started, **place(), **env.device_info(device)}
-    try:
-        with measurement_flags():
-            fn, x = _prepared_callable(variant, ckpt, device)
-            samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=1)
-    except Exception as e:
-        return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": stamp()}
-    s = samples[0]
-    return {**row, "status": "ok", "error": None, "finished_at": stamp(),
-            "recheck_p50_ms": float(np.median(s.lat_ms)), "recheck_p95_ms": float(np.percentile(s.lat_ms, 95)),
-            "recheck_host_p50_ms": float(np.median(s.host_ms))}
+    rows = []
+    for variant in reversed(group):
+        started = stamp()
+        row = {"variant_id": variant.variant_id, "started_at": started, **place(), **env.device_info(device)}
+        try:
+            with measurement_flags():
+                fn, x = _prepared_callable(variant, ckpt, device)
+                s = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=1)[0]
+            rows.append({**row, "status": "ok", "error": None, "finished_at": stamp(),
+                         "recheck_p50_ms": float(np.median(s.lat_ms)),
+                         "recheck_p95_ms": float(np.percentile(s.lat_ms, 95)),
+                         "recheck_host_p50_ms": float(np.median(s.host_ms))})
+        except Exception as e:
+            rows.append({**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": stamp()})
+        finally:
+            fn = x = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
 
 
-def pair_job(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, rounds: int) -> dict:
-    """Parent and child prepared in one process and timed interleaved (A B B A A B ...), `rounds` times.
+def _pair_one(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, device: torch.device,
+              held: dict[str, tuple]) -> dict:
+    """Parent and child timed interleaved (A B B A A B ...), `bench.pair_rounds` times, in this process.
 
     Drift between minutes, GPUs and processes then hits both alike; the paired differences' spread is
-    the noise the keep / drop decision is judged against (runner/pairs.py).
+    the noise the keep / drop decision is judged against (runner/pairs.py). A side the group already
+    benchmarked is reused as it was timed; the other (a parent from another group) is prepared here.
     """
     from runner import pairs
 
-    started = stamp()
-    device = task_device()
-    row = {"parent_id": parent.variant_id, "variant_id": child.variant_id, "started_at": started, **place(),
+    rounds = bench.pair_rounds
+    row = {"parent_id": parent.variant_id, "variant_id": child.variant_id, "started_at": stamp(), **place(),
            **env.device_info(device)}
     try:
         with measurement_flags():
-            a = _prepared_callable(parent, ckpt, device)
-            b = _prepared_callable(child, ckpt, device, reset=False)
+            a = held.get(parent.variant_id) or _prepared_callable(parent, ckpt, device, reset=False)
+            b = held.get(child.variant_id) or _prepared_callable(child, ckpt, device, reset=False)
             per_side = max(20, bench.iters // rounds)
             pa, pb = pairs.interleaved(a, b, rounds=rounds, iters=per_side, warmup=max(10, bench.warmup // 10))
     except Exception as e:

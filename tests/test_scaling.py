@@ -49,5 +49,5 @@ def test_cpu_only_benchmark_runs_alone_on_its_node(cpus):
 def test_every_task_runs_in_a_fresh_worker_process():
     """max_calls=1: Ray starts a new worker per task, so no compile cache, CUDA context or allocator state
     leaks from one timed variant into the next (README: "runs in a fresh worker process")."""
-    for task in (sweep.train_task, sweep.bench_task, sweep.pair_task, sweep.recheck_task):
+    for task in (sweep.train_task, sweep.bench_task, sweep.recheck_task):
         assert task._default_options["max_calls"] == 1

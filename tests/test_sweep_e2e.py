@@ -10,7 +10,7 @@ import re
 import pandas as pd
 import pytest
 
-from runner import timeline
+from runner import phases, timeline
 from runner.data import synthetic
 from runner.sweep import run_sweep
 from variants import load_sweep
@@ -79,13 +79,36 @@ def test_every_variant_ends_as_a_row(sweep_run):
 
 
 def test_every_task_ran_in_its_own_process(sweep_run):
-    """A reused worker that had trained timed eager ~1.5x slower on an H200: every task gets a fresh one."""
-    _, _, run_dir, _, _ = sweep_run
+    """A reused worker that had trained timed eager ~1.5x slower on an H200: every task gets a fresh one.
+    A bench task measures one group (a model's variants of one precision), so its variants share a pid
+    and no other group or training has it; the re-check of a group runs in yet another process."""
+    spec, _, run_dir, _, _ = sweep_run
     bench = pd.read_parquet(run_dir / "results.parquet")
     bench = bench[bench["status"] == "ok"].drop_duplicates("variant_id")
     train = pd.read_parquet(run_dir / "training.parquet").dropna(subset=["pid"]).drop_duplicates("model")
-    pids = list(bench["pid"]) + list(train["pid"])
-    assert len(pids) == len(set(pids)) and len(bench) >= 3 and len(train) >= 2
+    rechecks = pd.read_parquet(run_dir / "rechecks.parquet").dropna(subset=["pid"])
+    by_id = {v.variant_id: v for v in spec.variants}
+    bench["group"] = [phases.group_key(by_id[i]) for i in bench["variant_id"]]
+    pid_groups = bench.groupby("pid")["group"].nunique()
+    assert (pid_groups == 1).all() and bench.groupby("group")["pid"].nunique().eq(1).all()
+    pids = list(bench["pid"].unique()) + list(train["pid"]) + list(rechecks["pid"].unique())
+    assert len(pids) == len(set(pids)) and len(bench) >= 3 and len(train) >= 2 and len(rechecks) >= 1
+
+
+def test_recheck_times_a_group_in_reverse_order(sweep_run):
+    """The witness sees each group's variants in the opposite order to the bench task: a number that
+    depended on what ran before it in the process would disagree there."""
+    spec, _, run_dir, _, _ = sweep_run
+    bench = pd.read_parquet(run_dir / "results.parquet").drop_duplicates("variant_id")
+    rechecks = pd.read_parquet(run_dir / "rechecks.parquet")
+    for pid, r in rechecks[rechecks["status"] == "ok"].groupby("pid"):
+        if len(r) < 2:
+            continue
+        order_recheck = list(r.sort_values("started_at")["variant_id"])
+        b = bench.set_index("variant_id").loc[order_recheck]
+        assert list(b.sort_values("started_at").index) == order_recheck[::-1], pid
+        return
+    pytest.fail("no group with two or more re-checked variants")
 
 
 def test_ok_rows_carry_measurements_and_provenance(sweep_run):

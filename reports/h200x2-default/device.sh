@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# What ran on the lent nvidia-h200-x2 machine for this report (issues 9 and 13), from the checkout's root,
+# after the kit is installed and CIFAR-10's JPEG copy unpacked to /tmp/cifar (../shared/device/README.md):
+#
+#   bash reports/h200x2-default/device.sh two-nodes [seconds]  # a Ray cluster of two nodes started with
+#        `ray start`, one GPU each, and `runner sweep --address auto`; then B1's crosscheck, alone
+#   bash reports/h200x2-default/device.sh one-gpu [seconds]    # the same sweep on GPU 0 only (local cluster)
+#
+# Both bound the sweep with `timeout -s INT` (a cut sweep stops cleanly and resumes on the next call) and
+# pack what the report needs into $OUT.
+set -uo pipefail
+mode=${1:?two-nodes or one-gpu}
+budget=${2:-520}
+export RAY_DEDUP_LOGS=0
+case "$mode" in
+two-nodes)
+  out=/tmp/runs-2node
+  ray stop --force >/dev/null 2>&1
+  # Two raylets on one host, each owning one GPU: the same path as two machines (the job's code travels
+  # as a working_dir package, data and checkpoints through the object store), minus the network.
+  CUDA_VISIBLE_DEVICES=0 ray start --head --port=6379 --num-gpus=1 --num-cpus=16 \
+    --dashboard-host=127.0.0.1 --disable-usage-stats >/tmp/ray-head.log 2>&1 || { cat /tmp/ray-head.log; exit 1; }
+  CUDA_VISIBLE_DEVICES=1 ray start --address=127.0.0.1:6379 --num-gpus=1 --num-cpus=16 \
+    --disable-usage-stats >/tmp/ray-worker.log 2>&1 || { cat /tmp/ray-worker.log; exit 1; }
+  ray status 2>&1 | sed -n '/Resources/,$p' | head -12
+  timeout -s INT "$budget" python3 -m runner sweep --config variants/default.yaml --data /tmp/cifar \
+    --out "$out" --address auto 2>&1 | tee -a "$out-sweep.log"
+  ray stop --force >/dev/null 2>&1
+  if [ -f "$out/default/report.md" ] && grep -q "^\[.*recheck:" "$out-sweep.log"; then
+    # B1 again with an independent timer, nothing else on the host (the issue's 15% check)
+    python3 -m runner crosscheck --only mobilenet_v3_small_cifar --device cuda:0 \
+      --out "$out/default/crosscheck.json" 2>&1 | tail -15
+  fi
+  ;;
+one-gpu)
+  out=/tmp/runs-1gpu
+  CUDA_VISIBLE_DEVICES=0 timeout -s INT "$budget" python3 -m runner sweep --config variants/default.yaml \
+    --data /tmp/cifar --out "$out" 2>&1 | tee -a "$out-sweep.log"
+  ;;
+*) echo "unknown mode $mode"; exit 2 ;;
+esac
+mkdir -p "${OUT:-/tmp/out}"
+cp "$out-sweep.log" "${OUT:-/tmp/out}/$mode-sweep.log"
+# the run folder without the checkpoints, and the small checkpoints (export is re-measured on the CPU side)
+tar cJf "${OUT:-/tmp/out}/$mode-run.tar.xz" -C "$out" --exclude=checkpoints --exclude=previous default 2>/dev/null
+tar cJf "${OUT:-/tmp/out}/$mode-ckpt.tar.xz" -C "$out" --exclude=resnet18.pt default/checkpoints 2>/dev/null
+ls -la "${OUT:-/tmp/out}"
