@@ -172,6 +172,10 @@ def _capture_graph(forward, static_x: torch.Tensor, device: torch.device):
             static_x.copy_(x)
         graph.replay()
         return static_y
+    # The graph reads the model's weights at fixed addresses but holds no reference to them: without this,
+    # a caller that keeps only the callable (a group task's pairs) replays over freed, reused memory
+    # (seen on an H200 as "illegal memory access" once a later variant had allocated there).
+    replay.keep_alive = forward
     return replay
 
 

@@ -287,3 +287,26 @@ def test_repeat_rows_flag_unstable():
     # the flag is "CV exceeds the threshold"
     assert all(r["unstable"] is False for r in repeat_rows(_samples([1.0, 2.0, 3.0]), cv_flag_pct=50.0 + 1e-9))
     assert all(r["unstable"] is True for r in repeat_rows(_samples([1.0, 2.0, 3.0]), cv_flag_pct=49.9))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (ran on the H200)")
+def test_a_graph_callable_keeps_its_weights_alive():
+    """A group task keeps only each variant's callable for its pairs; the graph reads the weights at fixed
+    addresses, so the callable must keep them alive after the Prepared and the model are gone."""
+    import gc
+
+    device = torch.device("cuda", 0)
+    model = get_model("airbench_cifar", num_classes=10).eval()
+    v = Variant("airbench_cifar", precision="fp16", memory_format="channels_last", cuda_graph=True)
+    prepared = prepare(model, v, device)
+    fn, x, _ = prepared.callable_for(1)
+    with torch.inference_mode():
+        want = fn(x).float().clone()
+    del prepared, model
+    gc.collect()
+    junk = [torch.full((1 << 20,), float("nan"), device=device) for _ in range(64)]  # reuse freed blocks
+    with torch.inference_mode():
+        got = fn(x).float()
+    torch.cuda.synchronize(device)
+    assert torch.equal(got, want)
+    del junk
