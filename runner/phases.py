@@ -10,6 +10,8 @@ timed, and no compilation runs while a non-compiling variant is timed: within a 
 compile go first, on every GPU at once, then the ones that do not. Each timing task is a fresh process
 measuring one *group* (`group_key`: a model's variants of one precision, compiling or not) and the pairs
 whose child is in it; the re-check times the same groups in reverse order (runner/tasks.py says why).
+Within a phase, tasks on the GPUs of one machine still share its CPUs: each timing inside them holds the
+host exclusively (runner/hostlock.py), the rest of their work shares it.
 Ray does all the placing (one task per GPU, `num_gpus=1`); this module only decides what may overlap,
 and in which order each phase's tasks are submitted (longest expected first: see ARCH_COST).
 """

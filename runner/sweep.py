@@ -116,6 +116,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
               for v in spec.variants}
     started = tasks.now()
     cluster: dict[str, Any] = {}
+    completed = False
     try:
         cluster = start_ray(address, log)
         done = _finished_rows(run_dir, cluster)
@@ -124,17 +125,21 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
             log(f"resuming: {len(spec.variants) - len(pending)} variant(s) already measured by this code on "
                 f"this kind of device in {run_dir}, {len(pending)} to run (--fresh measures everything again)")
         _run(spec, data, run_dir, pending, hashes, cluster, log)
+        completed = True
     finally:  # also on Ctrl-C or a crash: whatever landed is merged and readable
         ray.shutdown()
         reaper.stop()  # and whatever ray.shutdown left of a cluster we started
         results.merge(run_dir)
-    _write_meta(spec, data, run_dir, cluster, started, shortened_note, code)
+        # An interrupted invocation's time is kept too: a resumed sweep's wall is the sum of all of them.
+        _write_meta(spec, data, run_dir, cluster, started, shortened_note, code, interrupted=not completed)
     from runner.report import build_report
     return build_report(run_dir)
 
 
-def _write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortened_note: str, code: str) -> None:
+def _write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortened_note: str, code: str,
+                interrupted: bool = False) -> None:
     meta = {"name": spec.name, "source_file": spec.source_file, "shortened": bool(shortened_note),
+            "interrupted": interrupted,
             "shortened_note": shortened_note, "data_source": data.source, "started_at": started,
             "finished_at": tasks.now(), "cluster": cluster, "config": spec.to_dict(), "accuracy_bar_pct": 85.0,
             "git_commit": env.git_commit(), "code_digest": code}
@@ -145,7 +150,7 @@ def _write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortene
         old = None
     if isinstance(old, dict):  # a resumed sweep keeps the times of its earlier invocations
         meta["previous_runs"] = old.get("previous_runs", []) + [
-            {k: old.get(k) for k in ("started_at", "finished_at", "wall_s")}]
+            {k: old.get(k) for k in ("started_at", "finished_at", "wall_s", "interrupted")}]
     meta["wall_s"] = (datetime.fromisoformat(meta["finished_at"]) - datetime.fromisoformat(started)).total_seconds()
     prev.write_text(json.dumps(meta, indent=2, default=str))
 

@@ -21,7 +21,7 @@ import numpy as np
 import ray
 import torch
 
-from runner import env
+from runner import env, hostlock
 from runner.data import Cifar
 from variants import BenchSpec, TrainSpec, Variant
 
@@ -96,7 +96,8 @@ def train_job(spec: TrainSpec, data: Cifar, teacher_ckpt: dict | None, sweep: st
 
     started = stamp()
     device = task_device()
-    ckpt = train(spec, data, device, teacher_ckpt=teacher_ckpt)
+    with hostlock.busy():  # never beside a timing on this host (another sweep's, say)
+        ckpt = train(spec, data, device, teacher_ckpt=teacher_ckpt)
     ckpt["rows"] = training_rows(spec, ckpt, device, sweep, started)
     return ckpt
 
@@ -135,7 +136,8 @@ def bench_job(group: list[Variant], pair_list: list[tuple[Variant, Variant]], mo
     floor: dict[str, Any] = {}
     if device.type == "cuda":
         from runner import breakdown
-        floor = breakdown.launch_floor(device)  # the GPU's floor, once per process: the same for every row
+        with hostlock.timing():
+            floor = breakdown.launch_floor(device)  # the GPU's floor, once per process: the same for every row
     held: dict[str, tuple] = {}
     out = {vid: _bench_one(v, model_spec, ckpt, data, bench, sweep, hashes[vid], device, floor, held)
            for vid, v in ((v.variant_id, v) for v in group)}
@@ -186,18 +188,21 @@ def _measure_variant(variant, model_spec, ckpt, data, bench, device, base, floor
     from runner import breakdown, optimize
     from runner.train import model_from_checkpoint
 
-    model = model_from_checkpoint(ckpt, device)
-    # reset=False: the group's earlier compiled variants stay valid for its pairs (a fresh process has no
-    # other leftovers; measurement_flags raises dynamo's recompile limit so they never fall back to eager).
-    prepared = optimize.prepare(model, variant, device, reset=False)  # optimize.Unsupported: a skipped row
-    fn, x, compile_s = prepared.callable_for(1)
-    with env.GpuMonitor(base["gpu_uuid"]) as gpu:
-        samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
-    extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params, **gpu.summary()}
-    extra.update(floor)
-    if device.type == "cuda":
-        extra.update(breakdown.kernel_breakdown(fn, x))
-    extra.update(_checks(model, prepared, fn, x, data, model_spec, bench, device, variant))
+    with hostlock.busy():  # preparing, compiling and capturing overlap other tasks' work, never a timing
+        model = model_from_checkpoint(ckpt, device)
+        # reset=False: the group's earlier compiled variants stay valid for its pairs (a fresh process has no
+        # other leftovers; measurement_flags raises dynamo's recompile limit so they never fall back to eager).
+        prepared = optimize.prepare(model, variant, device, reset=False)  # optimize.Unsupported: skipped row
+        fn, x, compile_s = prepared.callable_for(1)
+    with hostlock.timing():  # the host to itself: see runner/hostlock.py
+        with env.GpuMonitor(base["gpu_uuid"]) as gpu:
+            samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
+        extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params, **gpu.summary()}
+        extra.update(floor)
+        if device.type == "cuda":
+            extra.update(breakdown.kernel_breakdown(fn, x))
+    with hostlock.busy():
+        extra.update(_checks(model, prepared, fn, x, data, model_spec, bench, device, variant))
     extra["top1_drift_pts"] = (extra["top1_pct"] - ckpt["top1_pct"]) if extra.get("top1_pct") is not None else None
     status, error = "ok", None
     if extra.get("check_error"):
@@ -276,8 +281,10 @@ def recheck_job(group: list[Variant], ckpt: dict, bench: BenchSpec) -> list[dict
         row = {"variant_id": variant.variant_id, "started_at": started, **place(), **env.device_info(device)}
         try:
             with measurement_flags():
-                fn, x = _prepared_callable(variant, ckpt, device)
-                s = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=1)[0]
+                with hostlock.busy():
+                    fn, x = _prepared_callable(variant, ckpt, device)
+                with hostlock.timing():
+                    s = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=1)[0]
             rows.append({**row, "status": "ok", "error": None, "finished_at": stamp(),
                          "recheck_p50_ms": float(np.median(s.lat_ms)),
                          "recheck_p95_ms": float(np.percentile(s.lat_ms, 95)),
@@ -306,10 +313,12 @@ def _pair_one(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, dev
            **env.device_info(device)}
     try:
         with measurement_flags():
-            a = held.get(parent.variant_id) or _prepared_callable(parent, ckpt, device, reset=False)
-            b = held.get(child.variant_id) or _prepared_callable(child, ckpt, device, reset=False)
+            with hostlock.busy():
+                a = held.get(parent.variant_id) or _prepared_callable(parent, ckpt, device, reset=False)
+                b = held.get(child.variant_id) or _prepared_callable(child, ckpt, device, reset=False)
             per_side = max(20, bench.iters // rounds)
-            pa, pb = pairs.interleaved(a, b, rounds=rounds, iters=per_side, warmup=max(10, bench.warmup // 10))
+            with hostlock.timing():
+                pa, pb = pairs.interleaved(a, b, rounds=rounds, iters=per_side, warmup=max(10, bench.warmup // 10))
     except Exception as e:
         return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": stamp()}
     return {**row, "status": "ok", "error": None, "finished_at": stamp(), "rounds": rounds, "iters_per_round": per_side,

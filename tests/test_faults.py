@@ -541,6 +541,10 @@ def test_resume_recovers_damaged_files_and_ends_with_one_row_per_variant(fault_r
     import torch
     ckpt = torch.load(fault_runs["ckpt"], weights_only=True)  # retrained and saved again
     assert ckpt["spec_hash"] == spec.model("tiny").spec_hash
+    # the interrupted invocations' times are kept: the report's wall time is the sum of all three
+    meta = json.loads((run_dir / "sweep.json").read_text())
+    assert meta["interrupted"] is False and [r["interrupted"] for r in meta["previous_runs"]] == [True, True]
+    assert all(r["wall_s"] > 0 for r in meta["previous_runs"])
 
 
 @pytest.mark.slow

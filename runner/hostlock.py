@@ -1,0 +1,63 @@
+"""One timing at a time per machine: a reader-writer lock on files, shared by every task on the host.
+
+Why, measured on 2x H200 (reports/h200x2-default/): with a bench task on each GPU of one host, a variant
+timed while the task on the other GPU prepared, compiled, evaluated or checked its own variants read up to
+2.7x slower (eager) and 7-40% slower (CUDA graphs, whose event time includes the host's launch delay) than
+the same variant re-timed later by timing-only tasks, which agreed with an independent timer. A GPU to
+itself is not enough: a measurement needs the host to itself.
+
+So timing takes the lock *exclusively* (`timing()`), and everything else a task does on the host -
+training, preparing, compiling, capturing, evaluating, checking - takes it *shared* (`busy()`): that work
+still overlaps on every GPU, and a timing waits until it stops. Writer preference (a turnstile every
+reader passes through) keeps a timing from waiting forever behind a stream of short shared sections.
+
+`flock` and not a Ray actor: the kernel drops the lock of a process that dies (a killed task never
+blocks the host), and the files are per machine, so two raylets on one host (two `ray start` nodes
+sharing a machine) share them too. On a system without fcntl both are no-ops.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no host lock (the sweep's phases still keep training away from timing)
+    fcntl = None
+
+LOCK_DIR_ENV = "CIFAR_RUNNER_LOCK_DIR"   # where the lock files live; default: the system temp dir
+
+
+def lock_path(name: str) -> str:
+    return os.path.join(os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir(), f"cifar-runner-{name}.lock")
+
+
+@contextlib.contextmanager
+def _flock(name: str, exclusive: bool) -> Iterator[None]:
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(lock_path(name), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops the lock
+
+
+@contextlib.contextmanager
+def timing() -> Iterator[None]:
+    """Nothing else of ours works on this host while the block runs (waits for shared holders to leave)."""
+    with _flock("turnstile", True), _flock("host", True):
+        yield
+
+
+@contextlib.contextmanager
+def busy() -> Iterator[None]:
+    """Host work that may overlap other host work but never a timing."""
+    with _flock("turnstile", True):
+        pass  # a timing that waits holds the turnstile: new shared holders queue behind it
+    with _flock("host", False):
+        yield
