@@ -39,7 +39,13 @@ def _flock(name: str, exclusive: bool) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    fd = os.open(lock_path(name), os.O_RDWR | os.O_CREAT, 0o666)
+    path = lock_path(name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o666)  # every user's sweeps on the machine share it (umask would narrow it)
+    except PermissionError:  # another user's file without write access: flock works on a read-only fd
+        fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield

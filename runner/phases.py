@@ -76,6 +76,11 @@ ARCH_COST = {"resnet18": (16.0, 2.3), "mobilenet_v3": (55.0, 5.5), "shufflenet_v
              "airbench": (9.0, 1.0), "fastnet": (11.0, 0.8)}
 DEFAULT_COST = (30.0, 3.0)
 GRAPHED_CALL = 0.2  # a CUDA-graphed or compiled call, as a fraction of the eager one
+# A compiling group's length is its compiles (batch 1 and the eval batch): seconds per compiled variant,
+# from reports/h200x2-default (ResNet-18 / airbench reduce-overhead ~25-30 s, MobileNetV3 inductor ~55 s,
+# many small kernels). They order the compiling groups among themselves, where they dominate.
+COMPILE_S = {"resnet18": 25.0, "mobilenet_v3": 55.0, "shufflenet_v2": 55.0, "airbench": 25.0, "fastnet": 15.0}
+DEFAULT_COMPILE_S = 40.0
 
 
 def _arch_cost(arch: str) -> tuple[float, float]:
@@ -89,18 +94,34 @@ def train_cost(m: TrainSpec, n_train: int = 50_000) -> float:
 
 
 def train_order(models: list[TrainSpec], n_train: int = 50_000) -> list[TrainSpec]:
-    """Students after every model without a teacher (a student's task waits on its teacher's checkpoint
-    anyway); within each group the longest *chain* first: a teacher counts with its longest student, so
+    """The trainings' priority: the longest *chain* first. A teacher counts with its longest student, so
     the teacher of a long distillation starts first even when another model alone trains longer."""
     def chain(m: TrainSpec) -> float:
         return train_cost(m, n_train) + max((chain(s) for s in models if s.teacher == m.key), default=0.0)
-    return sorted(models, key=lambda m: (m.teacher is not None, -chain(m)))
+    return sorted(models, key=lambda m: -chain(m))
+
+
+def next_training(queue: list[TrainSpec], landed: set[str]) -> TrainSpec | None:
+    """The first of `queue` (in priority order) that can start now: no teacher, or its teacher landed.
+
+    Why the driver hands out trainings one free slot at a time instead of submitting all at once: Ray
+    starts whatever is ready, and a student is ready only when its teacher lands. On 2x H200 the distilled
+    student then queued behind two trainings submitted after it and ran alone at the phase's end, 40 s
+    after the other GPU went idle (reports/h200x2-default/, train phase). Ray still places every task."""
+    return next((m for m in queue if m.teacher is None or m.teacher in landed), None)
 
 
 def bench_cost(spec: SweepSpec, *variants: Variant) -> float:
     """Expected relative length of a timing task (a pair times both sides): its per-call latency."""
     return sum(_arch_cost(spec.model(v.model).arch)[1]
                * (GRAPHED_CALL if v.cuda_graph or v.compile != "none" else 1.0) for v in variants)
+
+
+def compile_cost(spec: SweepSpec, *variants: Variant) -> float:
+    """Expected seconds a group spends compiling (0 for variants that do not compile)."""
+    arch = lambda v: spec.model(v.model).arch  # noqa: E731
+    return sum(next((c for prefix, c in COMPILE_S.items() if arch(v).startswith(prefix)), DEFAULT_COMPILE_S)
+               for v in variants if v.compile != "none")
 
 
 def ordered(jobs: list[tuple]) -> list[tuple]:
@@ -165,7 +186,8 @@ def run(plan: Plan, data_ref, ckpts: dict[str, Any], progress: Progress) -> None
             g, pl, spec.model(key[0]), ckpts[key[0]], data_ref, spec.bench, spec.name,
             {v.variant_id: plan.hashes[v.variant_id] for v in g}))
         land = (lambda ref, g=group, pl=pair_list: _land_group(ref, g, pl, plan, progress))
-        cost = bench_cost(spec, *group) + sum(bench_cost(spec, a, b) for a, b in pair_list)
+        cost = (bench_cost(spec, *group) + sum(bench_cost(spec, a, b) for a, b in pair_list)
+                + compile_cost(spec, *group))
         jobs.append((key[1], cost, submit, land))
     run_phase("bench", jobs, plan.log)
     if plan.pending and spec.bench.recheck >= 0:
@@ -200,7 +222,7 @@ def _recheck_jobs(plan: Plan, ckpts, progress) -> list:
     for key, group in groups([v for v in plan.spec.variants if v in chosen]).items():
         submit = (lambda g=group, key=key: plan.remote["recheck"].options(
             name=f"recheck:{group_name(key)}", **plan.bench_opts).remote(g, ckpts[key[0]], plan.spec.bench))
-        jobs.append((key[1], bench_cost(plan.spec, *group), submit,
+        jobs.append((key[1], bench_cost(plan.spec, *group) + compile_cost(plan.spec, *group), submit,
                      lambda ref, g=group: _land_rechecks(ref, g, plan, progress)))
     return jobs
 

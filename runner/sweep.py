@@ -218,26 +218,37 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
     data_ref = ray.put(data)
     progress = phases.Progress(total=len(pending), log=log)
     ckpts: dict[str, Any] = {}
-    training: dict[ray.ObjectRef, TrainSpec] = {}
     refs: dict[str, ray.ObjectRef] = {}
-    # Teachers first (a student's task takes its teacher's checkpoint ref), whatever order the YAML uses,
-    # then the longest expected first, so no GPU is left with one long training at the phase's end.
+    queue: list[TrainSpec] = []
     for m in phases.train_order([spec.model(k) for k in needed], len(data.train_y)):
         cached = _load_checkpoint(run_dir, m, data, log)
-        if cached is not None:
-            log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")
-            refs[m.key] = ckpts[m.key] = ray.put(cached)
+        if cached is None:
+            queue.append(m)
             continue
-        teacher_ref = refs.get(m.teacher) if m.teacher else None
-        refs[m.key] = train_task.options(name=f"train:{m.key}", **train_opts).remote(m, data_ref, teacher_ref, spec.name)
-        training[refs[m.key]] = m
-    progress.total += len(training)
-    log(f"phase train: {len(training)} training task(s); {len(pending)} variant(s) to measure after it")
+        log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")
+        refs[m.key] = ckpts[m.key] = ray.put(cached)
+    progress.total += len(queue)
+    log(f"phase train: {len(queue)} training task(s); {len(pending)} variant(s) to measure after it")
+    # At most one training per slot in flight, the ready one of highest priority next (phases.next_training
+    # says why); a student takes its teacher's checkpoint ref.
+    slots = max(1, cluster.get("gpus") or cluster.get("cpus") or 1)
+    landed: set[str] = set(refs)
+    training: dict[ray.ObjectRef, TrainSpec] = {}
     errors: dict[str, str] = {}
-    while training:  # every training ends before the first benchmark starts
+    while queue or training:  # every training ends before the first benchmark starts
+        while queue and len(training) < slots:
+            m = phases.next_training(queue, landed) or (queue[0] if not training else None)
+            if m is None:
+                break
+            queue.remove(m)
+            teacher_ref = refs.get(m.teacher) if m.teacher else None
+            refs[m.key] = train_task.options(name=f"train:{m.key}", **train_opts).remote(m, data_ref, teacher_ref,
+                                                                                       spec.name)
+            training[refs[m.key]] = m
         ready, _ = ray.wait(list(training), num_returns=1)
         m = training.pop(ready[0])
         error = phases.land_training(ready[0], m, run_dir, spec.name, progress)
+        landed.add(m.key)
         ckpts[m.key] = ready[0] if error is None else None
         if error:
             errors[m.key] = error

@@ -142,16 +142,29 @@ def default_spec():
     return load_sweep(ROOT / "variants" / "default.yaml")
 
 
-def test_trainings_teachers_first_then_longest(default_spec):
+def test_trainings_longest_chain_first(default_spec):
     order = [m.key for m in phases.train_order(list(default_spec.models))]
     cost = {m.key: phases.train_cost(m) for m in default_spec.models}
     # resnet18 alone trains shorter than shufflenet, but with its student it is the longest chain.
     assert cost["resnet18"] < cost["shufflenet"] < cost["resnet18"] + cost["mobilenet_kd"]
-    assert order[0] == "resnet18"
-    assert order[-1] == "mobilenet_kd"               # students after every model without a teacher
-    assert order.index("airbench") == len(order) - 2  # the shortest of the rest goes last among them
-    costs = [cost[k] for k in order[1:-1]]
-    assert costs == sorted(costs, reverse=True)
+    assert order[0] == "resnet18" and order[-1] == "airbench"
+    chain = {k: cost[k] + (cost["mobilenet_kd"] if k == "resnet18" else 0.0) for k in order}
+    assert [chain[k] for k in order] == sorted(chain.values(), reverse=True)
+
+
+def test_a_student_starts_only_after_its_teacher_and_before_shorter_ready_ones(default_spec):
+    """Slots handed out one at a time (2 GPUs): the student is never submitted before its teacher lands,
+    and once it is ready it goes before any training of lower priority still waiting."""
+    queue = phases.train_order(list(default_spec.models))
+    by_key = {m.key: m for m in queue}
+    assert phases.next_training(queue, set()).key == "resnet18"
+    waiting = [m for m in queue if m.key not in ("resnet18", "shufflenet")]  # both GPUs busy with these
+    assert phases.next_training(waiting, {"shufflenet"}).key != "mobilenet_kd"  # teacher still training
+    first_after_teacher = phases.next_training(waiting, {"resnet18"})
+    assert first_after_teacher.key in ("mobilenet", "mobilenet_kd")  # the two longest ready chains
+    rest = [m for m in waiting if m is not first_after_teacher]
+    assert phases.next_training(rest, {"resnet18"}).key in ("mobilenet", "mobilenet_kd")
+    assert by_key["airbench"] is phases.next_training([by_key["airbench"]], set())
 
 
 def test_benches_longest_expected_first_within_each_sub_phase(default_spec):
@@ -170,3 +183,13 @@ def test_benches_longest_expected_first_within_each_sub_phase(default_spec):
 def test_unknown_arch_gets_the_default_cost():
     assert phases._arch_cost("my_new_net") == phases.DEFAULT_COST
     assert phases._arch_cost("shufflenet_v2_x0_5_cifar") == phases.ARCH_COST["shufflenet_v2"]
+
+
+def test_the_longest_compile_goes_first_among_compiling_groups(default_spec):
+    """On 2x H200 the MobileNetV3 inductor group (~55 s of compiling) started last of three and ran alone."""
+    spec = default_spec
+    groups = phases.groups([v for v in spec.variants if phases.compiles(v)])
+    costs = {phases.group_name(k): phases.bench_cost(spec, *g) + phases.compile_cost(spec, *g)
+             for k, g in groups.items()}
+    assert max(costs, key=costs.get) == "mobilenet-fp16-compiling"
+    assert phases.compile_cost(spec, *[v for v in spec.variants if not phases.compiles(v)]) == 0
