@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from typing import Iterator
 
 try:
@@ -53,11 +54,20 @@ def _flock(name: str, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing the descriptor drops the lock
 
 
+class Wait:
+    """How long a `timing()` block waited for the host (seconds), set once the lock is held."""
+    s: float = 0.0
+
+
 @contextlib.contextmanager
-def timing() -> Iterator[None]:
-    """Nothing else of ours works on this host while the block runs (waits for shared holders to leave)."""
+def timing() -> Iterator[Wait]:
+    """Nothing else of ours works on this host while the block runs (waits for shared holders to leave).
+    Yields a Wait: the rows record it (`host_wait_s`), so the cost of exclusivity shows in the report."""
+    waited = Wait()
+    t0 = time.perf_counter()
     with _flock("turnstile", True), _flock("host", True):
-        yield
+        waited.s = time.perf_counter() - t0
+        yield waited
 
 
 @contextlib.contextmanager

@@ -10,8 +10,9 @@ Layout of a sweep folder (written by `runner/sweep.py`, read by `runner/report.p
 
 Column names carry their units (`lat_p95_ms`, `compile_s`, `size_mb`). A failure is a row with
 `status` error / skipped and `error`, never a missing row. Task rows carry `started_at` and `finished_at`
-(ISO UTC); `started_at` is the last column of each schema, and files written before it existed still read
-(read_folder reads every part with the schema: a column a part lacks comes back as nulls).
+(ISO UTC). New columns go last (`started_at`, then `host_wait_s` in results), and files written before
+they existed still read (read_folder reads every part with the schema: a column a part lacks comes back as
+nulls).
 """
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ RESULT_SCHEMA = pa.schema(
        ("wall_us_per_forward", pa.float64()), ("gap_us_per_forward", pa.float64()),
        ("floor_p50_us", pa.float64()), ("floor_p95_us", pa.float64()), ("breakdown_note", pa.string()),
        # when the task began (ISO UTC, ms), for the timeline; last so older files keep their layout
-       ("started_at", pa.string())]
+       ("started_at", pa.string()),
+       # seconds the timing waited for the host to itself (runner/hostlock.py); None in older rows
+       ("host_wait_s", pa.float64())]
 )
 
 # One row per (parent, child) pair timed interleaved in one task (runner/pairs.py); p50s as JSON lists.

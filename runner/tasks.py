@@ -194,10 +194,11 @@ def _measure_variant(variant, model_spec, ckpt, data, bench, device, base, floor
         # other leftovers; measurement_flags raises dynamo's recompile limit so they never fall back to eager).
         prepared = optimize.prepare(model, variant, device, reset=False)  # optimize.Unsupported: skipped row
         fn, x, compile_s = prepared.callable_for(1)
-    with hostlock.timing():  # the host to itself: see runner/hostlock.py
+    with hostlock.timing() as waited:  # the host to itself: see runner/hostlock.py
         with env.GpuMonitor(base["gpu_uuid"]) as gpu:
             samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
-        extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params, **gpu.summary()}
+        extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params,
+                 "host_wait_s": waited.s, **gpu.summary()}
         extra.update(floor)
         if device.type == "cuda":
             extra.update(breakdown.kernel_breakdown(fn, x))

@@ -216,7 +216,22 @@ def section(run_dir: str | Path, out_dir: str | Path | None = None) -> list[str]
     lines += _table(["lane", "tasks", "busy s", "idle s", "busy %"],
                     [[r.lane, r.tasks, f"{r.busy_s:.1f}", f"{r.idle_s:.1f}",
                       f"{100 * r.busy_s / span:.0f}" if span > 0 else "—"] for r in stats.itertuples()]) + [""]
-    return lines + _not_drawn(untimed)
+    return lines + _host_wait(Path(run_dir)) + _not_drawn(untimed)
+
+
+def _host_wait(run_dir: Path) -> list[str]:
+    """What keeping every timing alone on its host cost: the benchmarks' waits for the host lock."""
+    path = run_dir / "results.parquet"
+    try:
+        df = pd.read_parquet(path, columns=["variant_id", "host_wait_s"]) if path.exists() else None
+    except (OSError, ValueError, KeyError):  # an older file without the column
+        return []
+    if df is None or df["host_wait_s"].isna().all():
+        return []
+    w = df.dropna(subset=["host_wait_s"]).drop_duplicates("variant_id")["host_wait_s"]
+    return [f"Benchmarks waited {w.sum():.1f} s in all (longest {w.max():.1f} s, {len(w)} variants) for the host "
+            "to themselves: a timing holds the machine exclusively while other tasks may only prepare, "
+            "compile or check (runner/hostlock.py).", ""]
 
 
 def _not_drawn(untimed: dict[str, int]) -> list[str]:

@@ -119,6 +119,7 @@ def test_ok_rows_carry_measurements_and_provenance(sweep_run):
     for col in ["lat_mean_ms", "lat_p50_ms", "lat_p95_ms", "host_p50_ms", "size_mb", "top1_pct"]:
         assert (ok[col] > 0).all(), col
     assert (ok["lat_p95_ms"] >= ok["lat_p50_ms"]).all()
+    assert (ok["host_wait_s"] >= 0).all()  # every timing went through the host lock (runner/hostlock.py)
     assert (ok["timer"] == "host").all() and (ok["device"] == "cpu").all()
     assert ok["torch_version"].notna().all() and ok["git_commit"].notna().all()
     assert ok["data_source"].str.startswith(data.source).all()  # plus the recipe's subset, when one is used

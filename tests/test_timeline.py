@@ -127,12 +127,23 @@ def test_section_on_rows_from_before_started_at(tmp_path):
 
 
 def test_part_files_without_started_at_still_read(tmp_path):
-    for schema in (RESULT_SCHEMA, TRAINING_SCHEMA, PAIR_SCHEMA, RECHECK_SCHEMA):
+    for schema in (TRAINING_SCHEMA, PAIR_SCHEMA, RECHECK_SCHEMA):
         assert schema.names[-1] == "started_at"  # appended: older files keep their layout
-    older = pa.schema([f for f in RESULT_SCHEMA if f.name != "started_at"])
+    assert RESULT_SCHEMA.names[-2:] == ["started_at", "host_wait_s"]
+    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in ("started_at", "host_wait_s")])
     write_rows([{"sweep": "s", "variant_id": "v", "status": "ok"}], tmp_path / "r" / "v.parquet", older)
     df = read_folder(tmp_path / "r", RESULT_SCHEMA)
-    assert list(df.columns) == RESULT_SCHEMA.names and len(df) == 1 and df["started_at"].isna().all()
+    assert list(df.columns) == RESULT_SCHEMA.names and len(df) == 1
+    assert df["started_at"].isna().all() and df["host_wait_s"].isna().all()
+
+
+def test_the_section_reports_what_host_exclusivity_cost(tmp_path):
+    rows = [{"sweep": "s", "variant_id": v, "status": "ok", "repeat": r, "host_wait_s": w,
+             "started_at": "2026-01-01T00:00:00.000+00:00", "finished_at": "2026-01-01T00:00:05.000+00:00"}
+            for v, w in (("a", 1.5), ("b", 4.0)) for r in range(3)]
+    write_rows(rows, tmp_path / "results.parquet", RESULT_SCHEMA)
+    text = "\n".join(timeline.section(tmp_path, tmp_path))
+    assert "Benchmarks waited 5.5 s in all (longest 4.0 s, 2 variants)" in text
 
 
 # ---- submission order -----------------------------------------------------------------------------------
