@@ -5,11 +5,13 @@
 #   bash reports/h200x2-default/device.sh two-nodes [seconds]  # a Ray cluster of two nodes started with
 #        `ray start`, one GPU each, and `runner sweep --address auto`; then B1's crosscheck, alone
 #   bash reports/h200x2-default/device.sh one-gpu [seconds]    # the same sweep on GPU 0 only (local cluster)
+#   bash reports/h200x2-default/device.sh faults               # issue 12: workers killed mid-training and
+#        mid-benchmark in a real GPU sweep (prepared, not yet run on the GPU machine)
 #
 # Both bound the sweep with `timeout -s INT` (a cut sweep stops cleanly and resumes on the next call) and
 # pack what the report needs into $OUT.
 set -uo pipefail
-mode=${1:?two-nodes or one-gpu}
+mode=${1:?two-nodes, one-gpu or faults}
 budget=${2:-520}
 export RAY_DEDUP_LOGS=0
 case "$mode" in
@@ -37,13 +39,48 @@ one-gpu)
   CUDA_VISIBLE_DEVICES=0 timeout -s INT "$budget" python3 -m runner sweep --config variants/default.yaml \
     --data /tmp/cifar --out "$out" 2>&1 | tee -a "$out-sweep.log"
   ;;
+faults)
+  # Issue 12's GPU fault run: the small quick.yaml on the GPU(s), with one worker SIGKILLed in the middle of
+  # a training (after its first epoch line) and one in the middle of a benchmark group; Ray retries each
+  # once (max_retries=1), and the sweep must still end with exactly one row set per variant.
+  out=/tmp/runs-faults
+  rm -rf "$out" "$out-sweep.log"
+  python3 -m runner sweep --config variants/quick.yaml --data /tmp/cifar --out "$out" >"$out-sweep.log" 2>&1 &
+  driver=$!
+  kill_when() {  # $1: a line the log must show first, $2: the worker's process title (ray::<task name>)
+    for _ in $(seq 1 1500); do
+      if grep -q -- "$1" "$out-sweep.log"; then
+        pid=$(pgrep -f -- "$2" | head -1)
+        if [ -n "$pid" ]; then kill -9 "$pid"; echo "FAULT: SIGKILL $2 (pid $pid) after '$1'"; return 0; fi
+      fi
+      sleep 0.2
+    done
+    echo "FAULT: never saw '$1' with a live $2"
+  }
+  kill_when "\[train mobilenet\] epoch 1/" "ray::train:mobilenet"
+  kill_when "bench phase" "ray::bench:mobilenet"
+  wait "$driver"; echo "sweep exit $?"
+  python3 - "$out/quick" <<'PY'
+import sys, pandas as pd
+from variants import load_sweep
+run = sys.argv[1]
+spec = load_sweep("variants/quick.yaml")
+df = pd.read_parquet(f"{run}/results.parquet")
+planned = {v.variant_id for v in spec.variants}
+print("variants planned", len(planned), "with rows", df["variant_id"].nunique(),
+      "missing", sorted(planned - set(df["variant_id"])), "duplicated (variant, repeat)",
+      int(df.duplicated(["variant_id", "repeat"]).sum()))
+print(df.groupby("variant_id")["status"].first().value_counts().to_dict())
+PY
+  ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 mkdir -p "${OUT:-/tmp/out}"
 cp "$out-sweep.log" "${OUT:-/tmp/out}/$mode-sweep.log"
 # the run folder without the checkpoints
-tar cJf "${OUT:-/tmp/out}/$mode-run.tar.xz" -C "$out" --exclude=checkpoints --exclude=previous default 2>/dev/null
+sweep=$([ "$mode" = faults ] && echo quick || echo default)
+tar cJf "${OUT:-/tmp/out}/$mode-run.tar.xz" -C "$out" --exclude=checkpoints --exclude=previous "$sweep" 2>/dev/null
 # checkpoints under 8 MB (the chosen model's, for `export` on the CPU side, where onnxruntime is); a file
 # that comes back must stay under 16 MiB
-(cd "$out" && find default/checkpoints -name '*.pt' -size -8M -print0 | tar cJf "${OUT:-/tmp/out}/$mode-ckpt.tar.xz" --null -T -)
+(cd "$out" && find "$sweep/checkpoints" -name '*.pt' -size -8M -print0 | tar cJf "${OUT:-/tmp/out}/$mode-ckpt.tar.xz" --null -T -)
 ls -la "${OUT:-/tmp/out}"
