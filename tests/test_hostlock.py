@@ -91,3 +91,66 @@ def test_nested_use_in_one_process_does_not_deadlock_across_kinds(tmp_path, monk
             pass
     with hostlock.timing():
         pass
+
+
+# ---- the bench task's use of it: what runs under which hold -------------------------------------------
+
+def test_a_bench_task_times_only_with_the_host_to_itself(monkeypatch):
+    """bench_job and recheck_job on the CPU with the lock's two holds recorded: every timing call (the
+    benchmark, the pair) runs inside `timing()`, every preparation and check inside `busy()`, never both."""
+    import contextlib
+
+    import torch
+
+    from runner import bench as bench_mod, optimize, pairs, tasks
+    from runner.data import synthetic
+    from runner.train import train
+    from variants import BenchSpec, Recipe, TrainSpec, Variant
+
+    held: list[str] = []
+    seen: list[tuple[str, tuple]] = []
+
+    def hold(kind):
+        @contextlib.contextmanager
+        def cm():
+            assert not held, f"{kind} taken inside {held}"  # the two holds never nest
+            held.append(kind)
+            try:
+                yield hostlock.Wait()
+            finally:
+                held.pop()
+        return cm
+
+    def under(name, fn):
+        def wrapped(*a, **k):
+            seen.append((name, tuple(held)))
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(hostlock, "timing", hold("timing"))
+    monkeypatch.setattr(hostlock, "busy", hold("busy"))
+    monkeypatch.setattr(bench_mod, "measure", under("measure", bench_mod.measure))
+    monkeypatch.setattr(pairs, "interleaved", under("pair", pairs.interleaved))
+    monkeypatch.setattr(optimize, "prepare", under("prepare", optimize.prepare))
+    monkeypatch.setattr(tasks, "_checks", under("checks", tasks._checks))
+    monkeypatch.setattr(tasks, "task_device", lambda: torch.device("cpu"))
+
+    torch.set_num_threads(1)
+    data = synthetic(n_train=128, n_test=64)
+    spec = TrainSpec(key="tiny", arch="airbench_cifar", arch_args=(("width_mult", 0.25),), seed=0,
+                     recipe=Recipe(epochs=1, batch_size=64, lr=0.05, train_subset=128, test_subset=64))
+    ckpt = train(spec, data, torch.device("cpu"), log=lambda s: None)
+    parent = Variant("tiny", precision="fp32")
+    child = Variant("tiny", precision="fp32", memory_format="channels_last")
+    bench = BenchSpec(warmup=1, iters=5, repeats=2, eval_batch_size=64, pair_rounds=2)
+    out = tasks.bench_job([parent, child], [(parent, child)], spec, ckpt, data, bench, "s",
+                          {parent.variant_id: "h1", child.variant_id: "h2"})
+    assert all(rows[0]["status"] == "ok" for rows, _ in out["bench"].values())
+    assert len(out["pairs"]) == 1 and out["pairs"][0]["status"] == "ok"
+    rows = tasks.recheck_job([parent, child], ckpt, bench)
+    assert [r["variant_id"] for r in rows] == [child.variant_id, parent.variant_id]  # reverse order
+    kinds = {name for name, _ in seen}
+    assert kinds == {"measure", "pair", "prepare", "checks"}
+    for name, holds in seen:
+        assert holds == (("timing",) if name in ("measure", "pair") else ("busy",)), (name, holds)
+    assert all(rows[0]["host_wait_s"] >= 0 for rows, _ in out["bench"].values())
