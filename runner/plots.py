@@ -58,8 +58,9 @@ def acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path:
         ax.scatter(g["lat_p95_ms"], g["top1_pct"], label=str(model), s=40, alpha=0.85)
     front = ok[pareto_mask(ok["lat_p95_ms"], ok["top1_pct"])].sort_values("lat_p95_ms", kind="stable")
     for i, (_, r) in enumerate(front.iterrows(), start=1):
-        ax.annotate(str(i), (r["lat_p95_ms"], r["top1_pct"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=9, fontweight="bold")
+        # alternate above / below: neighbours on the front are often a few us apart (folded vs unfolded)
+        ax.annotate(str(i), (r["lat_p95_ms"], r["top1_pct"]), textcoords="offset points",
+                    xytext=(4, 4) if i % 2 else (4, -13), fontsize=9, fontweight="bold")
         brief = f" ({r['brief_id']})" if isinstance(r.get("brief_id"), str) and r["brief_id"] else ""
         ax.plot([], [], " ", label=f"{i}: {r['variant_id']}{brief}")  # legend text only, no marker
     ax.axhline(bar, color="gray", ls="--", lw=1, label=f"bar {bar:.1f}%")
