@@ -152,6 +152,11 @@ def group_key(v: Variant) -> tuple[str, bool, str]:
     return v.model, compiles(v), v.precision
 
 
+def pair_key(parent: Variant, child: Variant) -> tuple[str, bool, str]:
+    """The group whose task times a pair: the child's, compiling if either side compiles."""
+    return child.model, compiles(parent, child), child.precision
+
+
 def group_name(key: tuple[str, bool, str]) -> str:
     model, comp, precision = key
     return f"{model}-{precision}" + ("-compiling" if comp else "")
@@ -195,8 +200,8 @@ def run(plan: Plan, data_ref, ckpts: dict[str, Any], progress: Progress) -> None
 
 
 def _pairs_to_time(plan: Plan, ckpts) -> dict[tuple, list[tuple[Variant, Variant]]]:
-    """Pairs by the group that times them (the child's model and precision, compiling if either side
-    does): a pair is timed when either side is measured in this invocation, or its pair file is missing."""
+    """Pairs by the group that times them (pair_key): a pair is timed when either side is measured in this
+    invocation, or its pair file is missing."""
     if plan.spec.bench.pair_rounds <= 0:
         return {}
     new = {v.variant_id for v in plan.pending}
@@ -207,7 +212,7 @@ def _pairs_to_time(plan: Plan, ckpts) -> dict[tuple, list[tuple[Variant, Variant
             continue
         if child.variant_id in done and not ({parent.variant_id, child.variant_id} & new):
             continue
-        out.setdefault((child.model, compiles(parent, child), child.precision), []).append((parent, child))
+        out.setdefault(pair_key(parent, child), []).append((parent, child))
     return out
 
 

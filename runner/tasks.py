@@ -27,9 +27,9 @@ from variants import BenchSpec, TrainSpec, Variant
 
 AGREE_IMAGES = 500        # test images the batch-1 callable is checked on against the eval callable
 FOLD_REL_ERR_MAX = 1e-3   # BN folding in fp32: max |logit error| / max |logit| above this is an error
+DYNAMO_RECOMPILE_LIMIT = 64  # see measurement_flags
 # A prepared variant's logits vs the fp32 eager model's, relative to the logit scale: catches a broken
 # fused / compiled path (wrong layout, a dropped epilogue) while allowing half-precision rounding.
-DYNAMO_RECOMPILE_LIMIT = 64  # see measurement_flags
 PATH_REL_ERR_MAX = {"fp32": 1e-3, "fp16": 5e-2, "amp_fp16": 5e-2, "bf16": 1e-1}
 
 
@@ -123,9 +123,9 @@ def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str,
 # (runner/phases.py groups them), one after another in one fresh process on one GPU, then the group's
 # parent/child pairs with the callables it already holds. Why groups: each fresh process costs seconds
 # (Ray worker start, torch import, CUDA context, checkpoint and data) that dwarf the ~0.4 s a graphed
-# variant takes to time. Each variant is still timed with nothing else on its GPU and nothing compiling on
-# the host (phases); the re-check phase times the same groups in *reverse* order in other processes, so a
-# variant whose number depended on what ran before it in the process would disagree there.
+# variant takes to time. Each variant is still timed with nothing else on its GPU and the host to itself
+# (phases, runner/hostlock.py); the re-check phase times the same groups in *reverse* order in other
+# processes, so a variant whose number depended on what ran before it in the process would disagree there.
 
 def bench_job(group: list[Variant], pair_list: list[tuple[Variant, Variant]], model_spec: TrainSpec,
               ckpt: dict, data: Cifar, bench: BenchSpec, sweep: str, hashes: dict[str, str]) -> dict:
