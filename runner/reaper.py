@@ -148,9 +148,12 @@ def watch(driver: int, session_dir: str, owners: list[str]) -> int:
         time.sleep(POLL_S)
     why = "asked by the driver" if asked else f"driver pid {driver} is gone"
     t0 = time.monotonic()
-    stopped = terminate(session_processes(session_dir, owners, skip=driver))
+    procs = session_processes(session_dir, owners, skip=driver)
+    if procs:  # the reason goes on record before anything is stopped: whoever sees them gone finds it
+        _log(session_dir, f"{why}: stopping {len(procs)} process(es)")
+    stopped = terminate(procs)
     if stopped:
-        _log(session_dir, f"{why}: stopped {' '.join(stopped)} in {time.monotonic() - t0:.1f} s")
+        _log(session_dir, f"stopped {' '.join(stopped)} in {time.monotonic() - t0:.1f} s")
     return 0
 
 
