@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from runner import breakdown
 from runner.results import STATS, cv_pct  # noqa: F401  (cv_pct: one definition, re-exported)
 
 
@@ -40,6 +41,9 @@ def stats(samples_ms: np.ndarray) -> dict[str, float]:
 def time_repeat(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, warmup: int, iters: int) -> Samples:
     """One repeat: `warmup` untimed calls, then `iters` individually timed calls."""
     cuda = x.device.type == "cuda"
+    if cuda and breakdown.profiled():
+        raise RuntimeError("refusing to time in a process that has run torch.profiler: CUPTI slows every later "
+                           "launch (reports/h200-inflation/); time first, profile after")
     for _ in range(warmup):
         fn(x)
     if cuda:

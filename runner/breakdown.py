@@ -16,6 +16,17 @@ from typing import Any, Callable
 
 import torch
 
+# Set once torch.profiler has recorded CUDA in this process: from then on CUPTI is hooked into every kernel
+# launch and a timing reads slow (+37% on eager B1, +11% on a CUDA graph, measured: reports/h200-inflation/).
+# runner.bench refuses to time in such a process.
+_profiled = False
+
+
+def profiled() -> bool:
+    """Has this process run the CUDA profiler? (Then its timings are no longer a variant's own.)"""
+    return _profiled
+
+
 BREAKDOWN_FIELDS = ("kernels_per_forward", "kernel_us_per_forward", "wall_us_per_forward", "gap_us_per_forward")
 FLOOR_FIELDS = ("floor_p50_us", "floor_p95_us")
 
@@ -79,13 +90,17 @@ def _is_kernel(event) -> bool:
     return not event.name.lower().startswith(("memcpy", "memset"))
 
 
-def kernel_breakdown(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, replays: int = 20) -> dict[str, Any]:
+def kernel_breakdown(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, replays: int = 20,
+                     wall_us: float | None = None) -> dict[str, Any]:
     """Kernels per forward, their summed device time and the rest of the wall time (launch + gaps), in us.
 
     `fn(x)` is one forward as the benchmark calls it (a graph replay, a compiled or an eager model). The wall
-    time is the median of `replays` calls timed alone with CUDA events, outside the profiler (profiling adds
-    overhead); the kernels are counted by torch.profiler over `replays` further calls.
+    time is `wall_us` when the caller timed it already (a benchmark's p50: pass it, because after any
+    profile in this process a re-measure reads slow), else the median of `replays` calls timed alone with
+    CUDA events before profiling; the kernels are counted by torch.profiler over `replays` further calls.
+    Profiles: call it after the process's last timing (see `profiled`).
     """
+    global _profiled
     if x.device.type != "cuda" or not torch.cuda.is_available():
         return _empty(BREAKDOWN_FIELDS, "no CUDA device: kernel breakdown not measured")
     device = x.device
@@ -95,11 +110,12 @@ def kernel_breakdown(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, replays
         with torch.inference_mode():
             fn(x)
             torch.cuda.synchronize(device)
-            wall = _percentile(_time_calls_us(lambda: fn(x), replays, device), 50)
+            wall = wall_us if wall_us is not None else _percentile(_time_calls_us(lambda: fn(x), replays, device), 50)
             # A group task profiles one variant after another in one process; torch then warns that each
             # profile is its own cycle, which is what is wanted here.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Profiler clears events.*")
+                _profiled = True
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                     for _ in range(replays):
                         fn(x)

@@ -28,7 +28,7 @@ import torch
 
 from runner import agreement, guard, pairs, results
 from runner.results import PAIR_SCHEMA, RECHECK_SCHEMA, RESULT_SCHEMA, SAMPLES_SCHEMA, TRAINING_SCHEMA
-from runner.tasks import now
+from runner.tasks import later, now
 from variants import SweepSpec, TrainSpec, Variant
 
 
@@ -188,7 +188,7 @@ def run(plan: Plan, data_ref, ckpts: dict[str, Any], progress: Progress) -> None
         group, pair_list = bench_groups.get(key, []), pair_groups.get(key, [])
         submit = (lambda g=group, pl=pair_list, key=key: plan.remote["bench"].options(
             name=f"bench:{group_name(key)}", **plan.bench_opts).remote(
-            g, pl, spec.model(key[0]), ckpts[key[0]], data_ref, spec.bench, spec.name,
+            g, pl, spec.model(key[0]), later(ckpts[key[0]]), later(data_ref), spec.bench, spec.name,
             {v.variant_id: plan.hashes[v.variant_id] for v in g}))
         land = (lambda ref, g=group, pl=pair_list: _land_group(ref, g, pl, plan, progress))
         cost = (bench_cost(spec, *group) + sum(bench_cost(spec, a, b) for a, b in pair_list)
@@ -226,7 +226,7 @@ def _recheck_jobs(plan: Plan, ckpts, progress) -> list:
     jobs = []
     for key, group in groups([v for v in plan.spec.variants if v in chosen]).items():
         submit = (lambda g=group, key=key: plan.remote["recheck"].options(
-            name=f"recheck:{group_name(key)}", **plan.bench_opts).remote(g, ckpts[key[0]], plan.spec.bench))
+            name=f"recheck:{group_name(key)}", **plan.bench_opts).remote(g, later(ckpts[key[0]]), plan.spec.bench))
         jobs.append((key[1], bench_cost(plan.spec, *group) + compile_cost(plan.spec, *group), submit,
                      lambda ref, g=group: _land_rechecks(ref, g, plan, progress)))
     return jobs

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import ray
 import torch
 
-from runner import env, guard, phases, reaper, results, tasks
+from runner import env, guard, phases, reaper, results, tasks, worker_setup
 from runner.data import Cifar
 from runner.results import RESULT_SCHEMA
 from variants import BenchSpec, SweepSpec, TrainSpec, Variant
@@ -56,11 +56,13 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
     inherited = os.environ.get("PYTHONPATH", "")
     env_vars = {"RUNNER_GIT_COMMIT": env.git_commit(),
                 "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), inherited) if p)}
-    runtime_env: dict[str, Any] = {"env_vars": env_vars}
+    # Every worker imports torch and this project inside a shared host hold (runner/worker_setup.py says why).
+    runtime_env: dict[str, Any] = {"env_vars": env_vars, "worker_process_setup_hook": worker_setup.HOOK}
     if address:
         # On a real cluster the code travels with the job, so every node runs this exact checkout.
         runtime_env = {"working_dir": str(PROJECT_ROOT), "env_vars": {"RUNNER_GIT_COMMIT": env_vars["RUNNER_GIT_COMMIT"]},
-                       "excludes": [".git", ".devkit", ".data", ".venv", "runs", "reports", "*.pt"]}
+                       "excludes": [".git", ".devkit", ".data", ".venv", "runs", "reports", "*.pt"],
+                       "worker_process_setup_hook": worker_setup.HOOK}
     # No address means a cluster of our own ("local"): ray.init(address=None) silently joins any cluster that
     # `ray start` left on this machine (a sweep joined a 2-node test cluster so), with a one-node runtime_env.
     ctx = ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env=runtime_env,

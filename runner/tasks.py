@@ -126,50 +126,128 @@ def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str,
 # variant takes to time. Each variant is still timed with nothing else on its GPU and the host to itself
 # (phases, runner/hostlock.py); the re-check phase times the same groups in *reverse* order in other
 # processes, so a variant whose number depended on what ran before it in the process would disagree there.
+#
+# Within the task, every timing comes before every diagnostic. Measured on an H200 (reports/h200-inflation/):
+# once torch.profiler has run in a process, CUPTI stays hooked into every later kernel launch of it; B1
+# timed 2.57 ms before a kernel breakdown and 3.52 ms after it (+37%), its fp16 CUDA graph +11%, to the end
+# of the process. With breakdown and checks after each variant, every variant but a group's first was timed
+# so (the 2x H200 sweep at 42d5e65: 44 of 48 rows 1.02-2.1x their re-check).
+
+@dataclasses.dataclass(frozen=True)
+class Later:
+    """A task argument fetched by the task itself, inside a shared host hold. Ray resolves a bare ObjectRef
+    argument before the task starts, outside any hold, so unpickling a 180 MB dataset would overlap another
+    task's timing; a reference wrapped in an object is passed through as it is."""
+    ref: Any
+
+
+def later(arg: Any) -> Any:
+    """An ObjectRef wrapped so the task fetches it (`fetch`); any other value as it is."""
+    return Later(arg) if isinstance(arg, ray.ObjectRef) else arg
+
+
+def fetch(arg: Any) -> Any:
+    return ray.get(arg.ref) if isinstance(arg, Later) else arg
+
+
+@dataclasses.dataclass
+class Timed:
+    """A variant prepared and timed, waiting for its diagnostics and checks (bench_job's third pass)."""
+    variant: Variant
+    base: dict
+    model: torch.nn.Module
+    prepared: Any
+    fn: Any
+    x: torch.Tensor
+    samples: list
+    extra: dict
+
 
 def bench_job(group: list[Variant], pair_list: list[tuple[Variant, Variant]], model_spec: TrainSpec,
-              ckpt: dict, data: Cifar, bench: BenchSpec, sweep: str, hashes: dict[str, str]) -> dict:
-    """Benchmark every variant of `group`, then time `pair_list` interleaved; never raises for a variant's
+              ckpt: dict | Later, data: Cifar | Later, bench: BenchSpec, sweep: str, hashes: dict[str, str]) -> dict:
+    """Benchmark every variant of `group` and time `pair_list` interleaved; never raises for a variant's
     faults. Returns {"bench": {variant_id: (rows, raw samples)}, "pairs": [pair row, ...]} (no row for a
-    pair with a side in this group that did not end ok)."""
-    device = task_device()
-    floor: dict[str, Any] = {}
-    if device.type == "cuda":
-        from runner import breakdown
-        with hostlock.timing():
-            floor = breakdown.launch_floor(device)  # the GPU's floor, once per process: the same for every row
-    held: dict[str, tuple] = {}
-    out = {vid: _bench_one(v, model_spec, ckpt, data, bench, sweep, hashes[vid], device, floor, held)
-           for vid, v in ((v.variant_id, v) for v in group)}
-    # A pair needs both sides measured: one of this group that did not end ok (skipped, error) has no pair.
-    in_group = set(out)
-    pair_rows = [_pair_one(parent, child, ckpt, bench, device, held) for parent, child in pair_list
-                 if not ({parent.variant_id, child.variant_id} & in_group) - set(held)]
-    return {"bench": out, "pairs": pair_rows}
+    pair with a side in this group that did not end ok).
 
-
-def _bench_one(variant, model_spec, ckpt, data, bench, sweep, spec_hash, device, floor, held):
-    """Prepare one variant, time it at batch 1, then check and evaluate it.
-
-    Order matters: latency first (a good latency is kept even when the accuracy pass fails: that is
-    `eval_error`, not a lost row), then the numerical checks that can turn the row into an error.
+    Three passes: (1) each variant prepared and timed, (2) the pairs timed, (3) each variant's kernel
+    breakdown (the profiler) and checks. Latency first, so a good latency is kept even when the accuracy
+    pass fails (`eval_error`), and no timing ever follows a profile (the comment above says why).
     """
-    from runner import optimize
+    from runner import breakdown
 
-    started = stamp()
-    base = {**_bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device), "started_at": started}
+    device = task_device()
+    with hostlock.busy():
+        ckpt, data = fetch(ckpt), fetch(data)
+    with measurement_flags():
+        floor: dict[str, Any] = {}
+        if device.type == "cuda":
+            with hostlock.timing():
+                floor = breakdown.launch_floor(device)  # the GPU's floor, once per process: the same for every row
+        timed = {v.variant_id: _time_one(v, model_spec, ckpt, bench, sweep, hashes[v.variant_id], device, floor)
+                 for v in group}
+        held = {vid: (t.fn, t.x) for vid, t in timed.items() if isinstance(t, Timed)}
+        # A pair needs both sides timed: one of this group that was skipped or failed has no pair.
+        pairs_timed = [(p, c, _pair_one(p, c, ckpt, bench, device, held)) for p, c in pair_list
+                       if not ({p.variant_id, c.variant_id} & set(timed)) - set(held)]
+        out = {vid: _finish_one(t, ckpt, data, model_spec, bench, device) if isinstance(t, Timed) else t
+               for vid, t in timed.items()}
+    # ... and ended ok: a side that a check turned into an error row drops its pairs.
+    bad = {vid for vid, (rows, _) in out.items() if rows[0]["status"] != "ok"}
+    return {"bench": out, "pairs": [row for p, c, row in pairs_timed if not {p.variant_id, c.variant_id} & bad]}
+
+
+def _time_one(variant, model_spec, ckpt, bench, sweep, spec_hash, device, floor) -> Timed | tuple[list, list]:
+    """Prepare one variant and time it at batch 1: a Timed, or the (rows, []) of a skipped or failed one."""
+    from runner import bench as bench_mod
+    from runner import optimize
+    from runner.train import model_from_checkpoint
+
+    base = {**_bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device), "started_at": stamp()}
     try:
-        with measurement_flags():
-            rows, raw, callable_ = _measure_variant(variant, model_spec, ckpt, data, bench, device, base, floor)
-        if rows[0]["status"] == "ok":
-            held[variant.variant_id] = callable_  # kept for the group's pairs
-        return rows, raw
+        with hostlock.busy():  # preparing, compiling and capturing overlap other tasks' work, never a timing
+            model = model_from_checkpoint(ckpt, device)
+            # reset=False: the group's earlier compiled variants stay valid for its pairs (a fresh process has
+            # no other leftovers; measurement_flags raises dynamo's recompile limit so they never fall back).
+            prepared = optimize.prepare(model, variant, device, reset=False)  # Unsupported: a skipped row
+            fn, x, compile_s = prepared.callable_for(1)
+        with hostlock.timing() as waited:  # the host to itself: see runner/hostlock.py
+            with env.GpuMonitor(base["gpu_uuid"]) as gpu:
+                samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
     except optimize.Unsupported as e:
         return [{**base, "status": "skipped", "error": str(e), "repeat": 0, "finished_at": stamp()}], []
     except Exception as e:  # a crash, an OOM, an unsupported compile: a row that says so, and the group goes on
         tb = traceback.format_exc(limit=6)
         return [{**base, "status": "error", "error": f"{type(e).__name__}: {e}\n{tb}"[:4000], "repeat": 0,
                  "finished_at": stamp()}], []
+    extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params,
+             "host_wait_s": waited.s, "timed_at": stamp(), **gpu.summary(), **floor}
+    return Timed(variant, base, model, prepared, fn, x, samples, extra)
+
+
+def _finish_one(t: Timed, ckpt, data, model_spec, bench, device) -> tuple[list[dict], list[dict]]:
+    """The kernel breakdown and the checks of a timed variant, then its rows. A check that fails makes an
+    error row that keeps its latency; nothing here raises."""
+    from runner import bench as bench_mod
+    from runner import breakdown
+
+    extra = {**t.extra, "checks_started_at": stamp()}
+    try:
+        with hostlock.busy():
+            # The wall time per forward is the timing's own p50: a re-measure here would run after another
+            # variant's profile in this process, and be inflated by it.
+            wall_us = 1000.0 * float(np.median([np.median(s.lat_ms) for s in t.samples]))
+            extra.update(breakdown.kernel_breakdown(t.fn, t.x, wall_us=wall_us))
+            extra.update(_checks(t.model, t.prepared, t.fn, t.x, data, model_spec, bench, device, t.variant))
+    except Exception as e:
+        extra["check_error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"[:4000]
+    extra["top1_drift_pts"] = (extra["top1_pct"] - ckpt["top1_pct"]) if extra.get("top1_pct") is not None else None
+    status, error = ("error", extra["check_error"]) if extra.get("check_error") else ("ok", None)
+    base = {**t.base, "status": status, "error": error, "finished_at": stamp(),
+            **{k: v for k, v in extra.items() if k != "check_error"}}
+    rows = [{**base, **r} for r in bench_mod.repeat_rows(t.samples, bench.cv_flag_pct)]
+    raw = [{"variant_id": t.variant.variant_id, "repeat": r, "iter": i, "lat_ms": float(a), "host_ms": float(h)}
+           for r, s in enumerate(t.samples) for i, (a, h) in enumerate(zip(s.lat_ms, s.host_ms))]
+    return rows, raw
 
 
 def _bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device) -> dict:
@@ -181,40 +259,6 @@ def _bench_base(variant, model_spec, ckpt, bench, sweep, spec_hash, device) -> d
                                        "model": dataclasses.asdict(model_spec),
                                        "bench": dataclasses.asdict(bench)}, default=str, sort_keys=True),
             **place(), **env.device_info(device)}
-
-
-def _measure_variant(variant, model_spec, ckpt, data, bench, device, base, floor) -> tuple[list[dict], list[dict], tuple]:
-    from runner import bench as bench_mod
-    from runner import breakdown, optimize
-    from runner.train import model_from_checkpoint
-
-    with hostlock.busy():  # preparing, compiling and capturing overlap other tasks' work, never a timing
-        model = model_from_checkpoint(ckpt, device)
-        # reset=False: the group's earlier compiled variants stay valid for its pairs (a fresh process has no
-        # other leftovers; measurement_flags raises dynamo's recompile limit so they never fall back to eager).
-        prepared = optimize.prepare(model, variant, device, reset=False)  # optimize.Unsupported: skipped row
-        fn, x, compile_s = prepared.callable_for(1)
-    with hostlock.timing() as waited:  # the host to itself: see runner/hostlock.py
-        with env.GpuMonitor(base["gpu_uuid"]) as gpu:
-            samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
-        extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params,
-                 "host_wait_s": waited.s, **gpu.summary()}
-        extra.update(floor)
-        if device.type == "cuda":
-            extra.update(breakdown.kernel_breakdown(fn, x))
-    with hostlock.busy():
-        extra.update(_checks(model, prepared, fn, x, data, model_spec, bench, device, variant))
-    extra["top1_drift_pts"] = (extra["top1_pct"] - ckpt["top1_pct"]) if extra.get("top1_pct") is not None else None
-    status, error = "ok", None
-    if extra.get("check_error"):
-        status, error = "error", extra["check_error"]
-    base = {**base, "status": status, "error": error, "finished_at": stamp(),
-            **{k: v for k, v in extra.items() if k != "check_error"}}
-    rows = [{**base, **r} for r in bench_mod.repeat_rows(samples, bench.cv_flag_pct)]
-    raw = [{"variant_id": variant.variant_id, "repeat": r, "iter": i, "lat_ms": float(a), "host_ms": float(h)}
-           for r, s in enumerate(samples) for i, (a, h) in enumerate(zip(s.lat_ms, s.host_ms))]
-    return rows, raw, (fn, x)
-
 
 def _checks(model, prepared, fn1, x1, data, model_spec, bench, device, variant) -> dict[str, Any]:
     """Accuracy through the eval callable, and the three numerical checks, each its own column.
@@ -270,12 +314,14 @@ def _prepared_callable(variant: Variant, ckpt: dict, device: torch.device, reset
     return fn, x
 
 
-def recheck_job(group: list[Variant], ckpt: dict, bench: BenchSpec) -> list[dict]:
+def recheck_job(group: list[Variant], ckpt: dict | Later, bench: BenchSpec) -> list[dict]:
     """Time each variant of a group again with the sweep's protocol, in the *reverse* of the bench task's
     order, one at a time (each released before the next is prepared): the in-sweep numbers' witness."""
     from runner import bench as bench_mod
 
     device = task_device()
+    with hostlock.busy():
+        ckpt = fetch(ckpt)
     rows = []
     for variant in reversed(group):
         started = stamp()

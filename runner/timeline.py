@@ -20,10 +20,16 @@ import pandas as pd
 
 from runner.plots import figure
 
-# (kind, merged file, the column that names the task); kinds in the order they run.
-SOURCES = (("train", "training.parquet", "model"), ("bench", "results.parquet", "variant_id"),
-           ("pair", "pairs.parquet", "variant_id"), ("re-check", "rechecks.parquet", "variant_id"))
-COLORS = {"train": "#4C72B0", "bench": "#55A868", "pair": "#DD8452", "re-check": "#8172B3"}
+# (kind, merged file, the column that names the task, its start and end columns); kinds in the order they
+# run. A bench task times all its variants, then its pairs, then checks each variant (runner/tasks.py): a
+# variant's "bench" bar is its preparing and timing, its "check" bar the kernel breakdown and the checks.
+# Rows older than `timed_at` have one bench bar to `finished_at`, checks included, and no check bar.
+SOURCES = (("train", "training.parquet", "model", "started_at", "finished_at"),
+           ("bench", "results.parquet", "variant_id", "started_at", "timed_at"),
+           ("pair", "pairs.parquet", "variant_id", "started_at", "finished_at"),
+           ("check", "results.parquet", "variant_id", "checks_started_at", "finished_at"),
+           ("re-check", "rechecks.parquet", "variant_id", "started_at", "finished_at"))
+COLORS = {"train": "#4C72B0", "bench": "#55A868", "pair": "#DD8452", "check": "#937860", "re-check": "#8172B3"}
 TASK_COLUMNS = ["kind", "name", "status", "start", "end", "gpu_uuid", "node", "hostname", "pid"]
 
 
@@ -32,7 +38,7 @@ TASK_COLUMNS = ["kind", "name", "status", "start", "end", "gpu_uuid", "node", "h
 def read_frames(run_dir: Path) -> dict[str, pd.DataFrame]:
     """kind -> that kind's merged rows; a missing or unreadable file is an empty frame (no bars)."""
     frames = {}
-    for kind, name, _ in SOURCES:
+    for kind, name, *_ in SOURCES:
         path = Path(run_dir) / name
         try:
             frames[kind] = pd.read_parquet(path) if path.exists() else pd.DataFrame()
@@ -49,13 +55,20 @@ def tasks_from_frames(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, di
     """One row per task (a training's epoch rows, a bench's repeat rows are one task), and per kind the
     number of tasks without a start (not drawn)."""
     parts, untimed = [], {}
-    for kind, _, key in SOURCES:
+    for kind, _, key, start, end in SOURCES:
         df = frames.get(kind, pd.DataFrame())
         if df.empty or key not in df.columns:
             continue
+        ends = _col(df, end)
+        if kind == "bench":  # rows from before the split: the bar runs to the task row's end
+            ends = ends.where(ends.notna(), _col(df, "finished_at"))
+        if kind == "check":  # a row without checks (skipped, failed, or older than the split) has no bar
+            df = df[_col(df, start).notna()]
+            if df.empty:
+                continue
         t = pd.DataFrame({"kind": kind, "name": df[key].astype(str), "status": _col(df, "status"),
-                          "start": pd.to_datetime(_col(df, "started_at"), utc=True, format="ISO8601"),
-                          "end": pd.to_datetime(_col(df, "finished_at"), utc=True, format="ISO8601"),
+                          "start": pd.to_datetime(_col(df, start), utc=True, format="ISO8601"),
+                          "end": pd.to_datetime(ends, utc=True, format="ISO8601"),
                           "gpu_uuid": _col(df, "gpu_uuid"), "node": _col(df, "ray_node_id"),
                           "hostname": _col(df, "hostname"), "pid": _col(df, "pid")})
         missing = t["start"].isna() | t["end"].isna()

@@ -154,3 +154,73 @@ def test_a_bench_task_times_only_with_the_host_to_itself(monkeypatch):
     for name, holds in seen:
         assert holds == (("timing",) if name in ("measure", "pair") else ("busy",)), (name, holds)
     assert all(rows[0]["host_wait_s"] >= 0 for rows, _ in out["bench"].values())
+
+
+def test_a_starting_ray_worker_imports_inside_a_shared_hold(tmp_path, monkeypatch):
+    """Real Ray, with the sweep's worker setup hook: while this process holds a timing, no worker can finish
+    starting (its torch import waits in the hook), so no task runs; released, the task runs."""
+    import ray
+
+    from runner import worker_setup
+
+    monkeypatch.setenv(hostlock.LOCK_DIR_ENV, str(tmp_path))  # workers inherit it through the raylet
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with hostlock.timing():
+        ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR",
+                 runtime_env={"worker_process_setup_hook": worker_setup.HOOK,
+                              "env_vars": {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+                                           hostlock.LOCK_DIR_ENV: str(tmp_path)}})
+        try:
+            def modules():  # defined here, so Ray ships it by value and the worker imports nothing for it
+                import sys
+                return sorted(m for m in ("torch", "runner.tasks") if m in sys.modules)
+
+            ref = ray.remote(num_cpus=1)(modules).remote()
+            ready, _ = ray.wait([ref], timeout=8)
+        except BaseException:
+            ray.shutdown()
+            raise
+    try:
+        assert not ready, "a worker started and ran a task while the host was held for a timing"
+        assert ray.get(ref, timeout=120) == ["runner.tasks", "torch"]  # the hook ran, after the release
+    finally:
+        ray.shutdown()
+
+
+def test_a_bench_task_times_everything_before_it_profiles_or_checks(tmp_path, monkeypatch):
+    """No timing in a bench task follows a kernel breakdown (its profiler slows every later launch of the
+    process, reports/h200-inflation/) or an accuracy check: variants first, then pairs, then diagnostics."""
+    import torch
+
+    from runner import bench as bench_mod, breakdown, pairs, tasks
+    from runner.data import synthetic
+    from runner.train import train
+    from variants import BenchSpec, Recipe, TrainSpec, Variant
+
+    order: list[str] = []
+
+    def spy(name, fn):
+        def wrapped(*a, **k):
+            order.append(name)
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setenv(hostlock.LOCK_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(bench_mod, "measure", spy("time", bench_mod.measure))
+    monkeypatch.setattr(pairs, "interleaved", spy("time", pairs.interleaved))
+    monkeypatch.setattr(breakdown, "kernel_breakdown", spy("diagnose", breakdown.kernel_breakdown))
+    monkeypatch.setattr(tasks, "_checks", spy("diagnose", tasks._checks))
+    monkeypatch.setattr(tasks, "task_device", lambda: torch.device("cpu"))
+    torch.set_num_threads(1)
+    data = synthetic(n_train=128, n_test=64)
+    spec = TrainSpec(key="tiny", arch="airbench_cifar", arch_args=(("width_mult", 0.25),), seed=0,
+                     recipe=Recipe(epochs=1, batch_size=64, lr=0.05, train_subset=128, test_subset=64))
+    ckpt = train(spec, data, torch.device("cpu"), log=lambda s: None)
+    a, b, c = (Variant("tiny", precision="fp32"), Variant("tiny", precision="fp32", memory_format="channels_last"),
+               Variant("tiny", precision="fp32", bn_fold=True))
+    bench = BenchSpec(warmup=1, iters=5, repeats=2, eval_batch_size=64, pair_rounds=2)
+    out = tasks.bench_job([a, b, c], [(a, b), (a, c)], spec, ckpt, data, bench, "s",
+                          {v.variant_id: v.variant_id for v in (a, b, c)})
+    assert all(rows[0]["status"] == "ok" for rows, _ in out["bench"].values()) and len(out["pairs"]) == 2
+    assert order.count("time") == 5 and order.count("diagnose") == 6  # 3 variants + 2 pairs; 3 x (breakdown, checks)
+    assert order == ["time"] * 5 + ["diagnose"] * 6, order

@@ -148,12 +148,12 @@ def test_timeline_matches_the_rows(sweep_run):
     _, _, run_dir, report, _ = sweep_run
     tasks, untimed, _ = timeline.load(run_dir)
     expected = set()
-    for kind, name, key in timeline.SOURCES:
+    for kind, name, key, start, _ in timeline.SOURCES:
         rows = pd.read_parquet(run_dir / name) if (run_dir / name).exists() else pd.DataFrame()
-        assert rows.empty or rows["started_at"].notna().any(), name
-        expected |= {(kind, n) for n in rows.loc[rows["started_at"].notna(), key]} if len(rows) else set()
+        assert rows.empty or rows[start].notna().any(), name
+        expected |= {(kind, n) for n in rows.loc[rows[start].notna(), key]} if len(rows) else set()
     assert set(zip(tasks["kind"], tasks["name"])) == expected and len(tasks) == len(expected)
-    assert {"train", "bench", "pair", "re-check"} <= set(tasks["kind"])
+    assert {"train", "bench", "pair", "check", "re-check"} <= set(tasks["kind"])
     # The training that failed inside its task and the variants it took along have only the driver's row.
     assert untimed["train"] == 1 and untimed["bench"] == sum(v.model == "broken" for v in sweep_run[0].variants)
     assert tasks["gpu_uuid"].isna().all() and tasks["lane"].str.contains("/CPU").all()

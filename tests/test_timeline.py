@@ -44,6 +44,21 @@ def test_one_lane_bars_busy_and_idle():
     assert stats["busy_s"].tolist() == pytest.approx([23.0]) and stats["idle_s"].tolist() == pytest.approx([2.5])
 
 
+def test_a_bench_task_draws_its_timing_and_its_checks_as_two_bars():
+    """Rows with the split (runner/tasks.py: all timings, then all checks) give a bench bar to `timed_at` and a
+    check bar from `checks_started_at`; a skipped row has only its bench bar; an older row one bar to its end."""
+    rows = pd.DataFrame([_row("variant_id", "v1", 0, 9, timed_at=_at(2), checks_started_at=_at(5)),
+                         _row("variant_id", "v2", 2, 12, timed_at=_at(4), checks_started_at=_at(9)),
+                         _row("variant_id", "skip", 4, 4.5, status="skipped"),
+                         _row("variant_id", "old", 20, 25)])
+    tasks, untimed = timeline.tasks_from_frames({"bench": rows, "check": rows})
+    bars = {(k, n): ((s - T0).total_seconds(), (e - T0).total_seconds())
+            for k, n, s, e in zip(tasks["kind"], tasks["name"], tasks["start"], tasks["end"])}
+    assert bars == {("bench", "v1"): (0, 2), ("bench", "v2"): (2, 4), ("bench", "skip"): (4, 4.5),
+                    ("check", "v1"): (5, 9), ("check", "v2"): (9, 12), ("bench", "old"): (20, 25)}
+    assert untimed == {"bench": 0, "check": 0}
+
+
 def test_rows_without_start_are_counted_not_drawn():
     old = pd.DataFrame([{"variant_id": "old", "status": "ok", "finished_at": _at(3), "gpu_uuid": "GPU-a"}])
     frames = {"bench": old, "pair": pd.DataFrame([_row("variant_id", "p", None, 5), _row("variant_id", "q", 1, 2)])}
@@ -129,8 +144,9 @@ def test_section_on_rows_from_before_started_at(tmp_path):
 def test_part_files_without_started_at_still_read(tmp_path):
     for schema in (TRAINING_SCHEMA, PAIR_SCHEMA, RECHECK_SCHEMA):
         assert schema.names[-1] == "started_at"  # appended: older files keep their layout
-    assert RESULT_SCHEMA.names[-2:] == ["started_at", "host_wait_s"]
-    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in ("started_at", "host_wait_s")])
+    newer = ["started_at", "host_wait_s", "timed_at", "checks_started_at"]
+    assert RESULT_SCHEMA.names[-4:] == newer
+    older = pa.schema([f for f in RESULT_SCHEMA if f.name not in newer])
     write_rows([{"sweep": "s", "variant_id": "v", "status": "ok"}], tmp_path / "r" / "v.parquet", older)
     df = read_folder(tmp_path / "r", RESULT_SCHEMA)
     assert list(df.columns) == RESULT_SCHEMA.names and len(df) == 1
