@@ -26,7 +26,7 @@ from typing import Any, Callable
 import ray
 import torch
 
-from runner import agreement, guard, pairs, results
+from runner import agreement, guard, hostlock, pairs, results
 from runner.results import PAIR_SCHEMA, RECHECK_SCHEMA, RESULT_SCHEMA, SAMPLES_SCHEMA, TRAINING_SCHEMA
 from runner.tasks import later, now
 from variants import SweepSpec, TrainSpec, Variant
@@ -142,7 +142,10 @@ def run_phase(name: str, jobs: list[tuple[bool, float, Callable[[], Any], Callab
             log(f"-- {name} phase, {label}: {len(refs)} task(s)")
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
-            refs.pop(ready[0])(ready[0])
+            # Landing (unpickling rows and samples, writing Parquet) is host work of the driver's machine,
+            # where a task on another GPU may be timing: it waits for the timing like any task's work.
+            with hostlock.busy():
+                refs.pop(ready[0])(ready[0])
 
 
 def group_key(v: Variant) -> tuple[str, bool, str]:

@@ -6,7 +6,7 @@
 #        `ray start`, one GPU each, and `runner sweep --address auto`; then B1's crosscheck, alone
 #   bash reports/h200x2-default/device.sh one-gpu [seconds]    # the same sweep on GPU 0 only (local cluster)
 #   bash reports/h200x2-default/device.sh faults               # issue 12: workers killed mid-training and
-#        mid-benchmark in a real GPU sweep (prepared, not yet run on the GPU machine)
+#        mid-benchmark in a real GPU sweep (its run: reports/h200x2-faults/)
 #
 # Both bound the sweep with `timeout -s INT` (a cut sweep stops cleanly and resumes on the next call) and
 # pack what the report needs into $OUT.
