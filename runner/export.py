@@ -88,7 +88,9 @@ def write_onnx(program: torch.export.ExportedProgram, model: torch.nn.Module, pa
     (it needs onnxscript, and torch versions differ in what it supports). Returns which one wrote it."""
     names = dict(input_names=["input"], output_names=["logits"])
     try:
-        torch.onnx.export(program, (torch.randn(2, 3, 32, 32),), str(path), dynamo=True, verbose=False, **names)
+        # external_data=False: one file, the weights inside it (its default writes them beside, as .data)
+        torch.onnx.export(program, (torch.randn(2, 3, 32, 32),), str(path), dynamo=True, verbose=False,
+                          external_data=False, **names)
         return "torch.onnx.export(dynamo=True)"
     except Exception as e:  # noqa: BLE001 - any failure: try the other exporter, and say which one wrote
         first = f"{type(e).__name__}: {e}"[:300]
