@@ -8,7 +8,9 @@ itself is not enough: a measurement needs the host to itself.
 
 So timing takes the lock *exclusively* (`timing()`), and everything else a task does on the host -
 training, preparing, compiling, capturing, evaluating, checking - takes it *shared* (`busy()`): that work
-still overlaps on every GPU, and a timing waits until it stops. Writer preference (a turnstile every
+still overlaps on every GPU, and a timing waits until it stops. So does the work around the tasks: a Ray
+worker's imports (runner/worker_setup.py), a task's fetch of its checkpoint and data (tasks.fetch), and
+the driver landing results (phases.run_phase). Writer preference (a turnstile every
 reader passes through) keeps a timing from waiting forever behind a stream of short shared sections.
 
 `flock` and not a Ray actor: the kernel drops the lock of a process that dies (a killed task never

@@ -95,6 +95,21 @@ def test_nested_use_in_one_process_does_not_deadlock_across_kinds(tmp_path, monk
 
 # ---- the bench task's use of it: what runs under which hold -------------------------------------------
 
+def _tiny_trained():
+    """(TrainSpec, checkpoint, data) of a quarter-width airbench trained one epoch on 128 synthetic images."""
+    import torch
+
+    from runner.data import synthetic
+    from runner.train import train
+    from variants import Recipe, TrainSpec
+
+    torch.set_num_threads(1)
+    data = synthetic(n_train=128, n_test=64)
+    spec = TrainSpec(key="tiny", arch="airbench_cifar", arch_args=(("width_mult", 0.25),), seed=0,
+                     recipe=Recipe(epochs=1, batch_size=64, lr=0.05, train_subset=128, test_subset=64))
+    return spec, train(spec, data, torch.device("cpu"), log=lambda s: None), data
+
+
 def test_a_bench_task_times_only_with_the_host_to_itself(monkeypatch):
     """bench_job and recheck_job on the CPU with the lock's two holds recorded: every timing call (the
     benchmark, the pair) runs inside `timing()`, every preparation and check inside `busy()`, never both."""
@@ -103,9 +118,7 @@ def test_a_bench_task_times_only_with_the_host_to_itself(monkeypatch):
     import torch
 
     from runner import bench as bench_mod, optimize, pairs, tasks
-    from runner.data import synthetic
-    from runner.train import train
-    from variants import BenchSpec, Recipe, TrainSpec, Variant
+    from variants import BenchSpec, Variant
 
     held: list[str] = []
     seen: list[tuple[str, tuple]] = []
@@ -135,11 +148,7 @@ def test_a_bench_task_times_only_with_the_host_to_itself(monkeypatch):
     monkeypatch.setattr(tasks, "_checks", under("checks", tasks._checks))
     monkeypatch.setattr(tasks, "task_device", lambda: torch.device("cpu"))
 
-    torch.set_num_threads(1)
-    data = synthetic(n_train=128, n_test=64)
-    spec = TrainSpec(key="tiny", arch="airbench_cifar", arch_args=(("width_mult", 0.25),), seed=0,
-                     recipe=Recipe(epochs=1, batch_size=64, lr=0.05, train_subset=128, test_subset=64))
-    ckpt = train(spec, data, torch.device("cpu"), log=lambda s: None)
+    spec, ckpt, data = _tiny_trained()
     parent = Variant("tiny", precision="fp32")
     child = Variant("tiny", precision="fp32", memory_format="channels_last")
     bench = BenchSpec(warmup=1, iters=5, repeats=2, eval_batch_size=64, pair_rounds=2)
@@ -193,9 +202,7 @@ def test_a_bench_task_times_everything_before_it_profiles_or_checks(tmp_path, mo
     import torch
 
     from runner import bench as bench_mod, breakdown, pairs, tasks
-    from runner.data import synthetic
-    from runner.train import train
-    from variants import BenchSpec, Recipe, TrainSpec, Variant
+    from variants import BenchSpec, Variant
 
     order: list[str] = []
 
@@ -211,11 +218,7 @@ def test_a_bench_task_times_everything_before_it_profiles_or_checks(tmp_path, mo
     monkeypatch.setattr(breakdown, "kernel_breakdown", spy("diagnose", breakdown.kernel_breakdown))
     monkeypatch.setattr(tasks, "_checks", spy("diagnose", tasks._checks))
     monkeypatch.setattr(tasks, "task_device", lambda: torch.device("cpu"))
-    torch.set_num_threads(1)
-    data = synthetic(n_train=128, n_test=64)
-    spec = TrainSpec(key="tiny", arch="airbench_cifar", arch_args=(("width_mult", 0.25),), seed=0,
-                     recipe=Recipe(epochs=1, batch_size=64, lr=0.05, train_subset=128, test_subset=64))
-    ckpt = train(spec, data, torch.device("cpu"), log=lambda s: None)
+    spec, ckpt, data = _tiny_trained()
     a, b, c = (Variant("tiny", precision="fp32"), Variant("tiny", precision="fp32", memory_format="channels_last"),
                Variant("tiny", precision="fp32", bn_fold=True))
     bench = BenchSpec(warmup=1, iters=5, repeats=2, eval_batch_size=64, pair_rounds=2)
