@@ -16,8 +16,9 @@ from typing import Any, Callable
 
 import torch
 
-# Set once torch.profiler has recorded CUDA in this process: from then on CUPTI is hooked into every kernel
-# launch and a timing reads slow (+37% on eager B1, +11% on a CUDA graph, measured: reports/h200-inflation/).
+# Set once torch.profiler has recorded CUDA in this process: from then on every kernel launch is slower
+# (CUPTI staying subscribed, most likely) and a timing reads slow (+37% on eager B1, +11% on a CUDA graph,
+# measured: reports/h200-inflation/).
 # runner.bench refuses to time in such a process.
 _profiled = False
 
