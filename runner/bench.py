@@ -42,8 +42,8 @@ def time_repeat(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, 
     """One repeat: `warmup` untimed calls, then `iters` individually timed calls."""
     cuda = x.device.type == "cuda"
     if cuda and breakdown.profiled():
-        raise RuntimeError("refusing to time in a process that has run torch.profiler: every later launch in it is slower "
-                           "launch (reports/h200-inflation/); time first, profile after")
+        raise RuntimeError("refusing to time in a process that has run torch.profiler: every later launch in it "
+                           "is slower (reports/h200-inflation/); time first, profile after")
     for _ in range(warmup):
         fn(x)
     if cuda:
