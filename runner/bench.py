@@ -41,7 +41,7 @@ def stats(samples_ms: np.ndarray) -> dict[str, float]:
 def time_repeat(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, warmup: int, iters: int) -> Samples:
     """One repeat: `warmup` untimed calls, then `iters` individually timed calls."""
     cuda = x.device.type == "cuda"
-    if cuda and breakdown.profiled():
+    if breakdown.profiled():
         raise RuntimeError("refusing to time in a process that has run torch.profiler: every later launch in it "
                            "is slower (reports/h200-inflation/); time first, profile after")
     for _ in range(warmup):

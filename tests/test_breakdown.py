@@ -78,3 +78,26 @@ def test_a_failing_forward_is_reported_not_raised():
         raise RuntimeError("boom")
     parts = kernel_breakdown(broken, torch.zeros(1, device="cuda"))
     assert parts["kernels_per_forward"] is None and "RuntimeError: boom" in parts["breakdown_note"]
+
+
+def test_no_timing_in_a_process_that_has_profiled(monkeypatch):
+    """runner.bench refuses to time once kernel_breakdown has run the CUDA profiler in the process: every later
+    launch is slower there (reports/h200-inflation/). The flag is set by hand here: on a CPU nothing profiles."""
+    from runner import bench, breakdown
+
+    fn = torch.nn.Identity()
+    x = torch.zeros(1, 3, 32, 32)
+    assert not breakdown.profiled() and len(bench.measure(fn, x, warmup=1, iters=3, repeats=1)[0].lat_ms) == 3
+    monkeypatch.setattr(breakdown, "_profiled", True)
+    with pytest.raises(RuntimeError, match="torch.profiler.*h200-inflation"):
+        bench.measure(fn, x, warmup=1, iters=3, repeats=1)
+
+
+@GPU
+def test_a_cuda_profile_marks_the_process(monkeypatch):
+    from runner import breakdown
+
+    monkeypatch.setattr(breakdown, "_profiled", False)  # restored after: later GPU tests still time
+    x = torch.zeros(1, 3, 32, 32, device="cuda")
+    parts = kernel_breakdown(lambda t: t * 2, x, replays=3, wall_us=10.0)
+    assert breakdown.profiled() and parts["wall_us_per_forward"] == 10.0
