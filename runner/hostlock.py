@@ -10,8 +10,9 @@ So timing takes the lock *exclusively* (`timing()`), and everything else a task 
 training, preparing, compiling, capturing, evaluating, checking - takes it *shared* (`busy()`): that work
 still overlaps on every GPU, and a timing waits until it stops. So does the work around the tasks: a Ray
 worker's imports (runner/worker_setup.py), a task's fetch of its checkpoint and data (tasks.fetch), and
-the driver landing results (phases.run_phase). Writer preference (a turnstile every
-reader passes through) keeps a timing from waiting forever behind a stream of short shared sections.
+the driver landing results (phases.run_phase). Writer preference (a turnstile every reader passes
+through) keeps a timing from waiting forever behind a stream of short shared sections. Shared holds must
+never nest: a timing waiting at the turnstile would wait for the outer hold forever.
 
 `flock` and not a Ray actor: the kernel drops the lock of a process that dies (a killed task never
 blocks the host), and the files are per machine, so two raylets on one host (two `ray start` nodes

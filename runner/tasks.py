@@ -130,8 +130,9 @@ def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str,
 # Within the task, every timing comes before every diagnostic. Measured on an H200 (reports/h200-inflation/):
 # once torch.profiler has run in a process, every later kernel launch of it is slower (CUPTI staying
 # subscribed, most likely); B1 timed 2.57 ms before a kernel breakdown and 3.52 ms after it (+37%), its
-# fp16 CUDA graph +11%, to the end of the process. With breakdown and checks after each variant, every variant but a group's first was timed
-# so (the 2x H200 sweep at 42d5e65: 44 of 48 rows 1.02-2.1x their re-check).
+# fp16 CUDA graph +11%, to the end of the process. With breakdown and checks after each variant, every
+# variant but a group's first was timed so (the 2x H200 sweep at 42d5e65: 44 of 48 rows 1.02-2.1x their
+# re-check).
 
 @dataclasses.dataclass(frozen=True)
 class Later:
