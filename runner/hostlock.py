@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import time
 from typing import Iterator
 
@@ -66,6 +67,7 @@ class Wait:
 def timing() -> Iterator[Wait]:
     """Nothing else of ours works on this host while the block runs (waits for shared holders to leave).
     Yields a Wait: the rows record it (`host_wait_s`), so the cost of exclusivity shows in the report."""
+    release_exit_hold()  # a process never waits on itself
     waited = Wait()
     t0 = time.perf_counter()
     with _flock("turnstile", True), _flock("host", True):
@@ -80,3 +82,48 @@ def busy() -> Iterator[None]:
         pass  # a timing that waits holds the turnstile: new shared holders queue behind it
     with _flock("host", False):
         yield
+
+
+# ---- a hold that ends with the process -------------------------------------------------------------------
+
+EXIT_HOLD_MAX_S = 30.0  # a process that outlives its task this long lets timings go on anyway
+_exit_hold: int | None = None
+_exit_lock = threading.Lock()
+
+
+def hold_until_exit(max_s: float = EXIT_HOLD_MAX_S) -> None:
+    """A shared hold that the kernel drops when this process dies, for a GPU task's last step.
+
+    Why, measured on 2x H200 (reports/h200-neighbour/): processes that create a CUDA context on one GPU
+    and exit made an eager timing on the *other* GPU up to 2x slower (O1 3.1 -> 6.2 ms); a task's exit
+    tears its context down after its last line of Python. Held to the end, that teardown never overlaps a
+    timing. For processes that end after their task (the sweep's `max_calls=1`); in any other, a timer
+    drops the hold after `max_s`, and a `timing()` in the same process drops it first.
+    """
+    global _exit_hold
+    if fcntl is None:
+        return
+    with _flock("turnstile", True):
+        pass  # as busy(): behind a timing that is waiting
+    fd = os.open(lock_path("host"), os.O_RDONLY | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    with _exit_lock:
+        if _exit_hold is not None:
+            os.close(fd)  # held already
+            return
+        _exit_hold = fd
+    timer = threading.Timer(max_s, release_exit_hold)
+    timer.daemon = True
+    timer.start()
+
+
+def release_exit_hold() -> None:
+    global _exit_hold
+    with _exit_lock:
+        if _exit_hold is not None:
+            os.close(_exit_hold)
+            _exit_hold = None
+
+
+def exit_hold_held() -> bool:
+    return _exit_hold is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import traceback
@@ -44,11 +45,28 @@ def stamp() -> str:
 
 
 def task_device() -> torch.device:
-    """The GPU Ray gave this task (CUDA_VISIBLE_DEVICES holds just it), else the CPU."""
+    """The GPU Ray gave this task (CUDA_VISIBLE_DEVICES holds just it), else the CPU.
+
+    The CUDA context is created here, inside a shared hold: creating (and tearing down) a context slowed
+    eager timing on the other GPU up to 2x (reports/h200-neighbour/). Its teardown is `on_gpu`'s job."""
     if ray.get_gpu_ids() and torch.cuda.is_available():
-        torch.cuda.set_device(0)
+        with hostlock.busy():
+            torch.cuda.set_device(0)
+            torch.empty(1, device="cuda:0")  # the context exists now, not at a first use outside the hold
         return torch.device("cuda", 0)
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def on_gpu():
+    """A task's device, and on a GPU a shared hold from the task's end to its process's end, so that the
+    context's teardown never overlaps a timing (runner/hostlock.py `hold_until_exit`)."""
+    device = task_device()
+    try:
+        yield device
+    finally:
+        if device.type == "cuda":
+            hostlock.hold_until_exit()
 
 
 @contextlib.contextmanager
@@ -95,10 +113,10 @@ def train_job(spec: TrainSpec, data: Cifar, teacher_ckpt: dict | None, sweep: st
     from runner.train import train
 
     started = stamp()
-    device = task_device()
-    with hostlock.busy():  # never beside a timing on this host (another sweep's, say)
-        ckpt = train(spec, data, device, teacher_ckpt=teacher_ckpt)
-    ckpt["rows"] = training_rows(spec, ckpt, device, sweep, started)
+    with on_gpu() as device:
+        with hostlock.busy():  # never beside a timing on this host (another sweep's, say)
+            ckpt = train(spec, data, device, teacher_ckpt=teacher_ckpt)
+        ckpt["rows"] = training_rows(spec, ckpt, device, sweep, started)
     return ckpt
 
 
@@ -174,9 +192,13 @@ def bench_job(group: list[Variant], pair_list: list[tuple[Variant, Variant]], mo
     breakdown (the profiler) and checks. Latency first, so a good latency is kept even when the accuracy
     pass fails (`eval_error`), and no timing ever follows a profile (the comment above says why).
     """
+    with on_gpu() as device:
+        return _bench_all(group, pair_list, model_spec, ckpt, data, bench, sweep, hashes, device)
+
+
+def _bench_all(group, pair_list, model_spec, ckpt, data, bench, sweep, hashes, device) -> dict:
     from runner import breakdown
 
-    device = task_device()
     with hostlock.busy():
         ckpt, data = fetch(ckpt), fetch(data)
     with measurement_flags():
@@ -192,6 +214,9 @@ def bench_job(group: list[Variant], pair_list: list[tuple[Variant, Variant]], mo
                        if not ({p.variant_id, c.variant_id} & set(timed)) - set(held)]
         out = {vid: _finish_one(t, ckpt, data, model_spec, bench, device) if isinstance(t, Timed) else t
                for vid, t in timed.items()}
+        with hostlock.busy():  # freeing graphs and memory is driver work too (reports/h200-neighbour/)
+            timed = held = None
+            gc.collect()
     # ... and ended ok: a side that a check turned into an error row drops its pairs.
     bad = {vid for vid, (rows, _) in out.items() if rows[0]["status"] != "ok"}
     return {"bench": out, "pairs": [row for p, c, row in pairs_timed if not {p.variant_id, c.variant_id} & bad]}
@@ -320,30 +345,31 @@ def recheck_job(group: list[Variant], ckpt: dict | Later, bench: BenchSpec) -> l
     order, one at a time (each released before the next is prepared): the in-sweep numbers' witness."""
     from runner import bench as bench_mod
 
-    device = task_device()
-    with hostlock.busy():
-        ckpt = fetch(ckpt)
-    rows = []
-    for variant in reversed(group):
-        started = stamp()
-        row = {"variant_id": variant.variant_id, "started_at": started, **place(), **env.device_info(device)}
-        try:
-            with measurement_flags():
-                with hostlock.busy():
-                    fn, x = _prepared_callable(variant, ckpt, device)
-                with hostlock.timing():
-                    s = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=1)[0]
-            rows.append({**row, "status": "ok", "error": None, "finished_at": stamp(),
-                         "recheck_p50_ms": float(np.median(s.lat_ms)),
-                         "recheck_p95_ms": float(np.percentile(s.lat_ms, 95)),
-                         "recheck_host_p50_ms": float(np.median(s.host_ms))})
-        except Exception as e:
-            rows.append({**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": stamp()})
-        finally:
-            fn = x = None
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return rows
+    with on_gpu() as device:
+        with hostlock.busy():
+            ckpt = fetch(ckpt)
+        rows = []
+        for variant in reversed(group):
+            started = stamp()
+            row = {"variant_id": variant.variant_id, "started_at": started, **place(), **env.device_info(device)}
+            try:
+                with measurement_flags():
+                    with hostlock.busy():
+                        fn, x = _prepared_callable(variant, ckpt, device)
+                    with hostlock.timing():
+                        s = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=1)[0]
+                rows.append({**row, "status": "ok", "error": None, "finished_at": stamp(),
+                             "recheck_p50_ms": float(np.median(s.lat_ms)),
+                             "recheck_p95_ms": float(np.percentile(s.lat_ms, 95)),
+                             "recheck_host_p50_ms": float(np.median(s.host_ms))})
+            except Exception as e:
+                rows.append({**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": stamp()})
+            finally:
+                with hostlock.busy():  # freeing GPU memory is driver work too (reports/h200-neighbour/)
+                    fn = x = None
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+        return rows
 
 
 def _pair_one(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, device: torch.device,
@@ -369,5 +395,8 @@ def _pair_one(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, dev
                 pa, pb = pairs.interleaved(a, b, rounds=rounds, iters=per_side, warmup=max(10, bench.warmup // 10))
     except Exception as e:
         return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": stamp()}
+    finally:
+        with hostlock.busy():  # a parent prepared here is freed inside a hold (see _bench_all)
+            a = b = None
     return {**row, "status": "ok", "error": None, "finished_at": stamp(), "rounds": rounds, "iters_per_round": per_side,
             "parent_p50s_ms": json.dumps(pa), "child_p50s_ms": json.dumps(pb)}
