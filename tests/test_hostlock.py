@@ -227,3 +227,105 @@ def test_a_bench_task_times_everything_before_it_profiles_or_checks(tmp_path, mo
     assert all(rows[0]["status"] == "ok" for rows, _ in out["bench"].values()) and len(out["pairs"]) == 2
     assert order.count("time") == 5 and order.count("diagnose") == 6  # 3 variants + 2 pairs; 3 x (breakdown, checks)
     assert order == ["time"] * 5 + ["diagnose"] * 6, order
+
+
+# ---- the hold a GPU task keeps to its process's end (its CUDA context's teardown) ----------------------
+
+def _hold_to_exit(lock_dir: str, q, linger_s: float, max_s: float) -> None:
+    os.environ[hostlock.LOCK_DIR_ENV] = lock_dir
+    hostlock.hold_until_exit(max_s=max_s)
+    q.put("held")
+    time.sleep(linger_s)  # the task has returned; the process is still ending
+
+
+def _timing_after_exit_hold(lock_dir: str, q) -> None:
+    os.environ[hostlock.LOCK_DIR_ENV] = lock_dir
+    hostlock.hold_until_exit()
+    with hostlock.timing():
+        q.put(hostlock.exit_hold_held())
+
+
+def _wait_for_timing_after(holder_kwargs: dict, lock_dir) -> tuple[float, object]:
+    """Starts a process that takes the exit hold, then times how long a timing here waits for the host."""
+    q = CTX.Queue()
+    holder = CTX.Process(target=_hold_to_exit, args=(str(lock_dir), q), kwargs=holder_kwargs)
+    holder.start()
+    assert q.get(timeout=20) == "held"
+    os.environ[hostlock.LOCK_DIR_ENV] = str(lock_dir)
+    try:
+        t0 = time.monotonic()
+        with hostlock.timing():
+            waited = time.monotonic() - t0
+            alive = holder.is_alive()
+    finally:
+        os.environ.pop(hostlock.LOCK_DIR_ENV, None)
+        holder.kill()
+        holder.join(10)
+    return waited, alive
+
+
+def test_a_timing_waits_for_a_finished_task_s_process_to_end(tmp_path):
+    waited, alive = _wait_for_timing_after({"linger_s": 1.0, "max_s": 30.0}, tmp_path)
+    assert 0.7 < waited < 10 and not alive  # the kernel dropped the hold with the process, not before
+
+
+def test_the_exit_hold_lets_go_after_its_limit(tmp_path):
+    """A process that outlives its task (not the sweep's max_calls=1) blocks timings for max_s at most."""
+    waited, alive = _wait_for_timing_after({"linger_s": 60.0, "max_s": 0.5}, tmp_path)
+    assert waited < 10 and alive
+
+
+def test_a_timing_in_the_holding_process_drops_its_exit_hold(tmp_path):
+    q = CTX.Queue()
+    p = CTX.Process(target=_timing_after_exit_hold, args=(str(tmp_path), q))
+    p.start()
+    p.join(20)
+    assert p.exitcode == 0, "a timing after hold_until_exit in one process deadlocked"
+    assert q.get(timeout=1) is False
+
+
+def test_a_cpu_task_keeps_no_exit_hold(tmp_path, monkeypatch):
+    from runner import tasks
+
+    monkeypatch.setenv(hostlock.LOCK_DIR_ENV, str(tmp_path))
+    with tasks.on_gpu() as device:
+        assert device.type == "cpu"
+    assert not hostlock.exit_hold_held()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_task_creates_its_context_in_a_shared_hold_and_holds_to_its_end(tmp_path):
+    """In a fresh process (a CUDA context cannot be un-made): the context exists when task_device's busy()
+    ends, and on_gpu's end leaves the exit hold taken."""
+    q = CTX.Queue()
+    p = mp.get_context("spawn").Process(target=_gpu_task_probe, args=(str(tmp_path), q))
+    p.start()
+    p.join(120)
+    assert p.exitcode == 0
+    assert q.get(timeout=1) == {"context_made_in_busy": True, "held_after": True}
+
+
+def _gpu_task_probe(lock_dir: str, q) -> None:
+    import contextlib
+
+    import ray
+    import torch
+
+    from runner import tasks
+
+    os.environ[hostlock.LOCK_DIR_ENV] = lock_dir
+    ray.get_gpu_ids = lambda: [0]  # as inside a Ray task given one GPU
+    seen = {}
+    real_busy = hostlock.busy
+
+    @contextlib.contextmanager
+    def busy():
+        with real_busy():
+            yield
+            seen.setdefault("context_made_in_busy", torch.cuda.is_initialized())
+
+    hostlock.busy = busy
+    with tasks.on_gpu():
+        pass
+    seen["held_after"] = hostlock.exit_hold_held()
+    q.put(seen)
