@@ -48,8 +48,9 @@ def task_device() -> torch.device:
     """The GPU Ray gave this task (CUDA_VISIBLE_DEVICES holds just it), else the CPU.
 
     The CUDA context is created here, inside a shared hold: creating (and tearing down) a context slowed
-    eager timing on the other GPU up to 2x (reports/h200-neighbour/). Its teardown is `on_gpu`'s job."""
-    if ray.get_gpu_ids() and torch.cuda.is_available():
+    eager timing on the other GPU up to 2x (reports/h200-neighbour/). Its teardown is `on_gpu`'s job.
+    Outside Ray, the CPU (`ray.get_gpu_ids()` alone would start a local Ray instance)."""
+    if ray.is_initialized() and ray.get_gpu_ids() and torch.cuda.is_available():
         with hostlock.busy():
             torch.cuda.set_device(0)
             torch.empty(1, device="cuda:0")  # the context exists now, not at a first use outside the hold

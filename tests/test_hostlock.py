@@ -285,12 +285,16 @@ def test_a_timing_in_the_holding_process_drops_its_exit_hold(tmp_path):
 
 
 def test_a_cpu_task_keeps_no_exit_hold(tmp_path, monkeypatch):
+    import ray
+
     from runner import tasks
 
     monkeypatch.setenv(hostlock.LOCK_DIR_ENV, str(tmp_path))
+    ray_before = ray.is_initialized()
     with tasks.on_gpu() as device:
         assert device.type == "cpu"
     assert not hostlock.exit_hold_held()
+    assert ray.is_initialized() == ray_before  # asking Ray for GPUs outside Ray would start a local instance
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
@@ -314,7 +318,8 @@ def _gpu_task_probe(lock_dir: str, q) -> None:
     from runner import tasks
 
     os.environ[hostlock.LOCK_DIR_ENV] = lock_dir
-    ray.get_gpu_ids = lambda: [0]  # as inside a Ray task given one GPU
+    ray.is_initialized = lambda: True  # as inside a Ray task given one GPU
+    ray.get_gpu_ids = lambda: [0]
     seen = {}
     real_busy = hostlock.busy
 
