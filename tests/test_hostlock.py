@@ -334,3 +334,44 @@ def _gpu_task_probe(lock_dir: str, q) -> None:
         pass
     seen["held_after"] = hostlock.exit_hold_held()
     q.put(seen)
+
+
+def _process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its parent has not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states from /proc")
+def test_a_ray_task_s_exit_hold_lasts_until_its_worker_is_gone(tmp_path, monkeypatch):
+    """Real Ray, max_calls=1 as the sweep's tasks: a task that ends with hold_until_exit keeps a timing
+    waiting until its worker process has exited, and no longer (well under the 30-s fallback)."""
+    import ray
+
+    monkeypatch.setenv(hostlock.LOCK_DIR_ENV, str(tmp_path))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+                                       hostlock.LOCK_DIR_ENV: str(tmp_path)}})
+    try:
+        def task():  # shipped by value; imports the project in the worker
+            import os
+
+            from runner import hostlock
+            hostlock.hold_until_exit()
+            return os.getpid()
+
+        remote = ray.remote(num_cpus=1, max_calls=1)(task)
+        for _ in range(2):
+            pid = ray.get(remote.remote(), timeout=120)
+            t0 = time.monotonic()
+            with hostlock.timing():
+                waited = time.monotonic() - t0
+                gone = _process_gone(pid)
+            assert gone, "the timing started while the task's worker was still alive"
+            assert waited < 10, waited
+    finally:
+        ray.shutdown()
