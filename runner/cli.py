@@ -7,6 +7,7 @@
     train-bench    train models on one device (no Ray) and tabulate time, throughput and accuracy
     train-summary  merge train-bench outputs into one table
     export         write the chosen (or a named) model as torch.export + ONNX files that load without this project
+    scaling        compare one sweep run on different numbers of GPUs: wall time, speed-up, timelines
     crosscheck     check our latency timer against an independent one (GPU check, runs on CPU too)
     exclusivity    show that a second process on the benchmark GPU is noticed (needs a GPU)
 
@@ -114,6 +115,16 @@ def _export_verb(sub) -> None:
     shared(p, "--data")
 
 
+def _scaling_verb(sub) -> None:
+    p = _verb(sub, "scaling", "runner.scaling:run", "compare runs of one sweep on different numbers of GPUs",
+              "Compare sweep folders of the same sweep file run on different numbers of GPUs: each one's wall "
+              "time (summed over its invocations), speed-up and efficiency against the run with the fewest "
+              "GPUs, where the time went, and their timelines on one axis. Writes OUT/scaling.md and "
+              "OUT/scaling_timeline.png.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="sweep folders, e.g. runs-1gpu/default runs-2gpu/default")
+    shared(p, "--out", default="runs/scaling", metavar="DIR", help="folder to write")
+
+
 def _diagnostic_verbs(sub) -> None:
     p = _verb(sub, "crosscheck", "runner.diagnostics.crosscheck:run",
               "check our batch-1 timer against an independent one",
@@ -148,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_verbs(sub)
     _training_verbs(sub)
     _export_verb(sub)
+    _scaling_verb(sub)
     _diagnostic_verbs(sub)
     return p
 

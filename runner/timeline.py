@@ -126,7 +126,7 @@ def assign_lanes(tasks: pd.DataFrame) -> pd.DataFrame:
 
 # ---- figures and numbers -------------------------------------------------------------------------------
 
-def _busy_s(starts: pd.Series, ends: pd.Series) -> float:
+def busy_seconds(starts: pd.Series, ends: pd.Series) -> float:
     """Seconds covered by the union of the intervals (overlaps counted once)."""
     total, cur_s, cur_e = 0.0, None, None
     for s, e in sorted(zip(starts, ends)):
@@ -143,7 +143,7 @@ def lane_stats(tasks: pd.DataFrame) -> pd.DataFrame:
     if tasks.empty:
         return pd.DataFrame(columns=["lane", "tasks", "busy_s", "idle_s"])
     span = (tasks["end"].max() - tasks["start"].min()).total_seconds()
-    rows = [{"lane": lane, "tasks": len(g), "busy_s": _busy_s(g["start"], g["end"])}
+    rows = [{"lane": lane, "tasks": len(g), "busy_s": busy_seconds(g["start"], g["end"])}
             for lane, g in tasks.groupby("lane", sort=True)]
     out = pd.DataFrame(rows)
     out["idle_s"] = (span - out["busy_s"]).clip(lower=0.0)

@@ -85,7 +85,7 @@ def test_bad_subcommand_exits():
 
 # ---- one CLI: every verb, defaults in --help, shared options defined once --------------------------
 
-VERBS = {"sweep", "list", "report", "train", "train-bench", "train-summary", "export", "crosscheck", "exclusivity"}
+VERBS = {"sweep", "list", "report", "train", "train-bench", "train-summary", "export", "scaling", "crosscheck", "exclusivity"}
 
 
 def _subparsers():

@@ -1,0 +1,105 @@
+"""runner/scaling.py: one sweep on different numbers of GPUs compared. Wall time summed over invocations,
+tasks placed on one clock with resumed invocations end to end, a lane per GPU, speed-up and efficiency
+against the run with the fewest GPUs, unfair comparisons named; on real Parquet files and a published run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runner import scaling
+from runner.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = pd.Timestamp("2026-11-30T10:00:00Z")
+CONFIG = {"name": "default", "bench": {"iters": 500}}
+
+
+def _at(seconds: float) -> str:
+    return (T0 + pd.Timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+
+def _write_run(path: Path, gpus: int, invocations: list[tuple[float, float]], train: list[tuple],
+               bench: list[tuple], config: dict = CONFIG) -> Path:
+    """A sweep folder: sweep.json with its invocations ((start s, wall s), oldest first), training rows
+    (model, gpu, start s, end s) and result rows (variant, gpu, start s, timed s, end s, host wait s)."""
+    path.mkdir(parents=True)
+    (start, wall), *older = invocations[::-1]
+    sweep = {"name": "default", "config": config, "git_commit": "abc", "data_source": "synthetic",
+             "cluster": {"gpus": gpus, "nodes": 1, "gpu_kinds": ["H200"]}, "started_at": _at(start)[:19] + "+00:00",
+             "wall_s": wall, "previous_runs": [{"started_at": _at(s)[:19] + "+00:00", "wall_s": w} for s, w in older[::-1]]}
+    (path / "sweep.json").write_text(json.dumps(sweep))
+    pd.DataFrame([{"model": m, "status": "ok", "gpu_uuid": g, "ray_node_id": "n1", "pid": 1,
+                   "started_at": _at(s), "finished_at": _at(e)} for m, g, s, e in train]).to_parquet(path / "training.parquet")
+    pd.DataFrame([{"variant_id": v, "repeat": 0, "status": "ok", "gpu_uuid": g, "ray_node_id": "n1", "hostname": "vm",
+                   "pid": 2, "started_at": _at(s), "timed_at": _at(t), "checks_started_at": _at(t),
+                   "finished_at": _at(e), "host_wait_s": w} for v, g, s, t, e, w in bench]).to_parquet(path / "results.parquet")
+    return path
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    # one GPU, cut after 100 s and resumed 1000 s later for 50 s more
+    one = _write_run(tmp_path / "one-gpu", 1, [(0, 100), (1000, 50)],
+                     train=[("a", "GPU-a", 5, 60)], bench=[("a-fp16", "GPU-a", 1010, 1020, 1030, 2.0)])
+    # two GPUs, one invocation of 80 s
+    two = _write_run(tmp_path / "two-gpus", 2, [(0, 80)],
+                     train=[("a", "GPU-a", 2, 50), ("b", "GPU-b", 2, 70)],
+                     bench=[("a-fp16", "GPU-b", 71, 75, 78, 1.5)])
+    return one, two
+
+
+def test_wall_time_sums_invocations_and_tasks_sit_on_one_clock(two_runs):
+    one = scaling.load_run(two_runs[0])
+    assert one.wall_s == 150 and len(one.invocations) == 2
+    bench = one.tasks[one.tasks["kind"] == "bench"].iloc[0]
+    # started 10 s into the second invocation, which begins where the first one's 100 s end
+    assert bench["x0"] == pytest.approx(110) and bench["x1"] == pytest.approx(120)
+    train = one.tasks[one.tasks["kind"] == "train"].iloc[0]
+    assert train["x0"] == pytest.approx(5) and train["x1"] == pytest.approx(60)
+
+
+def test_one_lane_per_gpu_named_by_its_host(two_runs):
+    two = scaling.load_run(two_runs[1])
+    assert sorted(two.tasks["lane"].unique()) == ["vm GPU 0", "vm GPU 1"]
+
+
+def test_speed_up_and_efficiency_against_the_fewest_gpus(two_runs):
+    lines = scaling.section([scaling.load_run(p) for p in two_runs])
+    row = next(line for line in lines if line.startswith("| `two-gpus`"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5:9] == ["80", "1.88x", "0.53", "94%"]  # 150 / 80; 80 / 150; 1.875 / 2
+    assert any("share their sweep settings" in line for line in lines)
+    waits = next(line for line in lines if line.startswith("| `one-gpu`") and "%" in line and "x |" not in line)
+    assert "| 2 |" in waits  # the timings' wait for the host, summed
+
+
+def test_runs_of_different_sweeps_are_called_unfair(tmp_path, two_runs):
+    other = _write_run(tmp_path / "other", 2, [(0, 60)], train=[("a", "GPU-a", 1, 30)], bench=[],
+                       config={**CONFIG, "bench": {"iters": 100}})
+    text = "\n".join(scaling.section([scaling.load_run(two_runs[0]), scaling.load_run(other)]))
+    assert "Not a like-for-like comparison" in text and "sweep settings" in text
+
+
+def test_the_verb_writes_the_table_and_the_timelines(two_runs, tmp_path):
+    out = tmp_path / "out"
+    assert main(["scaling", str(two_runs[0]), str(two_runs[1]), "--out", str(out)]) == 0
+    assert "1.88x" in (out / "scaling.md").read_text()
+    assert (out / "scaling_timeline.png").stat().st_size > 10_000
+
+
+def test_a_folder_that_is_not_a_sweep_is_named(tmp_path, two_runs, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["scaling", str(two_runs[0]), str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "empty: no sweep.json" in capsys.readouterr().err
+
+
+def test_the_published_two_node_run_reads_whole():
+    """The real two-node sweep (reports/h200x2-default): cut after 502 s, resumed for 443 s."""
+    run = scaling.load_run(ROOT / "reports" / "h200x2-default")
+    assert run.wall_s == 945 and run.gpus == 2 and len(run.invocations) == 2
+    assert run.tasks["lane"].nunique() == 2  # two GPUs, though the resumed call's Ray nodes had new ids
+    assert (run.tasks["x0"] < 502).any() and (run.tasks["x0"] > 502).any()  # tasks of both invocations
+    assert run.tasks["x1"].max() <= run.wall_s + 1
