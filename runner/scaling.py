@@ -154,8 +154,8 @@ def section(runs: list[Run], figure_name: str = "scaling_timeline.png") -> list[
               "|---|" + "---|" * (len(kinds) + 2)]
     for r in runs:
         t = r.tasks
-        per_kind = [f"{(g['end'] - g['start']).dt.total_seconds().sum():.0f}" if len(g) else "—"
-                    for k in kinds for g in [t[t["kind"] == k] if len(t) else t]]
+        secs = timeline.seconds_by_kind(t) if len(t) else {}
+        per_kind = [f"{secs[k]:.0f}" if k in secs else "—" for k in kinds]
         busy = [timeline.busy_seconds(g["start"], g["end"]) for _, g in t.groupby("lane")] if len(t) else []
         lanes = max(r.gpus, len(busy), 1)
         busy_pct = f"{100 * sum(busy) / (lanes * r.wall_s):.0f}%" if r.wall_s and busy else "—"
@@ -165,11 +165,8 @@ def section(runs: list[Run], figure_name: str = "scaling_timeline.png") -> list[
 
 def _host_wait(path: Path) -> str:
     """Seconds the run's timings waited for the host lock, summed over variants; — for older rows."""
-    try:
-        df = pd.read_parquet(path / "results.parquet", columns=["variant_id", "host_wait_s"])
-    except Exception:  # no results, or rows from before the column existed
-        return "—"
-    return f"{df.drop_duplicates('variant_id')['host_wait_s'].sum():.0f}"
+    w = timeline.host_waits(path)
+    return "—" if w is None else f"{w.sum():.0f}"
 
 
 def draw(runs: list[Run], path: Path):
@@ -179,19 +176,15 @@ def draw(runs: list[Run], path: Path):
     axes = fig.subplots(len(runs), 1, sharex=True, squeeze=False,
                         gridspec_kw={"height_ratios": [max(len(ls), 1) for ls in lanes]})[:, 0]
     for ax, r, run_lanes in zip(axes, runs, lanes):
-        for y, lane in enumerate(run_lanes):
-            for _, t in r.tasks[r.tasks["lane"] == lane].iterrows():
-                ax.barh(y, max(t["x1"] - t["x0"], 0.01), left=t["x0"], height=0.7, color=timeline.COLORS[t["kind"]],
-                        edgecolor="black" if t["status"] == "ok" else "red", linewidth=0.3)
+        if run_lanes:
+            timeline.draw_lanes(ax, r.tasks, run_lanes, r.tasks["x0"], r.tasks["x1"])
+        else:
+            ax.text(0.5, 0.5, "no task has start and end stamps (rows older than them)", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=8, color="grey")
+            ax.set_yticks([])
         for start in [sum(w for _, w in r.invocations[:i]) for i in range(1, len(r.invocations))]:
             ax.axvline(start, color="black", linestyle="--", linewidth=0.8)  # a resumed invocation begins
         ax.axvline(r.wall_s, color="grey", linewidth=1.2)
-        if not run_lanes:
-            ax.text(0.5, 0.5, "no task has start and end stamps (rows older than them)", transform=ax.transAxes,
-                    ha="center", va="center", fontsize=8, color="grey")
-        ax.set_yticks(range(len(run_lanes)))
-        ax.set_yticklabels(run_lanes, fontsize=8)
-        ax.invert_yaxis()
         ax.set_title(f"{r.label}: {r.wall_s:.0f} s wall over {len(r.invocations)} invocation(s)", fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
     axes[-1].set_xlim(0, 1.01 * max(r.wall_s for r in runs))

@@ -150,6 +150,24 @@ def lane_stats(tasks: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def draw_lanes(ax, tasks: pd.DataFrame, lanes: list[str], x0: pd.Series, x1: pd.Series) -> None:
+    """A bar per task (from x0 to x1 seconds) on its lane's row, coloured by kind; red and hatched = not ok."""
+    for y, lane in enumerate(lanes):
+        for i in tasks.index[tasks["lane"] == lane]:
+            ok = tasks.at[i, "status"] == "ok"
+            ax.barh(y, max(x1[i] - x0[i], 0.01), left=x0[i], height=0.7, color=COLORS[tasks.at[i, "kind"]],
+                    edgecolor="black" if ok else "red", linewidth=0.4, hatch=None if ok else "//")
+    ax.set_yticks(range(len(lanes)))
+    ax.set_yticklabels(lanes, fontsize=8)
+    ax.invert_yaxis()
+
+
+def seconds_by_kind(tasks: pd.DataFrame) -> dict[str, float]:
+    """Summed task seconds per kind, in the order the kinds run (kinds without tasks left out)."""
+    return {k: float((g["end"] - g["start"]).dt.total_seconds().sum())
+            for k in COLORS for g in [tasks[tasks["kind"] == k]] if len(g)}
+
+
 def draw(tasks: pd.DataFrame, stats: pd.DataFrame, path: Path):
     """The timeline: a lane per GPU (or CPU slot), a bar per task coloured by kind; hatched = not ok."""
     from matplotlib.patches import Patch
@@ -157,15 +175,8 @@ def draw(tasks: pd.DataFrame, stats: pd.DataFrame, path: Path):
     fig = figure((12, max(2.5, 0.55 * len(lanes) + 1.6)))
     ax = fig.add_subplot()
     t0 = tasks["start"].min()
-    for y, lane in enumerate(lanes):
-        for _, r in tasks[tasks["lane"] == lane].iterrows():
-            x0 = (r["start"] - t0).total_seconds()
-            ax.barh(y, max((r["end"] - r["start"]).total_seconds(), 0.01), left=x0, height=0.7,
-                    color=COLORS[r["kind"]], edgecolor="black" if r["status"] == "ok" else "red", linewidth=0.4,
-                    hatch=None if r["status"] == "ok" else "//")
-    ax.set_yticks(range(len(lanes)))
+    draw_lanes(ax, tasks, lanes, (tasks["start"] - t0).dt.total_seconds(), (tasks["end"] - t0).dt.total_seconds())
     ax.set_yticklabels([f"{r.lane}\nidle {r.idle_s:.0f} s" for r in stats.itertuples()], fontsize=8)
-    ax.invert_yaxis()
     span = (tasks["end"].max() - t0).total_seconds()
     ax.set_xlim(0, span * 1.01 if span > 0 else 1)
     ax.set_xlabel("seconds since the sweep's first task started")
@@ -223,8 +234,7 @@ def section(run_dir: str | Path, out_dir: str | Path | None = None) -> list[str]
                  if isinstance(wall, (int, float)) else "") + ". Idle: time a lane ran none of its tasks "
               "(between phases, and each fresh worker process starting before its task's clock begins).", "",
               "![timeline](timeline.png)", ""]
-    per_kind = [[k, len(g), f"{(g['end'] - g['start']).dt.total_seconds().sum():.1f}"]
-                for k in COLORS for g in [tasks[tasks["kind"] == k]] if len(g)]
+    per_kind = [[k, int((tasks["kind"] == k).sum()), f"{sec:.1f}"] for k, sec in seconds_by_kind(tasks).items()]
     lines += _table(["kind", "tasks", "summed s"], per_kind) + [""]
     lines += _table(["lane", "tasks", "busy s", "idle s", "busy %"],
                     [[r.lane, r.tasks, f"{r.busy_s:.1f}", f"{r.idle_s:.1f}",
@@ -232,16 +242,23 @@ def section(run_dir: str | Path, out_dir: str | Path | None = None) -> list[str]
     return lines + _host_wait(Path(run_dir)) + _not_drawn(untimed)
 
 
-def _host_wait(run_dir: Path) -> list[str]:
-    """What keeping every timing alone on its host cost: the benchmarks' waits for the host lock."""
-    path = run_dir / "results.parquet"
+def host_waits(run_dir: Path) -> pd.Series | None:
+    """Each benchmarked variant's wait for the host lock (seconds); None without results or the column."""
+    path = Path(run_dir) / "results.parquet"
     try:
         df = pd.read_parquet(path, columns=["variant_id", "host_wait_s"]) if path.exists() else None
     except (OSError, ValueError, KeyError):  # an older file without the column
-        return []
+        return None
     if df is None or df["host_wait_s"].isna().all():
+        return None
+    return df.dropna(subset=["host_wait_s"]).drop_duplicates("variant_id")["host_wait_s"]
+
+
+def _host_wait(run_dir: Path) -> list[str]:
+    """What keeping every timing alone on its host cost: the benchmarks' waits for the host lock."""
+    w = host_waits(run_dir)
+    if w is None:
         return []
-    w = df.dropna(subset=["host_wait_s"]).drop_duplicates("variant_id")["host_wait_s"]
     return [f"Benchmarks waited {w.sum():.1f} s in all (longest {w.max():.1f} s, {len(w)} variants) for the host "
             "to themselves: a timing holds the machine exclusively while other tasks may only prepare, "
             "compile or check (runner/hostlock.py).", ""]

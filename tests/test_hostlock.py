@@ -110,12 +110,25 @@ def _tiny_trained():
     return spec, train(spec, data, torch.device("cpu"), log=lambda s: None), data
 
 
+def _spy_on_cpu(monkeypatch, record, *targets: tuple[object, str, str]) -> None:
+    """Run tasks on the CPU, and wrap each (module, function, name) so that every call first does
+    record(name)."""
+    import torch
+
+    from runner import tasks
+
+    for obj, attr, name in targets:
+        def wrapped(*a, _fn=getattr(obj, attr), _name=name, **k):
+            record(_name)
+            return _fn(*a, **k)
+        monkeypatch.setattr(obj, attr, wrapped)
+    monkeypatch.setattr(tasks, "task_device", lambda: torch.device("cpu"))
+
+
 def test_a_bench_task_times_only_with_the_host_to_itself(monkeypatch):
     """bench_job and recheck_job on the CPU with the lock's two holds recorded: every timing call (the
     benchmark, the pair) runs inside `timing()`, every preparation and check inside `busy()`, never both."""
     import contextlib
-
-    import torch
 
     from runner import bench as bench_mod, optimize, pairs, tasks
     from variants import BenchSpec, Variant
@@ -134,19 +147,11 @@ def test_a_bench_task_times_only_with_the_host_to_itself(monkeypatch):
                 held.pop()
         return cm
 
-    def under(name, fn):
-        def wrapped(*a, **k):
-            seen.append((name, tuple(held)))
-            return fn(*a, **k)
-        return wrapped
-
     monkeypatch.setattr(hostlock, "timing", hold("timing"))
     monkeypatch.setattr(hostlock, "busy", hold("busy"))
-    monkeypatch.setattr(bench_mod, "measure", under("measure", bench_mod.measure))
-    monkeypatch.setattr(pairs, "interleaved", under("pair", pairs.interleaved))
-    monkeypatch.setattr(optimize, "prepare", under("prepare", optimize.prepare))
-    monkeypatch.setattr(tasks, "_checks", under("checks", tasks._checks))
-    monkeypatch.setattr(tasks, "task_device", lambda: torch.device("cpu"))
+    _spy_on_cpu(monkeypatch, lambda name: seen.append((name, tuple(held))),
+                (bench_mod, "measure", "measure"), (pairs, "interleaved", "pair"),
+                (optimize, "prepare", "prepare"), (tasks, "_checks", "checks"))
 
     spec, ckpt, data = _tiny_trained()
     parent = Variant("tiny", precision="fp32")
@@ -199,25 +204,13 @@ def test_a_starting_ray_worker_imports_inside_a_shared_hold(tmp_path, monkeypatc
 def test_a_bench_task_times_everything_before_it_profiles_or_checks(tmp_path, monkeypatch):
     """No timing in a bench task follows a kernel breakdown (its profiler slows every later launch of the
     process, reports/h200-inflation/) or an accuracy check: variants first, then pairs, then diagnostics."""
-    import torch
-
     from runner import bench as bench_mod, breakdown, pairs, tasks
     from variants import BenchSpec, Variant
 
     order: list[str] = []
-
-    def spy(name, fn):
-        def wrapped(*a, **k):
-            order.append(name)
-            return fn(*a, **k)
-        return wrapped
-
     monkeypatch.setenv(hostlock.LOCK_DIR_ENV, str(tmp_path))
-    monkeypatch.setattr(bench_mod, "measure", spy("time", bench_mod.measure))
-    monkeypatch.setattr(pairs, "interleaved", spy("time", pairs.interleaved))
-    monkeypatch.setattr(breakdown, "kernel_breakdown", spy("diagnose", breakdown.kernel_breakdown))
-    monkeypatch.setattr(tasks, "_checks", spy("diagnose", tasks._checks))
-    monkeypatch.setattr(tasks, "task_device", lambda: torch.device("cpu"))
+    _spy_on_cpu(monkeypatch, order.append, (bench_mod, "measure", "time"), (pairs, "interleaved", "time"),
+                (breakdown, "kernel_breakdown", "diagnose"), (tasks, "_checks", "diagnose"))
     spec, ckpt, data = _tiny_trained()
     a, b, c = (Variant("tiny", precision="fp32"), Variant("tiny", precision="fp32", memory_format="channels_last"),
                Variant("tiny", precision="fp32", bn_fold=True))
