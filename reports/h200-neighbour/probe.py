@@ -23,12 +23,16 @@ does one thing at a time, in a loop:
     spin-other-core  the same busy loop on another physical core
     cuda-start-exit-held   cuda-start-exit, each process as a sweep task does it since the fix: its context
                      created inside `hostlock.busy()`, and `hostlock.hold_until_exit()` as its last step
+    idle-pinned      nothing on GPU 1, and the timing process pinned to one CPU (is the jitter its own?)
 
 Every window is timed inside `hostlock.timing()`, as the sweep times.
 
-(The two spin activities pin the timing process to one CPU for their windows; the others leave it free.)
+(The two spin activities and idle-pinned pin the timing process to one CPU for their windows; the others
+leave it free.)
 
-One JSON line per timed window: activity, variant, p50 and host p50 of 300 calls.
+One JSON line per timed window: activity, variant, p50 and host p50 of 300 calls, the CPU the timing
+thread was on at the window's end and the involuntary context switches it took during the window, the VM's steal time in that window,
+and three yardsticks taken after it (`canaries`).
 """
 from __future__ import annotations
 
@@ -60,6 +64,53 @@ def cpu_for(activity: str) -> int | None:
     if activity == "spin-sibling":
         return min(others) if others else None  # no SMT: nothing to test
     return max(os.sched_getaffinity(0) - siblings)
+
+
+def current_cpu() -> int:
+    """The CPU this (main) thread last ran on: field 39 of its /proc stat line."""
+    stat = Path(f"/proc/self/task/{os.getpid()}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[36])
+
+
+def involuntary_switches() -> int:
+    """How often the scheduler has taken the CPU from this thread so far."""
+    for line in Path(f"/proc/self/task/{os.getpid()}/status").read_text().splitlines():
+        if line.startswith("nonvoluntary_ctxt_switches"):
+            return int(line.split()[1])
+    return -1
+
+
+def steal_jiffies() -> int:
+    """Time the hypervisor ran something else on this VM's CPUs (all CPUs, /proc/stat's steal field)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) if len(fields) > 8 else -1
+
+
+def canaries(device) -> dict:
+    """Two fixed yardsticks taken right after a window, to tell whose speed changed in a slow one: the
+    CPU's (a pure-Python loop) or the launch path's (tiny kernels, host clock around each launch)."""
+    import torch
+    t0 = time.perf_counter()
+    n = 0
+    for i in range(200_000):
+        n += i
+    cpu_loop_ms = (time.perf_counter() - t0) * 1e3
+    x = torch.zeros(1, device=device)
+    torch.cuda.synchronize()
+    launches = []
+    for _ in range(500):
+        t = time.perf_counter()
+        x.add_(1)
+        launches.append(time.perf_counter() - t)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(200):
+        x.add_(1)
+        torch.cuda.synchronize()
+    roundtrip_us = (time.perf_counter() - t) / 200 * 1e6
+    launches.sort()
+    return {"cpu_loop_ms": cpu_loop_ms, "launch_us": launches[len(launches) // 2] * 1e6,
+            "launch_sync_us": roundtrip_us}
 
 
 def neighbour(activity: str, seconds: float) -> None:
@@ -169,18 +220,21 @@ def main() -> None:
                                    "--seconds", str(seconds)], env=env, stdout=subprocess.PIPE, text=True)
             ready = nb.stdout.readline().strip()
             assert ready.startswith("ready"), ready
-            pinned = activity.startswith("spin")
+            pinned = activity.startswith("spin") or activity == "idle-pinned"
             if pinned:
                 free = os.sched_getaffinity(0)
                 os.sched_setaffinity(0, {TIMING_CPU})
             time.sleep(1.0)  # its loop has started
             for w in range(args.windows):
                 for name, (fn, x) in fns.items():
+                    switches, steal = involuntary_switches(), steal_jiffies()
                     with hostlock.timing():
                         s = bench.measure(fn, x, warmup=30, iters=args.iters, repeats=1)[0]
                     row = {"activity": activity, "window": w, "variant": name, "neighbour": ready,
                            "p50_ms": float(np.median(s.lat_ms)), "host_p50_ms": float(np.median(s.host_ms)),
-                           "p95_ms": float(np.percentile(s.lat_ms, 95))}
+                           "p95_ms": float(np.percentile(s.lat_ms, 95)), "cpu": current_cpu(),
+                           "involuntary_switches": involuntary_switches() - switches,
+                           "steal_jiffies": steal_jiffies() - steal, **canaries(device)}
                     print("PROBE " + json.dumps(row), flush=True)
                     rows.append(row)
             if pinned:
