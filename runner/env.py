@@ -124,16 +124,24 @@ class GpuMonitor:
             self.samples.append(nvml_state(self.uuid))
 
     def summary(self) -> dict[str, Any]:
-        s = [x for x in self.samples if x["sm_clock_mhz"] is not None]
-        if not s:
-            return {"nvml_note": self.note, "gpu_exclusive": None, "nvml_samples": 0}
-        others = sorted({p for x in s for p in (x["gpu_other_pids"] or "").split(",") if p.strip().isdigit()})
-        exclusive = [x["gpu_exclusive"] for x in s]
-        return {"nvml_note": self.note, "nvml_samples": len(s),
-                "gpu_exclusive": None if None in exclusive else all(exclusive),
-                "gpu_other_pids": ",".join(others) or s[0]["gpu_other_pids"],
-                "sm_clock_mhz_before": s[0]["sm_clock_mhz"], "sm_clock_mhz_after": s[-1]["sm_clock_mhz"],
-                "sm_clock_mhz_min": min(x["sm_clock_mhz"] for x in s),
-                "sm_clock_mhz_max": max(x["sm_clock_mhz"] for x in s),
-                "temp_c_before": s[0]["temp_c"], "temp_c_after": s[-1]["temp_c"],
-                "temp_c_max": max(x["temp_c"] for x in s), "driver_version": s[0]["driver_version"]}
+        return gpu_summary([self])
+
+
+def gpu_summary(monitors: list[GpuMonitor]) -> dict[str, Any]:
+    """One summary of the samples of `monitors`, pooled in order: a variant whose repeats were each timed
+    under their own monitor (runner/round_robin.py) gets the columns a single monitor gives, over all of
+    them (clock range and peak temperature over every repeat, samples summed, notes once each)."""
+    s = [x for m in monitors for x in m.samples if x["sm_clock_mhz"] is not None]
+    note = "; ".join(dict.fromkeys(m.note for m in monitors if m.note)) or None
+    if not s:
+        return {"nvml_note": note, "gpu_exclusive": None, "nvml_samples": 0}
+    others = sorted({p for x in s for p in (x["gpu_other_pids"] or "").split(",") if p.strip().isdigit()})
+    exclusive = [x["gpu_exclusive"] for x in s]
+    return {"nvml_note": note, "nvml_samples": len(s),
+            "gpu_exclusive": None if None in exclusive else all(exclusive),
+            "gpu_other_pids": ",".join(others) or s[0]["gpu_other_pids"],
+            "sm_clock_mhz_before": s[0]["sm_clock_mhz"], "sm_clock_mhz_after": s[-1]["sm_clock_mhz"],
+            "sm_clock_mhz_min": min(x["sm_clock_mhz"] for x in s),
+            "sm_clock_mhz_max": max(x["sm_clock_mhz"] for x in s),
+            "temp_c_before": s[0]["temp_c"], "temp_c_after": s[-1]["temp_c"],
+            "temp_c_max": max(x["temp_c"] for x in s), "driver_version": s[0]["driver_version"]}

@@ -68,8 +68,8 @@ def recheck_section(table: pd.DataFrame, any_gpu: bool) -> list[str]:
     if table.empty:
         return lines + ["No re-check in this sweep folder (older runs, or `bench.recheck: -1`).", ""]
     n_out = int((~table["within"].astype(bool)).sum())
-    lines += [f"At the end of the sweep, these rows were timed again, each alone in a fresh process with the "
-              f"sweep's own protocol (one repeat), with nothing compiling or training beside them. Tolerance: "
+    lines += [f"At the end of the sweep, these rows were timed again in fresh processes, with the sweep's own "
+              f"protocol and nothing compiling or training beside them: {_recheck_repeats(table)}. Tolerance: "
               f"{agreement.TOLERANCE['graph']:.0%} for graphed rows, {agreement.TOLERANCE['eager']:.0%} for eager "
               f"ones. {len(table) - n_out} of {len(table)} agree"
               + (f"; **{n_out} disagree, and are flagged in every table**." if n_out else ".")
@@ -80,6 +80,18 @@ def recheck_section(table: pd.DataFrame, any_gpu: bool) -> list[str]:
         lines.append(f"| `{r['variant_id']}` | {r['brief_id'] or DASH} | {r['kind']} | {r['sweep_p50_ms']:.4f} | "
                      f"{r['recheck_p50_ms']:.4f} | {r['ratio']:.3f} | {'yes' if r['within'] else '**no**'} |")
     return lines + [""]
+
+
+def _recheck_repeats(table: pd.DataFrame) -> str:
+    """How many repeats the re-checks had: rows from before the column were timed once."""
+    n = sorted({int(x) for x in table["recheck_repeats"].dropna()}) if "recheck_repeats" in table else []
+    if not n:
+        return "one repeat each"
+    count = str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    return (f"{count} repeats each, spread round-robin over the re-checked variants of a group, so that a few "
+            f"seconds of a slow host phase hit at most one repeat of a variant (a variant re-checked alone in its "
+            f"group has its repeats back to back); the re-check p50 is the median over repeats of each repeat's "
+            f"p50, as the in-sweep one is")
 
 
 def disagreeing(table: pd.DataFrame) -> set[str]:

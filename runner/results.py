@@ -11,8 +11,8 @@ Layout of a sweep folder (written by `runner/sweep.py`, read by `runner/report.p
 Column names carry their units (`lat_p95_ms`, `compile_s`, `size_mb`). A failure is a row with
 `status` error / skipped and `error`, never a missing row. Task rows carry `started_at` and `finished_at`
 (ISO UTC). New columns go last (`started_at`, then `host_wait_s`, `timed_at`, `checks_started_at` in
-results), and files written before they existed still read (read_folder reads every part with the schema:
-a column a part lacks comes back as nulls).
+results; `recheck_repeats`, `recheck_cv_pct` in re-checks), and files written before they existed still
+read (read_folder reads every part with the schema: a column a part lacks comes back as nulls).
 """
 from __future__ import annotations
 
@@ -79,14 +79,18 @@ PAIR_SCHEMA = pa.schema(
      ("finished_at", pa.string()), ("started_at", pa.string())]
 )
 
-# One row per variant re-timed at the end of a sweep, alone (runner/agreement.py compares).
+# One row per variant re-timed at the end of a sweep, alone (runner/agreement.py compares). recheck_*_ms:
+# the median over its repeats of each repeat's statistic, as summarize() gives the in-sweep ones.
 RECHECK_SCHEMA = pa.schema(
     [("variant_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
      ("recheck_p50_ms", pa.float64()), ("recheck_p95_ms", pa.float64()), ("recheck_host_p50_ms", pa.float64()),
      ("device", pa.string()), ("gpu_name", pa.string()), ("gpu_uuid", pa.string()), ("ray_node_id", pa.string()),
      ("pid", pa.int64()), ("code_digest", pa.string()), ("torch_version", pa.string()), ("cuda_version", pa.string()),
      ("cudnn_version", pa.string()), ("ray_version", pa.string()), ("hostname", pa.string()),
-     ("git_commit", pa.string()), ("finished_at", pa.string()), ("started_at", pa.string())]
+     ("git_commit", pa.string()), ("finished_at", pa.string()), ("started_at", pa.string()),
+     # the repeats it was timed with (round-robin over its group, runner/round_robin.py) and the CV of their
+     # p50s (as `lat_cv_pct`); None in older rows, which were timed once
+     ("recheck_repeats", pa.int32()), ("recheck_cv_pct", pa.float64())]
 )
 
 TRAINING_SCHEMA = pa.schema(

@@ -139,12 +139,13 @@ def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str,
 
 # ---- the benchmark of a group of variants ---------------------------------------------------------------
 # One task measures a *group*: the variants of one model that share precision and whether they compile
-# (runner/phases.py groups them), one after another in one fresh process on one GPU, then the group's
-# parent/child pairs with the callables it already holds. Why groups: each fresh process costs seconds
-# (Ray worker start, torch import, CUDA context, checkpoint and data) that dwarf the ~0.4 s a graphed
-# variant takes to time. Each variant is still timed with nothing else on its GPU and the host to itself
-# (phases, runner/hostlock.py); the re-check phase times the same groups in *reverse* order in other
-# processes, so a variant whose number depended on what ran before it in the process would disagree there.
+# (runner/phases.py groups them), in one fresh process on one GPU: all prepared, then timed in rounds (each
+# round one repeat of every variant: runner/round_robin.py says why), then the group's parent/child pairs
+# with the callables it already holds. Why groups: each fresh process costs seconds (Ray worker start, torch
+# import, CUDA context, checkpoint and data) that dwarf the ~0.4 s a graphed variant takes to time. Each
+# variant is still timed with nothing else on its GPU and the host to itself (phases, runner/hostlock.py);
+# the re-check phase times the same groups in *reverse* order in other processes, so a variant whose number
+# depended on what ran before it in the process would disagree there.
 #
 # Within the task, every timing comes before every diagnostic. Measured on an H200 (reports/h200-inflation/):
 # once torch.profiler has run in a process, every later kernel launch of it is slower (CUPTI staying
@@ -172,7 +173,8 @@ def fetch(arg: Any) -> Any:
 
 @dataclasses.dataclass
 class Timed:
-    """A variant prepared and timed, waiting for its diagnostics and checks (bench_job's third pass)."""
+    """A variant prepared (its `samples` empty until the rounds time it), then timed and waiting for its
+    diagnostics and checks (bench_job's third pass)."""
     variant: Variant
     base: dict
     model: torch.nn.Module
@@ -189,7 +191,8 @@ def bench_job(group: list[Variant], pair_list: list[tuple[Variant, Variant]], mo
     faults. Returns {"bench": {variant_id: (rows, raw samples)}, "pairs": [pair row, ...]} (no row for a
     pair with a side in this group that did not end ok).
 
-    Three passes: (1) each variant prepared and timed, (2) the pairs timed, (3) each variant's kernel
+    Three passes: (1) every variant prepared, then timed in rounds (round r times repeat r of each variant,
+    runner/round_robin.py says why), (2) the pairs timed, (3) each variant's kernel
     breakdown (the profiler) and checks. Latency first, so a good latency is kept even when the accuracy
     pass fails (`eval_error`), and no timing ever follows a profile (the comment above says why).
     """
@@ -207,8 +210,9 @@ def _bench_all(group, pair_list, model_spec, ckpt, data, bench, sweep, hashes, d
         if device.type == "cuda":
             with hostlock.timing():
                 floor = breakdown.launch_floor(device)  # the GPU's floor, once per process: the same for every row
-        timed = {v.variant_id: _time_one(v, model_spec, ckpt, bench, sweep, hashes[v.variant_id], device, floor)
+        ready = {v.variant_id: _prepare_one(v, model_spec, ckpt, bench, sweep, hashes[v.variant_id], device)
                  for v in group}
+        timed = _time_group(ready, bench, device, floor)
         held = {vid: (t.fn, t.x) for vid, t in timed.items() if isinstance(t, Timed)}
         # A pair needs both sides timed: one of this group that was skipped or failed has no pair.
         pairs_timed = [(p, c, _pair_one(p, c, ckpt, bench, device, held)) for p, c in pair_list
@@ -216,16 +220,15 @@ def _bench_all(group, pair_list, model_spec, ckpt, data, bench, sweep, hashes, d
         out = {vid: _finish_one(t, ckpt, data, model_spec, bench, device) if isinstance(t, Timed) else t
                for vid, t in timed.items()}
         with hostlock.busy():  # freeing graphs and memory is driver work too (reports/h200-neighbour/)
-            timed = held = None
+            ready = timed = held = None  # `ready` still holds the variants whose timing failed
             gc.collect()
     # ... and ended ok: a side that a check turned into an error row drops its pairs.
     bad = {vid for vid, (rows, _) in out.items() if rows[0]["status"] != "ok"}
     return {"bench": out, "pairs": [row for p, c, row in pairs_timed if not {p.variant_id, c.variant_id} & bad]}
 
 
-def _time_one(variant, model_spec, ckpt, bench, sweep, spec_hash, device, floor) -> Timed | tuple[list, list]:
-    """Prepare one variant and time it at batch 1: a Timed, or the (rows, []) of a skipped or failed one."""
-    from runner import bench as bench_mod
+def _prepare_one(variant, model_spec, ckpt, bench, sweep, spec_hash, device) -> Timed | tuple[list, list]:
+    """Prepare one variant for batch 1: a Timed without samples, or the (rows, []) of a skipped or failed one."""
     from runner import optimize
     from runner.train import model_from_checkpoint
 
@@ -233,22 +236,38 @@ def _time_one(variant, model_spec, ckpt, bench, sweep, spec_hash, device, floor)
     try:
         with hostlock.busy():  # preparing, compiling and capturing overlap other tasks' work, never a timing
             model = model_from_checkpoint(ckpt, device)
-            # reset=False: the group's earlier compiled variants stay valid for its pairs (a fresh process has
-            # no other leftovers; measurement_flags raises dynamo's recompile limit so they never fall back).
+            # reset=False: the group's earlier compiled variants stay valid for its rounds and pairs (a fresh
+            # process has no other leftovers; measurement_flags raises dynamo's recompile limit so they never
+            # fall back).
             prepared = optimize.prepare(model, variant, device, reset=False)  # Unsupported: a skipped row
             fn, x, compile_s = prepared.callable_for(1)
-        with hostlock.timing() as waited:  # the host to itself: see runner/hostlock.py
-            with env.GpuMonitor(base["gpu_uuid"]) as gpu:
-                samples = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=bench.repeats)
     except optimize.Unsupported as e:
         return [{**base, "status": "skipped", "error": str(e), "repeat": 0, "finished_at": stamp()}], []
     except Exception as e:  # a crash, an OOM, an unsupported compile: a row that says so, and the group goes on
-        tb = traceback.format_exc(limit=6)
-        return [{**base, "status": "error", "error": f"{type(e).__name__}: {e}\n{tb}"[:4000], "repeat": 0,
-                 "finished_at": stamp()}], []
-    extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params,
-             "host_wait_s": waited.s, "timed_at": stamp(), **gpu.summary(), **floor}
-    return Timed(variant, base, model, prepared, fn, x, samples, extra)
+        return _error_rows(base, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}")
+    extra = {"compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params}
+    return Timed(variant, base, model, prepared, fn, x, [], extra)
+
+
+def _time_group(ready: dict, bench, device, floor) -> dict[str, Timed | tuple[list, list]]:
+    """Time the group's prepared variants at batch 1, repeats round-robin (runner/round_robin.py): each
+    Timed gets its samples and timing columns, or becomes an error row if a repeat raised."""
+    from runner import round_robin
+
+    prepared = {vid: t for vid, t in ready.items() if isinstance(t, Timed)}
+    done = round_robin.time_round_robin({vid: (t.fn, t.x) for vid, t in prepared.items()}, bench,
+                                        env.device_info(device)["gpu_uuid"], stamp)
+    out = dict(ready)
+    for vid, t in prepared.items():
+        r = done[vid]
+        out[vid] = _error_rows(t.base, r.error, r.timed_at) if r.error else dataclasses.replace(
+            t, samples=r.samples, extra={**t.extra, "host_wait_s": r.host_wait_s, "timed_at": r.timed_at,
+                                         **r.gpu(), **floor})
+    return out
+
+
+def _error_rows(base: dict, error: str, finished_at: str | None = None) -> tuple[list, list]:
+    return [{**base, "status": "error", "error": error[:4000], "repeat": 0, "finished_at": finished_at or stamp()}], []
 
 
 def _finish_one(t: Timed, ckpt, data, model_spec, bench, device) -> tuple[list[dict], list[dict]]:
@@ -332,45 +351,68 @@ def _checks(model, prepared, fn1, x1, data, model_spec, bench, device, variant) 
 
 # ---- re-check and paired timing (no accuracy: these only time) -----------------------------------------
 
-def _prepared_callable(variant: Variant, ckpt: dict, device: torch.device, reset: bool = True):
+def _prepared_callable(variant: Variant, ckpt: dict, device: torch.device):
+    """reset=False: the callables the task prepared before stay valid for its rounds and pairs (a task's
+    process is fresh, so there is nothing else to reset)."""
     from runner import optimize
     from runner.train import model_from_checkpoint
 
-    prepared = optimize.prepare(model_from_checkpoint(ckpt, device), variant, device, reset=reset)
+    prepared = optimize.prepare(model_from_checkpoint(ckpt, device), variant, device, reset=False)
     fn, x, _ = prepared.callable_for(1)
     return fn, x
 
 
 def recheck_job(group: list[Variant], ckpt: dict | Later, bench: BenchSpec) -> list[dict]:
     """Time each variant of a group again with the sweep's protocol, in the *reverse* of the bench task's
-    order, one at a time (each released before the next is prepared): the in-sweep numbers' witness."""
-    from runner import bench as bench_mod
+    order: the in-sweep numbers' witness. Like the bench task, all are prepared first, then timed
+    `bench.repeats` times round-robin (runner/round_robin.py), so a few seconds of a slow host phase hit at
+    most one repeat of a variant; the row's statistics are medians over repeats, as the report's are."""
+    from runner import round_robin
 
     with on_gpu() as device:
         with hostlock.busy():
             ckpt = fetch(ckpt)
-        rows = []
-        for variant in reversed(group):
-            started = stamp()
-            row = {"variant_id": variant.variant_id, "started_at": started, **place(), **env.device_info(device)}
-            try:
-                with measurement_flags():
-                    with hostlock.busy():
-                        fn, x = _prepared_callable(variant, ckpt, device)
-                    with hostlock.timing():
-                        s = bench_mod.measure(fn, x, warmup=bench.warmup, iters=bench.iters, repeats=1)[0]
-                rows.append({**row, "status": "ok", "error": None, "finished_at": stamp(),
-                             "recheck_p50_ms": float(np.median(s.lat_ms)),
-                             "recheck_p95_ms": float(np.percentile(s.lat_ms, 95)),
-                             "recheck_host_p50_ms": float(np.median(s.host_ms))})
-            except Exception as e:
-                rows.append({**row, "status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "finished_at": stamp()})
-            finally:
-                with hostlock.busy():  # freeing GPU memory is driver work too (reports/h200-neighbour/)
-                    fn = x = None
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-        return rows
+        order = list(reversed(group))
+        rows = {v.variant_id: {"variant_id": v.variant_id, **place(), **env.device_info(device)} for v in order}
+        held: dict[str, tuple] = {}
+        try:
+            with measurement_flags():
+                for v in order:
+                    rows[v.variant_id]["started_at"] = stamp()
+                    _prepare_recheck(v, ckpt, device, held, rows[v.variant_id])
+                done = round_robin.time_round_robin(held, bench, env.device_info(device)["gpu_uuid"], stamp)
+        finally:
+            with hostlock.busy():  # freeing GPU memory is driver work too (reports/h200-neighbour/)
+                held = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        return [_recheck_row(rows[v.variant_id], done.get(v.variant_id), bench) for v in order]
+
+
+def _prepare_recheck(variant: Variant, ckpt: dict, device: torch.device, held: dict, row: dict) -> None:
+    """The variant's batch-1 callable into `held`, or its error into `row`."""
+    try:
+        with hostlock.busy():
+            held[variant.variant_id] = _prepared_callable(variant, ckpt, device)
+    except Exception as e:
+        row.update(status="error", error=f"{type(e).__name__}: {e}"[:2000], finished_at=stamp())
+
+
+def _recheck_row(row: dict, r: Any, bench: BenchSpec) -> dict:
+    """A re-check row from the variant's round_robin.Repeats `r`: the median over repeats of each repeat's
+    statistic, as runner/results.summarize makes the in-sweep p50 the agreement table compares with; or the
+    error of a repeat, or (`r` None) the error `row` already holds of a variant that was not prepared."""
+    from runner import bench as bench_mod
+
+    if row.get("status") == "error":
+        return row
+    if r.error:
+        return {**row, "status": "error", "error": r.error[:2000], "finished_at": r.timed_at}
+    reps = bench_mod.repeat_rows(r.samples, bench.cv_flag_pct)
+    med = {c: float(np.median([x[c] for x in reps])) for c in ("lat_p50_ms", "lat_p95_ms", "host_p50_ms")}
+    return {**row, "status": "ok", "error": None, "finished_at": r.timed_at, "recheck_p50_ms": med["lat_p50_ms"],
+            "recheck_p95_ms": med["lat_p95_ms"], "recheck_host_p50_ms": med["host_p50_ms"],
+            "recheck_repeats": len(reps), "recheck_cv_pct": reps[0]["lat_cv_pct"]}
 
 
 def _pair_one(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, device: torch.device,
@@ -389,8 +431,8 @@ def _pair_one(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, dev
     try:
         with measurement_flags():
             with hostlock.busy():
-                a = held.get(parent.variant_id) or _prepared_callable(parent, ckpt, device, reset=False)
-                b = held.get(child.variant_id) or _prepared_callable(child, ckpt, device, reset=False)
+                a = held.get(parent.variant_id) or _prepared_callable(parent, ckpt, device)
+                b = held.get(child.variant_id) or _prepared_callable(child, ckpt, device)
             per_side = max(20, bench.iters // rounds)
             with hostlock.timing():
                 pa, pb = pairs.interleaved(a, b, rounds=rounds, iters=per_side, warmup=max(10, bench.warmup // 10))

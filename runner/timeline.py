@@ -22,7 +22,8 @@ from runner.plots import figure
 
 # (kind, merged file, the column that names the task, its start and end columns); kinds in the order they
 # run. A bench task times all its variants, then its pairs, then checks each variant (runner/tasks.py): a
-# variant's "bench" bar is its preparing and timing, its "check" bar the kernel breakdown and the checks.
+# variant's "bench" bar is its preparing and timing (round-robin with the group's others: see
+# _end_to_end_per_process), its "check" bar the kernel breakdown and the checks.
 # Rows older than `timed_at` have one bench bar to `finished_at`, checks included, and no check bar.
 SOURCES = (("train", "training.parquet", "model", "started_at", "finished_at"),
            ("bench", "results.parquet", "variant_id", "started_at", "timed_at"),
@@ -79,7 +80,26 @@ def tasks_from_frames(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, di
             {"kind": "first", "status": "last", "end": "max", "gpu_uuid": "first", "node": "first",
              "hostname": "first", "pid": "first"}).reset_index())
     tasks = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TASK_COLUMNS)
-    return tasks[TASK_COLUMNS].sort_values("start", kind="stable").reset_index(drop=True), untimed
+    tasks = _end_to_end_per_process(tasks[TASK_COLUMNS])
+    return tasks.sort_values("start", kind="stable").reset_index(drop=True), untimed
+
+
+def _end_to_end_per_process(tasks: pd.DataFrame) -> pd.DataFrame:
+    """One process's bars of a kind laid end to end: a bench or re-check task times its variants' repeats
+    round-robin (runner/round_robin.py), so each variant's row runs from its preparation to its last repeat,
+    across the others'. In order of their ends, each bar keeps its end and starts where the one before ended
+    (or at the earliest start still to place): no second is counted twice (seconds per kind, a CPU node's
+    slots), their union and gaps stay as they were, and bars timed one after another are left as they are.
+    Rows without node or pid are left as they are."""
+    tasks = tasks.copy()
+    for _, g in tasks.groupby(["kind", "node", "pid"], sort=False):
+        g = g.sort_values("end", kind="stable")
+        earliest_left = g["start"][::-1].cummin()[::-1]  # the earliest start of this bar and those after it
+        covered = None
+        for i in g.index:
+            tasks.at[i, "start"] = earliest_left[i] if covered is None else max(covered, earliest_left[i])
+            covered = tasks.at[i, "end"]
+    return tasks
 
 
 # ---- lanes ---------------------------------------------------------------------------------------------

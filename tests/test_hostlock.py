@@ -218,8 +218,9 @@ def test_a_bench_task_times_everything_before_it_profiles_or_checks(tmp_path, mo
     out = tasks.bench_job([a, b, c], [(a, b), (a, c)], spec, ckpt, data, bench, "s",
                           {v.variant_id: v.variant_id for v in (a, b, c)})
     assert all(rows[0]["status"] == "ok" for rows, _ in out["bench"].values()) and len(out["pairs"]) == 2
-    assert order.count("time") == 5 and order.count("diagnose") == 6  # 3 variants + 2 pairs; 3 x (breakdown, checks)
-    assert order == ["time"] * 5 + ["diagnose"] * 6, order
+    # 3 variants x 2 repeats (one timing each, round-robin) + 2 pairs; 3 x (breakdown, checks)
+    assert order.count("time") == 8 and order.count("diagnose") == 6
+    assert order == ["time"] * 8 + ["diagnose"] * 6, order
 
 
 # ---- the hold a GPU task keeps to its process's end (its CUDA context's teardown) ----------------------

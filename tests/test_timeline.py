@@ -59,6 +59,23 @@ def test_a_bench_task_draws_its_timing_and_its_checks_as_two_bars():
     assert untimed == {"bench": 0, "check": 0}
 
 
+def test_a_process_s_round_robin_bars_are_laid_end_to_end():
+    """A bench task prepares v1..v3 (0-3 s), then times their repeats round-robin to 12 s: each row spans the
+    others'. Its bars are laid end to end (the seconds per kind count the 12 s once); a task at the same time
+    on another node with the same pid, and one process's bars that never overlapped, are left as they are."""
+    rows = [_row("variant_id", "v1", 0, 20, timed_at=_at(10), pid=7),
+            _row("variant_id", "v2", 1, 20, timed_at=_at(11), pid=7),
+            _row("variant_id", "v3", 2, 20, timed_at=_at(12), pid=7),
+            _row("variant_id", "bad", 2.5, 3, status="error", pid=7),   # failed to prepare, inside v1's span
+            _row("variant_id", "w1", 1, 4, gpu="GPU-b", node="node2", pid=7),
+            _row("variant_id", "w2", 4, 6, gpu="GPU-b", node="node2", pid=7)]
+    tasks, _ = timeline.tasks_from_frames({"bench": pd.DataFrame(rows)})
+    bars = {n: ((s - T0).total_seconds(), (e - T0).total_seconds())
+            for n, s, e in zip(tasks["name"], tasks["start"], tasks["end"])}
+    assert bars == {"bad": (0, 3), "v1": (3, 10), "v2": (10, 11), "v3": (11, 12), "w1": (1, 4), "w2": (4, 6)}
+    assert timeline.seconds_by_kind(tasks) == {"bench": pytest.approx(12 + 5)}
+
+
 def test_rows_without_start_are_counted_not_drawn():
     old = pd.DataFrame([{"variant_id": "old", "status": "ok", "finished_at": _at(3), "gpu_uuid": "GPU-a"}])
     frames = {"bench": old, "pair": pd.DataFrame([_row("variant_id", "p", None, 5), _row("variant_id", "q", 1, 2)])}
@@ -142,8 +159,9 @@ def test_section_on_rows_from_before_started_at(tmp_path):
 
 
 def test_part_files_without_started_at_still_read(tmp_path):
-    for schema in (TRAINING_SCHEMA, PAIR_SCHEMA, RECHECK_SCHEMA):
+    for schema in (TRAINING_SCHEMA, PAIR_SCHEMA):
         assert schema.names[-1] == "started_at"  # appended: older files keep their layout
+    assert RECHECK_SCHEMA.names[-3:] == ["started_at", "recheck_repeats", "recheck_cv_pct"]
     newer = ["started_at", "host_wait_s", "timed_at", "checks_started_at"]
     assert RESULT_SCHEMA.names[-4:] == newer
     older = pa.schema([f for f in RESULT_SCHEMA if f.name not in newer])

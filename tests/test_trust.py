@@ -164,3 +164,29 @@ def test_agreement_uses_graph_and_eager_tolerances():
     assert "re-check disagrees" in flags
     assert "host >> event" in agreement.flags(_summary().iloc[1].to_dict(), set())
     assert agreement.flags(_summary().iloc[0].to_dict(), set()) == ""
+
+
+def test_rechecks_from_before_repeats_still_load_and_say_one_repeat(tmp_path):
+    """A rechecks.parquet written before `recheck_repeats` / `recheck_cv_pct` existed reads through the part
+    reader and the report's, and its section says those rows had one repeat; newer rows say how many."""
+    import pyarrow as pa
+
+    from runner import report_trust, results
+
+    older = pa.schema([f for f in results.RECHECK_SCHEMA if f.name not in ("recheck_repeats", "recheck_cv_pct")])
+    old_rows = [{"variant_id": "a", "status": "ok", "recheck_p50_ms": 1.85},
+                {"variant_id": "c", "status": "ok", "recheck_p50_ms": 0.140}]
+    for r in old_rows:
+        results.write_rows([r], tmp_path / "rechecks" / f"{r['variant_id']}.parquet", older)
+    parts = results.read_folder(tmp_path / "rechecks", results.RECHECK_SCHEMA)
+    assert list(parts.columns) == results.RECHECK_SCHEMA.names and parts["recheck_repeats"].isna().all()
+    results.write_rows(old_rows, tmp_path / "rechecks.parquet", older)  # a merged file of an older run
+    table = agreement.agreement(_summary(), report_trust.read(tmp_path, "rechecks"))
+    text = "\n".join(report_trust.recheck_section(table, True))
+    assert "one repeat each" in text and "round-robin" not in text and "1 of 2 agree" in text
+
+    new_rows = [{**r, "recheck_repeats": 3, "recheck_cv_pct": 1.2} for r in old_rows]
+    results.write_rows(new_rows, tmp_path / "rechecks.parquet", results.RECHECK_SCHEMA)
+    table = agreement.agreement(_summary(), report_trust.read(tmp_path, "rechecks"))
+    text = "\n".join(report_trust.recheck_section(table, True))
+    assert "3 repeats each, spread round-robin" in text and "median over repeats" in text
