@@ -46,6 +46,19 @@ SHARED: dict[str, dict[str, Any]] = {
 }
 
 
+STOPPED_EXIT = 75  # EX_TEMPFAIL: not finished, run again
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0")
+    return value
+
+
 def shared(p: argparse.ArgumentParser, *flags: str, **override: Any) -> None:
     """Add shared options by flag; keyword overrides apply to the single flag given with them."""
     for flag in flags:
@@ -67,6 +80,10 @@ def _sweep_verbs(sub) -> None:
     shared(p, "--config", "--data", "--address", "--out", "--max-epochs", "--bench-iters")
     p.add_argument("--fresh", action="store_true",
                    help="measure everything again; earlier rows and checkpoints move to OUT/<sweep>/previous/")
+    p.add_argument("--stop-after", type=_seconds, metavar="SECONDS",
+                   help="submit no task after SECONDS; the tasks in flight land, then the sweep stops with "
+                        f"exit {STOPPED_EXIT} and the same command resumes it (for GPU leases with a time "
+                        "limit: nothing finished is lost); None runs to the end")
 
     p = _verb(sub, "list", "runner.commands:cmd_list", "print the models and variants a sweep file expands to")
     shared(p, "--config")

@@ -34,7 +34,7 @@ def _data(spec, args):
 
 
 def cmd_sweep(args) -> int:
-    from runner import guard
+    from runner import guard, phases
     from runner.sweep import run_sweep
 
     spec = _load(args)
@@ -45,8 +45,15 @@ def cmd_sweep(args) -> int:
     print(f"sweep '{spec.name}': {len(spec.models)} model(s) to train, {len(spec.variants)} variant(s) to measure")
     print(f"data: {data.source}")
     with guard.sweep_lock(run_dir):  # one sweep per run folder; Ctrl-C / SIGTERM shut down cleanly
-        report = run_sweep(spec, data, run_dir, address=args.address, shortened_note=note,
-                           fresh=getattr(args, "fresh", False))
+        try:
+            report = run_sweep(spec, data, run_dir, address=args.address, shortened_note=note,
+                               fresh=getattr(args, "fresh", False), stop_after=getattr(args, "stop_after", None))
+        except phases.Stopped as e:
+            from runner.cli import STOPPED_EXIT
+            print(f"\n{e}; every task that ran has landed in {run_dir}. Run the same command again (without "
+                  f"--fresh) to go on; `python -m runner report {run_dir}` shows what is there now. "
+                  f"(exit {STOPPED_EXIT})")
+            return STOPPED_EXIT
     print(f"\nreport:   {report}\nresults:  {run_dir / 'results.parquet'}\ntraining: {run_dir / 'training.parquet'}"
           f"\ntable:    {run_dir / 'final_table.csv'}")
     return 0

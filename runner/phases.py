@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pandas as pd
 import ray
 import torch
 
@@ -45,6 +46,30 @@ class Progress:
                  + (f"  {detail}" if detail else ""))
 
 
+@dataclasses.dataclass(frozen=True)
+class Deadline:
+    """`sweep --stop-after`: past `at` (time.monotonic()), no task is submitted; the tasks in flight land.
+
+    For GPU leases with a time limit: a sweep stopped this way loses no finished work (Ctrl-C or a kill
+    loses the tasks in flight, up to a training's length), and the same command resumes it."""
+    at: float | None = None
+
+    @classmethod
+    def after(cls, seconds: float | None) -> "Deadline":
+        return cls(None if seconds is None else time.monotonic() + seconds)
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
+class Stopped(Exception):
+    """The sweep reached its --stop-after deadline with `left` tasks not yet submitted."""
+
+    def __init__(self, phase: str, left: int):
+        super().__init__(f"stopped at the --stop-after deadline in the {phase} phase, {left} task(s) not started")
+        self.phase, self.left = phase, left
+
+
 @dataclasses.dataclass
 class Plan:
     """What one invocation runs; `remote` holds the Ray task wrappers (runner/sweep.py makes them)."""
@@ -58,6 +83,9 @@ class Plan:
     log: Callable[[str], None]
     train_errors: dict[str, str] = dataclasses.field(default_factory=dict)
     bar_pct: float = 85.0
+    deadline: Deadline = Deadline()
+    slots: int = 1  # tasks that can run at once (GPUs, or CPU slots): the in-flight limit under a deadline
+    recheck_only: dict[str, Any] = dataclasses.field(default_factory=dict)  # model -> checkpoint ref, re-checks only
 
 
 def compiles(*variants: Variant) -> bool:
@@ -130,22 +158,34 @@ def ordered(jobs: list[tuple]) -> list[tuple]:
 
 
 def run_phase(name: str, jobs: list[tuple[bool, float, Callable[[], Any], Callable[[Any], None]]],
-              log: Callable[[str], None]) -> None:
+              log: Callable[[str], None], deadline: Deadline = Deadline(), slots: int = 1) -> None:
     """Jobs are (compiles?, cost, submit() -> ref, land(ref)). Compiling jobs first, all landed, then the
-    rest; within each group the longest expected first."""
+    rest; within each group the longest expected first. Without a deadline every job is submitted at once
+    and Ray queues them; with one, at most `slots` are in flight, so that none is submitted after it
+    (raises Stopped once the ones in flight have landed)."""
     for group, label in ((True, "compiling"), (False, "not compiling")):
-        refs = {}
-        for comp, _, submit, land in ordered(jobs):
-            if comp == group:
-                refs[submit()] = land
-        if refs:
-            log(f"-- {name} phase, {label}: {len(refs)} task(s)")
+        todo = [j for j in ordered(jobs) if j[0] == group]
+        if todo:
+            log(f"-- {name} phase, {label}: {len(todo)} task(s)")
+        limit = max(1, slots) if deadline.at is not None else len(todo)
+        refs: dict[Any, Callable[[Any], None]] = {}
+        _submit(todo, refs, limit, deadline)
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
+            land = refs.pop(ready[0])
+            _submit(todo, refs, limit, deadline)  # the freed slot gets its next task before the driver lands
             # Landing (unpickling rows and samples, writing Parquet) is host work of the driver's machine,
             # where a task on another GPU may be timing: it waits for the timing like any task's work.
             with hostlock.busy():
-                refs.pop(ready[0])(ready[0])
+                land(ready[0])
+        if todo:  # stopped among the compiling jobs, the others were never started either
+            raise Stopped(name, len(todo) + (sum(1 for j in jobs if not j[0]) if group else 0))
+
+
+def _submit(todo: list, refs: dict, limit: int, deadline: Deadline) -> None:
+    while todo and len(refs) < limit and not deadline.passed():
+        _, _, submit, land = todo.pop(0)
+        refs[submit()] = land
 
 
 def group_key(v: Variant) -> tuple[str, bool, str]:
@@ -197,9 +237,10 @@ def run(plan: Plan, data_ref, ckpts: dict[str, Any], progress: Progress) -> None
         cost = (bench_cost(spec, *group) + sum(bench_cost(spec, a, b) for a, b in pair_list)
                 + compile_cost(spec, *group))
         jobs.append((key[1], cost, submit, land))
-    run_phase("bench", jobs, plan.log)
-    if plan.pending and spec.bench.recheck >= 0:
-        run_phase("re-check", _recheck_jobs(plan, ckpts, progress), plan.log)
+    run_phase("bench", jobs, plan.log, plan.deadline, plan.slots)
+    if spec.bench.recheck >= 0:
+        run_phase("re-check", _recheck_jobs(plan, {**plan.recheck_only, **ckpts}, progress), plan.log,
+                  plan.deadline, plan.slots)
 
 
 def _pairs_to_time(plan: Plan, ckpts) -> dict[tuple, list[tuple[Variant, Variant]]]:
@@ -223,6 +264,7 @@ def _recheck_jobs(plan: Plan, ckpts, progress) -> list:
     """The re-check sample, timed by groups like the bench phase (runner/tasks.recheck_job)."""
     summary = results.summarize(results.read_folder(plan.run_dir / "results", RESULT_SCHEMA))
     ids = agreement.recheck_sample(summary, plan.spec.bench.recheck, plan.bar_pct)
+    ids = unchecked(ids, plan.run_dir)
     by_id = {v.variant_id: v for v in plan.spec.variants}
     chosen = [by_id[i] for i in ids if i in by_id and ckpts.get(by_id[i].model) is not None]
     progress.total += len(chosen)
@@ -233,6 +275,20 @@ def _recheck_jobs(plan: Plan, ckpts, progress) -> list:
         jobs.append((key[1], bench_cost(plan.spec, *group) + compile_cost(plan.spec, *group), submit,
                      lambda ref, g=group: _land_rechecks(ref, g, plan, progress)))
     return jobs
+
+
+def unchecked(ids: list[str], run_dir: Path) -> list[str]:
+    """The ids without a re-check that ended after their rows landed: never re-checked (a sweep stopped in
+    its re-check phase, a resumed one whose sample grew) or re-measured since. A resumed sweep re-checks
+    only these, and a sweep with nothing left to measure still finishes its re-checks."""
+    rows = results.read_folder(run_dir / "results", RESULT_SCHEMA)
+    checks = results.read_folder(run_dir / "rechecks", RECHECK_SCHEMA)
+    def last(frame: pd.DataFrame) -> pd.Series:
+        when = pd.to_datetime(frame["finished_at"], utc=True, format="ISO8601", errors="coerce")
+        return when.groupby(frame["variant_id"]).max()
+
+    measured, checked = last(rows), last(checks[checks["status"] == "ok"])
+    return [i for i in ids if i not in checked.index or checked[i] < measured.get(i, checked[i])]
 
 
 # ---- landing: every result on disk the moment it arrives -------------------------------------------------

@@ -107,7 +107,10 @@ def _probe_workers(timeout_s: float = 180.0) -> None:
 
 
 def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | None = None,
-              shortened_note: str = "", fresh: bool = False, log: Callable[[str], None] = print) -> Path:
+              shortened_note: str = "", fresh: bool = False, stop_after: float | None = None,
+              log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) a sweep and write its report. `stop_after` seconds: submit nothing after that, let
+    the tasks in flight land, and raise phases.Stopped (runner/phases.Deadline says why)."""
     guard.check_paths(spec, run_dir)  # every file named after a model / variant stays inside run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh:
@@ -116,7 +119,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
     code = env.code_digest()
     hashes = {v.variant_id: variant_hash(v, spec.model(v.model), spec.bench, data.source, code)
               for v in spec.variants}
-    started = tasks.now()
+    started, deadline = tasks.now(), phases.Deadline.after(stop_after)
     cluster: dict[str, Any] = {}
     completed = False
     try:
@@ -126,7 +129,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
         if len(pending) < len(spec.variants):
             log(f"resuming: {len(spec.variants) - len(pending)} variant(s) already measured by this code on "
                 f"this kind of device in {run_dir}, {len(pending)} to run (--fresh measures everything again)")
-        _run(spec, data, run_dir, pending, hashes, cluster, log)
+        _run(spec, data, run_dir, pending, hashes, cluster, log, deadline)
         completed = True
     finally:  # also on Ctrl-C or a crash: whatever landed is merged and readable
         ray.shutdown()
@@ -211,7 +214,7 @@ def task_resources(gpus: int, cpus_per_node: float) -> tuple[dict, dict]:
 
 
 def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], hashes: dict[str, str],
-         cluster: dict[str, Any], log: Callable[[str], None]) -> None:
+         cluster: dict[str, Any], log: Callable[[str], None], deadline: phases.Deadline) -> None:
     """Phase 1 here (train what the pending variants need), the timing phases in runner/phases.py."""
     cpu_per_node = min((n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")), default=1)
     train_opts, bench_opts = task_resources(cluster["gpus"], cpu_per_node)
@@ -229,6 +232,12 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
             continue
         log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")
         refs[m.key] = ckpts[m.key] = ray.put(cached)
+    spare: dict[str, Any] = {}  # for a re-check left from a stopped invocation, of a model nothing else needs
+    if spec.bench.recheck >= 0:
+        for m in spec.models:
+            cached = None if m.key in needed else _load_checkpoint(run_dir, m, data, log=lambda _: None)
+            if cached is not None:
+                spare[m.key] = ray.put(cached)
     progress.total += len(queue)
     log(f"phase train: {len(queue)} training task(s); {len(pending)} variant(s) to measure after it")
     # At most one training per slot in flight, the ready one of highest priority next (phases.next_training
@@ -237,8 +246,8 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
     landed: set[str] = set(refs)
     training: dict[ray.ObjectRef, TrainSpec] = {}
     errors: dict[str, str] = {}
-    while queue or training:  # every training ends before the first benchmark starts
-        while queue and len(training) < slots:
+    while training or (queue and not deadline.passed()):  # every training ends before the first benchmark
+        while queue and len(training) < slots and not deadline.passed():
             m = phases.next_training(queue, landed) or (queue[0] if not training else None)
             if m is None:
                 break
@@ -254,6 +263,9 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
         ckpts[m.key] = ready[0] if error is None else None
         if error:
             errors[m.key] = error
+    if queue:
+        raise phases.Stopped("train", len(queue))
     plan = phases.Plan(spec, run_dir, pending, hashes, train_opts, bench_opts,
-                       {"bench": bench_task, "recheck": recheck_task}, log, errors)
+                       {"bench": bench_task, "recheck": recheck_task}, log, errors, deadline=deadline, slots=slots,
+                       recheck_only=spare)
     phases.run(plan, data_ref, ckpts, progress)

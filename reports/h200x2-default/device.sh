@@ -8,11 +8,12 @@
 #   bash reports/h200x2-default/device.sh faults               # issue 12: workers killed mid-training and
 #        mid-benchmark in a real GPU sweep (its run: reports/h200x2-faults/)
 #
-# Both bound the sweep with `timeout -s INT` (a cut sweep stops cleanly and resumes on the next call) and
-# pack what the report needs into $OUT.
+# Both bound the sweep with `--stop-after` (no task submitted after it; those in flight land; the next call
+# resumes), with `timeout -s INT` two minutes later as a safety net, and pack what the report needs into $OUT.
+# (The run published here, at ecf049b, was cut by the timeout alone: --stop-after came after it.)
 set -uo pipefail
 mode=${1:?two-nodes, one-gpu or faults}
-budget=${2:-520}
+budget=${2:-420}  # seconds of sweep; a training in flight may add ~90 s, so leave that much of the call
 export RAY_DEDUP_LOGS=0
 case "$mode" in
 two-nodes)
@@ -25,8 +26,8 @@ two-nodes)
   CUDA_VISIBLE_DEVICES=1 ray start --address=127.0.0.1:6379 --num-gpus=1 --num-cpus=16 \
     --disable-usage-stats >/tmp/ray-worker.log 2>&1 || { cat /tmp/ray-worker.log; exit 1; }
   ray status 2>&1 | sed -n '/Resources/,$p' | head -12
-  timeout -s INT "$budget" python3 -m runner sweep --config variants/default.yaml --data /tmp/cifar \
-    --out "$out" --address auto 2>&1 | tee -a "$out-sweep.log"
+  timeout -s INT $((budget + 120)) python3 -m runner sweep --config variants/default.yaml --data /tmp/cifar \
+    --out "$out" --address auto --stop-after "$budget" 2>&1 | tee -a "$out-sweep.log"
   ray stop --force >/dev/null 2>&1
   if [ -f "$out/default/report.md" ] && grep -q "^\[.*recheck:" "$out-sweep.log"; then
     # B1 again with an independent timer, nothing else on the host (the issue's 15% check)
@@ -36,8 +37,8 @@ two-nodes)
   ;;
 one-gpu)
   out=/tmp/runs-1gpu
-  CUDA_VISIBLE_DEVICES=0 timeout -s INT "$budget" python3 -m runner sweep --config variants/default.yaml \
-    --data /tmp/cifar --out "$out" 2>&1 | tee -a "$out-sweep.log"
+  CUDA_VISIBLE_DEVICES=0 timeout -s INT $((budget + 120)) python3 -m runner sweep \
+    --config variants/default.yaml --data /tmp/cifar --out "$out" --stop-after "$budget" 2>&1 | tee -a "$out-sweep.log"
   ;;
 faults)
   # Issue 12's GPU fault run: the small quick.yaml on the GPU(s), with one worker SIGKILLed in the middle of
