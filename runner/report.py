@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from runner import agreement, plots, report_latency, report_trust
+from runner import agreement, host_rounds, plots, report_latency, report_trust
 from runner.decisions import AXES, MAX_ACC_DROP_PTS, choose, decide, parent_key
 from runner.plots import figure as _figure
 from runner.report_format import DASH, _distinct, _missing, _ok, markdown_table
@@ -127,6 +127,8 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     lines += _brief_section(summary)
     lines += _chosen_section(summary, decisions, bar)
     lines += report_trust.recheck_section(agree, on_gpu)
+    cv_bound = float((sweep.get("config") or {}).get("bench", {}).get("cv_flag_pct", 3.0))
+    lines += host_rounds.section_lines(results, cv_bound)
     lines += report_latency.pareto_section(summary, out_dir, on_gpu)
     lines += _tried_section(decisions)
     lines += _decision_section(decisions, paired)

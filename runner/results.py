@@ -10,7 +10,7 @@ Layout of a sweep folder (written by `runner/sweep.py`, read by `runner/report.p
 
 Column names carry their units (`lat_p95_ms`, `compile_s`, `size_mb`). A failure is a row with
 `status` error / skipped and `error`, never a missing row. Task rows carry `started_at` and `finished_at`
-(ISO UTC). New columns go last (`started_at`, then `host_wait_s`, `timed_at`, `checks_started_at` in
+(ISO UTC). New columns go last (`started_at`, then `host_wait_s`, `timed_at`, `checks_started_at`, `timing_order` in
 results; `recheck_repeats`, `recheck_cv_pct` in re-checks), and files written before they existed still
 read (read_folder reads every part with the schema: a column a part lacks comes back as nulls).
 """
@@ -65,7 +65,10 @@ RESULT_SCHEMA = pa.schema(
        # a bench task times all its variants before it checks any (runner/tasks.py says why): when this
        # variant's timing ended and its checks began (ISO UTC, ms; None in older rows), for the timeline
        ("timed_at", pa.string()),
-       ("checks_started_at", pa.string())]
+       ("checks_started_at", pa.string()),
+       # "round-robin": repeat r of every variant of the task was timed in one round (runner/round_robin.py),
+       # so runner/host_rounds.py can compare a round across variants; None in older rows (back to back)
+       ("timing_order", pa.string())]
 )
 
 # One row per (parent, child) pair timed interleaved in one task (runner/pairs.py); p50s as JSON lists.

@@ -262,7 +262,7 @@ def _time_group(ready: dict, bench, device, floor) -> dict[str, Timed | tuple[li
         r = done[vid]
         out[vid] = _error_rows(t.base, r.error, r.timed_at) if r.error else dataclasses.replace(
             t, samples=r.samples, extra={**t.extra, "host_wait_s": r.host_wait_s, "timed_at": r.timed_at,
-                                         **r.gpu(), **floor})
+                                         "timing_order": "round-robin", **r.gpu(), **floor})
     return out
 
 

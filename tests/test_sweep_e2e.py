@@ -204,6 +204,9 @@ def test_report_has_the_trust_sections(sweep_run):
                     "## Accuracy vs latency: the Pareto front"):
         assert heading in text, heading
     assert "Paired: parent and variant were prepared in one task" in text
+    assert "**The host's rounds.**" in text  # tiny's fp32 task timed two variants round-robin
+    ok = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
+    assert (ok["timing_order"] == "round-robin").all()
     pairs = pd.read_parquet(run_dir / "pairs.parquet")
     # bf16 and fold are the two optimisations with a measured parent in the sweep file above
     assert {"tiny-bf16-nchw-eager", "tiny-fp32-nchw-eager-fold"} <= set(pairs["variant_id"])

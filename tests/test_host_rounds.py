@@ -1,0 +1,54 @@
+"""runner/host_rounds.py: a round in which every variant of a task read slow is the host's, not a variant's."""
+from __future__ import annotations
+
+import pandas as pd
+
+from runner import host_rounds
+
+
+def _rows(task: str, p50s: dict[str, list[float]], order: str | None = "round-robin") -> list[dict]:
+    """Result rows of one task (node, pid): variant -> its p50 per repeat (= per round)."""
+    rows = []
+    for vid, values in p50s.items():
+        cv = 100 * pd.Series(values).std(ddof=0) / pd.Series(values).mean()
+        rows += [{"variant_id": vid, "repeat": r, "lat_p50_ms": v, "status": "ok", "ray_node_id": "node-a",
+                  "pid": task, "timing_order": order, "lat_cv_pct": cv}
+                 for r, v in enumerate(values)]
+    return rows
+
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        # task 1: round 1 reads ~1.4x for every variant (the host), and `solo` is slow once on its own
+        _rows(1, {"a": [2.0, 2.8, 2.0], "b": [1.0, 1.41, 1.0], "c": [0.5, 0.69, 0.51]})
+        + _rows(2, {"d": [3.0, 3.0, 4.5], "e": [1.0, 1.0, 1.01], "f": [2.0, 2.02, 2.0]})
+        + _rows(3, {"alone": [1.0, 1.6, 1.0]}))  # a task of one variant: its rounds say nothing of the host
+
+
+def test_a_round_slow_for_every_variant_is_a_slow_host_round():
+    table = host_rounds.rounds(_frame())
+    assert set(table["pid"]) == {1, 2}  # the one-variant task is left out
+    slow = table[table["slow"]]
+    assert list(zip(slow["pid"], slow["round"])) == [(1, 1)]
+    assert abs(slow["factor"].iloc[0] - 1.4) < 0.02
+    assert (table.loc[~table["slow"], "factor"] < 1.05).all()  # d's own slow repeat moves its round's median little
+
+
+def test_unstable_rows_are_told_apart_by_where_their_slow_repeats_ran():
+    frame = _frame()
+    through = host_rounds.unstable_through_host(frame, host_rounds.rounds(frame), cv_bound_pct=3.0)
+    assert through == ["a", "b", "c"]  # d is unstable on its own; `alone` has no round to compare with
+
+
+def test_the_report_paragraph_counts_rounds_and_names_the_rows():
+    text = " ".join(host_rounds.section_lines(_frame(), 3.0))
+    assert "1 of 6 rounds were slow (factors 1.40-1.40)" in text
+    assert "3 of the 5 unstable row(s) are unstable only through them: `a`, `b`, `c`" in text
+
+
+def test_rows_timed_back_to_back_give_no_rounds():
+    old = pd.DataFrame(_rows(1, {"a": [2.0, 2.8, 2.0], "b": [1.0, 1.41, 1.0]}, order=None))
+    assert host_rounds.rounds(old).empty and host_rounds.section_lines(old, 3.0) == []
+    no_column = old.drop(columns=["timing_order"])
+    assert host_rounds.rounds(no_column).empty
+    assert host_rounds.unstable_through_host(no_column, host_rounds.rounds(_frame()), 3.0) == []
