@@ -165,11 +165,12 @@ def run_phase(name: str, jobs: list[tuple[bool, float, Callable[[], Any], Callab
     (raises Stopped once the ones in flight have landed)."""
     for group, label in ((True, "compiling"), (False, "not compiling")):
         todo = [j for j in ordered(jobs) if j[0] == group]
-        if todo:
-            log(f"-- {name} phase, {label}: {len(todo)} task(s)")
-        limit = max(1, slots) if deadline.at is not None else len(todo)
+        n = len(todo)
+        limit = max(1, slots) if deadline.at is not None else n
         refs: dict[Any, Callable[[Any], None]] = {}
         _submit(todo, refs, limit, deadline)
+        if refs:  # past the deadline, nothing of this group starts: no heading for it
+            log(f"-- {name} phase, {label}: {n} task(s)")
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             land = refs.pop(ready[0])

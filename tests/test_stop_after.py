@@ -60,6 +60,16 @@ def test_at_the_deadline_nothing_more_is_submitted_and_what_runs_lands(local_ray
     assert "bench phase, 3 task(s) not started" in str(stop.value)
 
 
+def test_past_the_deadline_a_phase_starts_nothing_and_prints_no_heading(local_ray):
+    events: list = []
+    lines: list[str] = []
+    deadline = phases.Deadline.after(0.001)
+    time.sleep(0.01)
+    with pytest.raises(phases.Stopped) as stop:
+        phases.run_phase("re-check", _jobs(events, [(False, 1.0), (False, 2.0)], 0.1), lines.append, deadline, 2)
+    assert events == [] and lines == [] and stop.value.left == 2
+
+
 def test_a_stop_among_the_compiling_jobs_counts_the_others_as_not_started(local_ray):
     events: list = []
     jobs = _jobs(events, [(True, 2.0), (True, 1.0), (False, 5.0), (False, 4.0)], 0.5)

@@ -162,13 +162,13 @@ def test_part_files_without_started_at_still_read(tmp_path):
     for schema in (TRAINING_SCHEMA, PAIR_SCHEMA):
         assert schema.names[-1] == "started_at"  # appended: older files keep their layout
     assert RECHECK_SCHEMA.names[-3:] == ["started_at", "recheck_repeats", "recheck_cv_pct"]
-    newer = ["started_at", "host_wait_s", "timed_at", "checks_started_at"]
-    assert RESULT_SCHEMA.names[-4:] == newer
+    newer = ["started_at", "host_wait_s", "timed_at", "checks_started_at", "timing_order"]
+    assert RESULT_SCHEMA.names[-5:] == newer
     older = pa.schema([f for f in RESULT_SCHEMA if f.name not in newer])
     write_rows([{"sweep": "s", "variant_id": "v", "status": "ok"}], tmp_path / "r" / "v.parquet", older)
     df = read_folder(tmp_path / "r", RESULT_SCHEMA)
     assert list(df.columns) == RESULT_SCHEMA.names and len(df) == 1
-    assert df["started_at"].isna().all() and df["host_wait_s"].isna().all()
+    assert df["started_at"].isna().all() and df["host_wait_s"].isna().all() and df["timing_order"].isna().all()
 
 
 def test_the_section_reports_what_host_exclusivity_cost(tmp_path):
