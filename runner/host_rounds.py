@@ -19,17 +19,22 @@ import pandas as pd
 SLOW_ROUND = 1.15  # the slow windows seen on the lent H200s read 1.3-1.9x; the normal spread stays under 1.1x
 
 
+def _round_robin_ok(results: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows timed round-robin, with `ray_node_id` filled ("" where a row has none)."""
+    if results.empty or "timing_order" not in results:
+        return results.iloc[0:0]
+    rr = results[(results["timing_order"] == "round-robin") & (results["status"] == "ok")].copy()
+    rr["ray_node_id"] = rr["ray_node_id"].fillna("") if "ray_node_id" in rr else ""
+    return rr
+
+
 def rounds(results: pd.DataFrame) -> pd.DataFrame:
     """One line per round of a task (node, process) that timed two or more variants round-robin: node, pid,
     round, variants, factor, slow."""
     cols = ["ray_node_id", "pid", "round", "variants", "factor", "slow"]
-    need = {"timing_order", "pid", "repeat", "lat_p50_ms", "variant_id", "status"}
-    if results.empty or not need <= set(results.columns):
-        return pd.DataFrame(columns=cols)
-    rr = results[(results["timing_order"] == "round-robin") & (results["status"] == "ok")].copy()
+    rr = _round_robin_ok(results)
     if rr.empty:
         return pd.DataFrame(columns=cols)
-    rr["ray_node_id"] = rr["ray_node_id"].fillna("") if "ray_node_id" in rr else ""
     median = rr.groupby("variant_id")["lat_p50_ms"].transform("median")
     rr["ratio"] = rr["lat_p50_ms"] / median
     out = (rr.groupby(["ray_node_id", "pid", "repeat"])
@@ -44,17 +49,13 @@ def unstable_through_host(results: pd.DataFrame, table: pd.DataFrame, cv_bound_p
     """Variants over the CV bound whose every repeat above their median p50 ran in a slow round of `table`
     (what rounds() returned)."""
     slow = table[table["slow"]]
-    if slow.empty or "timing_order" not in results:
-        return []
     slow_keys = set(zip(slow["ray_node_id"], slow["pid"], slow["round"]))
-    rr = results[(results["timing_order"] == "round-robin") & (results["status"] == "ok")]
     out = []
-    for vid, g in rr.groupby("variant_id", sort=True):
+    for vid, g in _round_robin_ok(results).groupby("variant_id", sort=True):
         if not (g["lat_cv_pct"] > cv_bound_pct).any():
             continue
         high = g[g["lat_p50_ms"] > g["lat_p50_ms"].median()]
-        node = high["ray_node_id"].fillna("") if "ray_node_id" in high else pd.Series("", index=high.index)
-        if len(high) and all(k in slow_keys for k in zip(node, high["pid"], high["repeat"])):
+        if len(high) and all(k in slow_keys for k in zip(high["ray_node_id"], high["pid"], high["repeat"])):
             out.append(vid)
     return out
 

@@ -85,7 +85,8 @@ class Plan:
     bar_pct: float = 85.0
     deadline: Deadline = Deadline()
     slots: int = 1  # tasks that can run at once (GPUs, or CPU slots): the in-flight limit under a deadline
-    recheck_only: dict[str, Any] = dataclasses.field(default_factory=dict)  # model -> checkpoint ref, re-checks only
+    # model -> a ref to its saved checkpoint, or None: for a re-check of a model this invocation did not load
+    saved_checkpoint: Callable[[str], Any] = lambda key: None
 
 
 def compiles(*variants: Variant) -> bool:
@@ -240,8 +241,7 @@ def run(plan: Plan, data_ref, ckpts: dict[str, Any], progress: Progress) -> None
         jobs.append((key[1], cost, submit, land))
     run_phase("bench", jobs, plan.log, plan.deadline, plan.slots)
     if spec.bench.recheck >= 0:
-        run_phase("re-check", _recheck_jobs(plan, {**plan.recheck_only, **ckpts}, progress), plan.log,
-                  plan.deadline, plan.slots)
+        run_phase("re-check", _recheck_jobs(plan, ckpts, progress), plan.log, plan.deadline, plan.slots)
 
 
 def _pairs_to_time(plan: Plan, ckpts) -> dict[tuple, list[tuple[Variant, Variant]]]:
@@ -267,6 +267,9 @@ def _recheck_jobs(plan: Plan, ckpts, progress) -> list:
     ids = agreement.recheck_sample(summary, plan.spec.bench.recheck, plan.bar_pct)
     ids = unchecked(ids, plan.run_dir)
     by_id = {v.variant_id: v for v in plan.spec.variants}
+    ckpts = dict(ckpts)
+    for model in {by_id[i].model for i in ids if i in by_id} - set(ckpts):
+        ckpts[model] = plan.saved_checkpoint(model)
     chosen = [by_id[i] for i in ids if i in by_id and ckpts.get(by_id[i].model) is not None]
     progress.total += len(chosen)
     jobs = []
@@ -284,6 +287,7 @@ def unchecked(ids: list[str], run_dir: Path) -> list[str]:
     only these, and a sweep with nothing left to measure still finishes its re-checks."""
     rows = results.read_folder(run_dir / "results", RESULT_SCHEMA)
     checks = results.read_folder(run_dir / "rechecks", RECHECK_SCHEMA)
+
     def last(frame: pd.DataFrame) -> pd.Series:
         when = pd.to_datetime(frame["finished_at"], utc=True, format="ISO8601", errors="coerce")
         return when.groupby(frame["variant_id"]).max()

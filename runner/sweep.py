@@ -232,12 +232,11 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
             continue
         log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")
         refs[m.key] = ckpts[m.key] = ray.put(cached)
-    spare: dict[str, Any] = {}  # for a re-check left from a stopped invocation, of a model nothing else needs
-    if spec.bench.recheck >= 0:
-        for m in spec.models:
-            cached = None if m.key in needed else _load_checkpoint(run_dir, m, data, log=lambda _: None)
-            if cached is not None:
-                spare[m.key] = ray.put(cached)
+
+    def from_disk(key: str) -> Any:  # for a re-check left from a stopped invocation, of a model nothing else needs
+        cached = _load_checkpoint(run_dir, spec.model(key), data, log=lambda _: None)
+        return None if cached is None else ray.put(cached)
+
     progress.total += len(queue)
     log(f"phase train: {len(queue)} training task(s); {len(pending)} variant(s) to measure after it")
     # At most one training per slot in flight, the ready one of highest priority next (phases.next_training
@@ -267,5 +266,5 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
         raise phases.Stopped("train", len(queue))
     plan = phases.Plan(spec, run_dir, pending, hashes, train_opts, bench_opts,
                        {"bench": bench_task, "recheck": recheck_task}, log, errors, deadline=deadline, slots=slots,
-                       recheck_only=spare)
+                       saved_checkpoint=from_disk)
     phases.run(plan, data_ref, ckpts, progress)

@@ -373,14 +373,15 @@ def recheck_job(group: list[Variant], ckpt: dict | Later, bench: BenchSpec) -> l
         with hostlock.busy():
             ckpt = fetch(ckpt)
         order = list(reversed(group))
-        rows = {v.variant_id: {"variant_id": v.variant_id, **place(), **env.device_info(device)} for v in order}
+        info = env.device_info(device)
+        rows = {v.variant_id: {"variant_id": v.variant_id, **place(), **info} for v in order}
         held: dict[str, tuple] = {}
         try:
             with measurement_flags():
                 for v in order:
                     rows[v.variant_id]["started_at"] = stamp()
                     _prepare_recheck(v, ckpt, device, held, rows[v.variant_id])
-                done = round_robin.time_round_robin(held, bench, env.device_info(device)["gpu_uuid"], stamp)
+                done = round_robin.time_round_robin(held, bench, info["gpu_uuid"], stamp)
         finally:
             with hostlock.busy():  # freeing GPU memory is driver work too (reports/h200-neighbour/)
                 held = None
