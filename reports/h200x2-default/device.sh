@@ -15,6 +15,13 @@ set -uo pipefail
 mode=${1:?two-nodes, one-gpu or faults}
 budget=${2:-420}  # seconds of sweep; a training in flight may add ~90 s, so leave that much of the call
 export RAY_DEDUP_LOGS=0
+crosscheck_b1() {  # once the sweep has finished (its re-check ran): B1 again with an independent timer,
+  # nothing else on the host (issue 9's 15% check)
+  if [ -f "$out/default/report.md" ] && grep -q "^\[.*recheck:" "$out-sweep.log"; then
+    python3 -m runner crosscheck --only mobilenet_v3_small_cifar --device cuda:0 \
+      --out "$out/default/crosscheck.json" 2>&1 | tail -15
+  fi
+}
 case "$mode" in
 two-nodes)
   out=/tmp/runs-2node
@@ -29,16 +36,13 @@ two-nodes)
   timeout -s INT $((budget + 120)) python3 -m runner sweep --config variants/default.yaml --data /tmp/cifar \
     --out "$out" --address auto --stop-after "$budget" 2>&1 | tee -a "$out-sweep.log"
   ray stop --force >/dev/null 2>&1
-  if [ -f "$out/default/report.md" ] && grep -q "^\[.*recheck:" "$out-sweep.log"; then
-    # B1 again with an independent timer, nothing else on the host (the issue's 15% check)
-    python3 -m runner crosscheck --only mobilenet_v3_small_cifar --device cuda:0 \
-      --out "$out/default/crosscheck.json" 2>&1 | tail -15
-  fi
+  crosscheck_b1
   ;;
 one-gpu)
   out=/tmp/runs-1gpu
   CUDA_VISIBLE_DEVICES=0 timeout -s INT $((budget + 120)) python3 -m runner sweep \
     --config variants/default.yaml --data /tmp/cifar --out "$out" --stop-after "$budget" 2>&1 | tee -a "$out-sweep.log"
+  CUDA_VISIBLE_DEVICES=0 crosscheck_b1
   ;;
 faults)
   # Issue 12's GPU fault run: the small quick.yaml on the GPU(s), with one worker SIGKILLed in the middle of
