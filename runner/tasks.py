@@ -71,13 +71,15 @@ def on_gpu():
 
 
 @contextlib.contextmanager
-def measurement_flags():
+def measurement_flags(cudnn_autotune: bool = False):
     """Every process-wide flag a measurement depends on, set explicitly and restored afterwards.
 
-    TF32 off (fp32 means fp32); cuDNN autotuning on and determinism off (pick the fastest kernels during
-    warm-up, as a deployment would); one inductor compile thread: a neighbour compiling with inductor's
-    pool of workers made eager timing on the *other* GPU ~1.5x slower (reports/h200-contention/). Dynamo's
-    recompile limit raised: a group task compiles several variants of one model class (and each for two
+    TF32 off (fp32 means fp32); cuDNN's autotuning off unless the sweep's `bench.cudnn_autotune` asks for
+    it: its search picks different kernels in each fresh process, so one graphed variant read 1.15-1.24 ms
+    in four processes and its in-sweep row missed its re-check by 7%, while cuDNN's heuristics gave the
+    same kernels and 1.144-1.146 ms in four (reports/h200-process-spread/). Determinism off. One inductor
+    compile thread: a neighbour compiling with inductor's pool of workers made eager timing on the *other*
+    GPU ~1.5x slower (reports/h200-contention/). Dynamo's recompile limit raised: a group task compiles several variants of one model class (and each for two
     batch sizes) in one process, and past the default limit dynamo silently runs the model eagerly.
     """
     import torch._dynamo.config as dynamo_config
@@ -89,7 +91,7 @@ def measurement_flags():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.benchmark = torch.cuda.is_available()
+    torch.backends.cudnn.benchmark = cudnn_autotune and torch.cuda.is_available()
     torch.backends.cudnn.deterministic = False
     inductor_config.compile_threads = 1
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, DYNAMO_RECOMPILE_LIMIT)
@@ -205,7 +207,7 @@ def _bench_all(group, pair_list, model_spec, ckpt, data, bench, sweep, hashes, d
 
     with hostlock.busy():
         ckpt, data = fetch(ckpt), fetch(data)
-    with measurement_flags():
+    with measurement_flags(bench.cudnn_autotune):
         floor: dict[str, Any] = {}
         if device.type == "cuda":
             with hostlock.timing():
@@ -377,7 +379,7 @@ def recheck_job(group: list[Variant], ckpt: dict | Later, bench: BenchSpec) -> l
         rows = {v.variant_id: {"variant_id": v.variant_id, **place(), **info} for v in order}
         held: dict[str, tuple] = {}
         try:
-            with measurement_flags():
+            with measurement_flags(bench.cudnn_autotune):
                 for v in order:
                     rows[v.variant_id]["started_at"] = stamp()
                     _prepare_recheck(v, ckpt, device, held, rows[v.variant_id])
@@ -430,7 +432,7 @@ def _pair_one(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, dev
     row = {"parent_id": parent.variant_id, "variant_id": child.variant_id, "started_at": stamp(), **place(),
            **env.device_info(device)}
     try:
-        with measurement_flags():
+        with measurement_flags(bench.cudnn_autotune):
             with hostlock.busy():
                 a = held.get(parent.variant_id) or _prepared_callable(parent, ckpt, device)
                 b = held.get(child.variant_id) or _prepared_callable(child, ckpt, device)

@@ -310,3 +310,32 @@ def test_a_graph_callable_keeps_its_weights_alive():
     torch.cuda.synchronize(device)
     assert torch.equal(got, want)
     del junk
+
+
+def test_measurement_flags_leave_cudnn_autotuning_off_unless_asked_and_restore_every_flag():
+    """Autotuning picked different kernels in each fresh process (reports/h200-process-spread/): a sweep
+    times with cuDNN's heuristics unless its bench says `cudnn_autotune: true`, whatever the process held."""
+    from runner.tasks import measurement_flags
+
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.benchmark = True   # left over from an earlier task in the same process
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        for autotune in (False, True):
+            with measurement_flags(autotune):
+                assert torch.backends.cudnn.benchmark is (autotune and torch.cuda.is_available())
+                assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+                assert torch.get_float32_matmul_precision() == "highest"
+            assert torch.backends.cudnn.benchmark is True and torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_switching_cudnn_autotune_measures_every_row_again():
+    """A row timed with the other kernel choice is not the same measurement: the resume key changes."""
+    from runner.sweep import variant_hash
+    from variants import BenchSpec, TrainSpec, Variant
+
+    v, m = Variant(model="m"), TrainSpec(key="m", arch="resnet18_cifar")
+    off, on = (variant_hash(v, m, BenchSpec(cudnn_autotune=a), "synthetic", "code") for a in (False, True))
+    assert off != on and off == variant_hash(v, m, BenchSpec(), "synthetic", "code")

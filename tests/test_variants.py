@@ -342,6 +342,13 @@ def test_wrong_bench_type_and_seed(tmp_path):
     assert "seed" in msg and "'abc'" in msg
 
 
+def test_cudnn_autotune_is_a_bench_switch_off_by_default(tmp_path):
+    assert load_sweep(_sweep(tmp_path, "grid: [{}]\n")).bench.cudnn_autotune is False
+    assert load_sweep(_sweep(tmp_path, "bench: {cudnn_autotune: true}\ngrid: [{}]\n", "on.yaml")).bench.cudnn_autotune is True
+    msg = _spec_error(_sweep(tmp_path, "bench: {cudnn_autotune: 'yes'}\ngrid: [{}]\n", "bad.yaml"))
+    assert "bench.cudnn_autotune" in msg and "expected bool" in msg
+
+
 def test_integral_values_are_coerced(tmp_path):
     p = _write(tmp_path, "models:\n  m: {arch: resnet18_cifar, recipe: {epochs: 4.0, lr: 1}}\ngrid: [{}]\n")
     r = load_sweep(p).model("m").recipe

@@ -96,6 +96,7 @@ class BenchSpec:
     cv_flag_pct: float = 3.0        # repeats whose p50 CV exceeds this are flagged as unstable
     pair_rounds: int = 10           # paired parent/child rounds per keep/drop decision (0 = no pairs)
     recheck: int = 6                # rows re-timed at the end besides the named ones and the chosen (-1 = none, `all`)
+    cudnn_autotune: bool = False    # cuDNN's kernel search per process; off: the same kernels in every process
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from runner import bench, env
 from runner.diagnostics.table import Column, print_table
 from runner.results import write_json
 from runner.optimize import GRAPHING_COMPILE_MODES, prepare, strict_fp32, unsupported_reason
-from variants import Variant
+from variants import BenchSpec, Variant
 
 AGREE_TOL = 0.10
 # (architecture, variant): the fast paths a sweep most often picks, plus one plain eager fp32 baseline.
@@ -175,7 +175,7 @@ def run(args) -> int:
     strict_fp32()  # fp32 rows mean true fp32, as in the sweep's bench task
     if device.type == "cuda":
         torch.cuda.set_device(device)  # do_bench times on the current device
-        torch.backends.cudnn.benchmark = True  # as the sweep's bench task does
+        torch.backends.cudnn.benchmark = BenchSpec().cudnn_autotune  # as a sweep's bench task does by default
     timer = pick_timer(args.timer, device)
     print(f"crosscheck on {device} ({env.device_info(device).get('gpu_name') or 'cpu'}); independent timer: {timer}")
     print(f"note: {METHOD_NOTE}")
