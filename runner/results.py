@@ -68,7 +68,10 @@ RESULT_SCHEMA = pa.schema(
        ("checks_started_at", pa.string()),
        # "round-robin": repeat r of every variant of the task was timed in one round (runner/round_robin.py),
        # so runner/host_rounds.py can compare a round across variants; None in older rows (back to back)
-       ("timing_order", pa.string())]
+       ("timing_order", pa.string()),
+       # when the task's worker process began and finished its imports (runner/worker_setup.py), for the
+       # timeline's start-up split; None in older rows and outside a Ray worker
+       ("worker_started_at", pa.string()), ("worker_ready_at", pa.string())]
 )
 
 # One row per (parent, child) pair timed interleaved in one task (runner/pairs.py); p50s as JSON lists.
@@ -79,7 +82,7 @@ PAIR_SCHEMA = pa.schema(
      ("gpu_uuid", pa.string()), ("ray_node_id", pa.string()), ("pid", pa.int64()), ("code_digest", pa.string()),
      ("torch_version", pa.string()), ("cuda_version", pa.string()), ("cudnn_version", pa.string()),
      ("ray_version", pa.string()), ("hostname", pa.string()), ("git_commit", pa.string()),
-     ("finished_at", pa.string()), ("started_at", pa.string())]
+     ("finished_at", pa.string()), ("started_at", pa.string()), ("worker_started_at", pa.string()), ("worker_ready_at", pa.string())]
 )
 
 # One row per variant re-timed at the end of a sweep, alone (runner/agreement.py compares). recheck_*_ms:
@@ -93,7 +96,7 @@ RECHECK_SCHEMA = pa.schema(
      ("git_commit", pa.string()), ("finished_at", pa.string()), ("started_at", pa.string()),
      # the repeats it was timed with (round-robin over its group, runner/round_robin.py) and the CV of their
      # p50s (as `lat_cv_pct`); None in older rows, which were timed once
-     ("recheck_repeats", pa.int32()), ("recheck_cv_pct", pa.float64())]
+     ("recheck_repeats", pa.int32()), ("recheck_cv_pct", pa.float64()), ("worker_started_at", pa.string()), ("worker_ready_at", pa.string())]
 )
 
 TRAINING_SCHEMA = pa.schema(
@@ -104,7 +107,7 @@ TRAINING_SCHEMA = pa.schema(
      ("seed", pa.int64()), ("device", pa.string()), ("gpu_name", pa.string()), ("gpu_uuid", pa.string()),
      ("torch_version", pa.string()), ("git_commit", pa.string()), ("data_source", pa.string()),
      ("spec_hash", pa.string()), ("recipe_json", pa.string()), ("finished_at", pa.string()),
-     ("ray_node_id", pa.string()), ("pid", pa.int64()), ("started_at", pa.string())]
+     ("ray_node_id", pa.string()), ("pid", pa.int64()), ("started_at", pa.string()), ("worker_started_at", pa.string()), ("worker_ready_at", pa.string())]
 )
 
 SAMPLES_SCHEMA = pa.schema([("variant_id", pa.string()), ("repeat", pa.int32()), ("iter", pa.int32()),

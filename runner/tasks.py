@@ -105,9 +105,13 @@ def measurement_flags(cudnn_autotune: bool = False):
 
 
 def place() -> dict[str, Any]:
-    """Where a row was measured: versions, code digest, Ray node."""
+    """Where a row was measured: versions, code digest, Ray node, and its worker's start (worker_setup)."""
+    from runner import worker_setup
+
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    return {**env.versions(), "code_digest": env.code_digest(), "ray_node_id": node, "pid": os.getpid()}
+    return {**env.versions(), "code_digest": env.code_digest(), "ray_node_id": node, "pid": os.getpid(),
+            "worker_started_at": worker_setup.times.get("worker_started_at"),
+            "worker_ready_at": worker_setup.times.get("worker_ready_at")}
 
 
 # ---- training ------------------------------------------------------------------------------------------
@@ -130,8 +134,8 @@ def training_rows(spec: TrainSpec, ckpt: dict, device: torch.device, sweep: str,
             "recipe_json": ckpt["recipe_json"], "data_source": ckpt["data_source"], "started_at": started,
             "finished_at": stamp(), **env.device_info(device)}
     vers = place()
-    base.update(torch_version=vers["torch_version"], git_commit=vers["git_commit"], ray_node_id=vers["ray_node_id"],
-                pid=vers["pid"])
+    base.update({k: vers[k] for k in ("torch_version", "git_commit", "ray_node_id", "pid", "worker_started_at",
+                                      "worker_ready_at")})
     rows = [{**base, **e} for e in ckpt["log"]]
     # The last row is the model's summary: fp32 accuracy of the final weights and the whole run's speed.
     rows.append({**base, "epoch": ckpt["epochs"], "top1_pct": ckpt["top1_pct"], "train_s": ckpt["train_s"],

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from runner import startup
 from runner.plots import figure
 
 # (kind, merged file, the column that names the task, its start and end columns); kinds in the order they
@@ -259,7 +260,7 @@ def section(run_dir: str | Path, out_dir: str | Path | None = None) -> list[str]
     lines += _table(["lane", "tasks", "busy s", "idle s", "busy %"],
                     [[r.lane, r.tasks, f"{r.busy_s:.1f}", f"{r.idle_s:.1f}",
                       f"{100 * r.busy_s / span:.0f}" if span > 0 else "—"] for r in stats.itertuples()]) + [""]
-    return lines + _host_wait(Path(run_dir)) + _not_drawn(untimed)
+    return lines + _host_wait(Path(run_dir)) + startup.section(run_dir) + _not_drawn(untimed)
 
 
 def host_waits(run_dir: Path) -> pd.Series | None:

@@ -9,11 +9,23 @@ for a timing instead of slowing it. What stays outside: the interpreter's and Ra
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 
 HOOK = "runner.worker_setup.setup"  # the runtime_env value (runner/sweep.py sets it)
 
+# When this worker's hook began and when its imports were done (ISO UTC, ms), for every row the worker
+# writes (tasks.place): with the row's started_at they split a task's start-up into Ray's start of the
+# process, the imports (with any wait for a timing) and the task's own set-up (CUDA context, fetches).
+# Empty outside a Ray worker with the hook (tests, `runner train`): the columns are None then.
+times: dict[str, str] = {}
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
 
 def setup() -> None:
+    times["worker_started_at"] = _stamp()
     try:
         from runner import hostlock
 
@@ -22,3 +34,4 @@ def setup() -> None:
             import runner.tasks  # noqa: F401
     except Exception as e:  # a hook that raises kills the worker: a slower timing beats a dead sweep
         print(f"{HOOK}: {type(e).__name__}: {e}", file=sys.stderr)
+    times["worker_ready_at"] = _stamp()

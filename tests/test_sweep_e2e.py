@@ -93,6 +93,13 @@ def test_every_task_ran_in_its_own_process(sweep_run):
     assert (pid_groups == 1).all() and bench.groupby("group")["pid"].nunique().eq(1).all()
     pids = list(bench["pid"].unique()) + list(train["pid"]) + list(rechecks["pid"].unique())
     assert len(pids) == len(set(pids)) and len(bench) >= 3 and len(train) >= 2 and len(rechecks) >= 1
+    # Each of those processes ran the worker setup hook first, and its rows say when (runner/startup.py).
+    for rows in (bench, train, rechecks):
+        started = pd.to_datetime(rows["worker_started_at"], utc=True, format="ISO8601")
+        ready = pd.to_datetime(rows["worker_ready_at"], utc=True, format="ISO8601")
+        assert started.notna().all() and (started <= ready).all()
+        assert (ready <= pd.to_datetime(rows["started_at"], utc=True, format="ISO8601")).all()
+    assert "**Task start-up.**" in (run_dir / "report.md").read_text()
 
 
 def test_recheck_times_a_group_in_reverse_order(sweep_run):
