@@ -88,10 +88,14 @@ def _recheck_repeats(table: pd.DataFrame) -> str:
     if not n:
         return "one repeat each"
     count = str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
-    return (f"{count} repeats each, spread round-robin over the re-checked variants of a group, so that a few "
-            f"seconds of a slow host phase hit at most one repeat of a variant (a variant re-checked alone in its "
-            f"group has its repeats back to back); the re-check p50 is the median over repeats of each repeat's "
-            f"p50, as the in-sweep one is")
+    k = sorted({int(x) for x in table["recheck_slices"].dropna()}) if "recheck_slices" in table else []
+    sliced = (f", each repeat in {k[0] if len(k) == 1 else f'{k[0]}-{k[-1]}'} slices spread over the task, so "
+              f"that a slow host phase of a second or two lands in a slice or two of several repeats"
+              if k and k[-1] > 1 else
+              ", so that a few seconds of a slow host phase hit at most one repeat of a variant (a variant "
+              "re-checked alone in its group has its repeats back to back)")
+    return (f"{count} repeats each, spread round-robin over the re-checked variants of a group{sliced}; the "
+            f"re-check p50 is the median over repeats of each repeat's p50, as the in-sweep one is")
 
 
 def disagreeing(table: pd.DataFrame) -> set[str]:

@@ -71,7 +71,10 @@ RESULT_SCHEMA = pa.schema(
        ("timing_order", pa.string()),
        # when the task's worker process began and finished its imports (runner/worker_setup.py), for the
        # timeline's start-up split; None in older rows and outside a Ray worker
-       ("worker_started_at", pa.string()), ("worker_ready_at", pa.string())]
+       ("worker_started_at", pa.string()), ("worker_ready_at", pa.string()),
+       # each repeat timed in this many slices spread over the task, and this repeat's p50 per slice as a
+       # JSON list, in time order (runner/round_robin.py), for runner/host_rounds.py; None in older rows
+       ("timing_slices", pa.int32()), ("slice_p50s_ms", pa.string())]
 )
 
 # One row per (parent, child) pair timed interleaved in one task (runner/pairs.py); p50s as JSON lists.
@@ -96,7 +99,10 @@ RECHECK_SCHEMA = pa.schema(
      ("git_commit", pa.string()), ("finished_at", pa.string()), ("started_at", pa.string()),
      # the repeats it was timed with (round-robin over its group, runner/round_robin.py) and the CV of their
      # p50s (as `lat_cv_pct`); None in older rows, which were timed once
-     ("recheck_repeats", pa.int32()), ("recheck_cv_pct", pa.float64()), ("worker_started_at", pa.string()), ("worker_ready_at", pa.string())]
+     ("recheck_repeats", pa.int32()), ("recheck_cv_pct", pa.float64()), ("worker_started_at", pa.string()),
+     ("worker_ready_at", pa.string()),
+     # each repeat timed in this many slices spread over the task (runner/round_robin.py); None in older rows
+     ("recheck_slices", pa.int32())]
 )
 
 TRAINING_SCHEMA = pa.schema(

@@ -268,7 +268,8 @@ def _time_group(ready: dict, bench, device, floor) -> dict[str, Timed | tuple[li
         r = done[vid]
         out[vid] = _error_rows(t.base, r.error, r.timed_at) if r.error else dataclasses.replace(
             t, samples=r.samples, extra={**t.extra, "host_wait_s": r.host_wait_s, "timed_at": r.timed_at,
-                                         "timing_order": "round-robin", **r.gpu(), **floor})
+                                         "timing_order": "round-robin", "timing_slices": bench.slices,
+                                         **r.gpu(), **floor})
     return out
 
 
@@ -280,7 +281,7 @@ def _finish_one(t: Timed, ckpt, data, model_spec, bench, device) -> tuple[list[d
     """The kernel breakdown and the checks of a timed variant, then its rows. A check that fails makes an
     error row that keeps its latency; nothing here raises."""
     from runner import bench as bench_mod
-    from runner import breakdown
+    from runner import breakdown, round_robin
 
     extra = {**t.extra, "checks_started_at": stamp()}
     try:
@@ -296,7 +297,8 @@ def _finish_one(t: Timed, ckpt, data, model_spec, bench, device) -> tuple[list[d
     status, error = ("error", extra["check_error"]) if extra.get("check_error") else ("ok", None)
     base = {**t.base, "status": status, "error": error, "finished_at": stamp(),
             **{k: v for k, v in extra.items() if k != "check_error"}}
-    rows = [{**base, **r} for r in bench_mod.repeat_rows(t.samples, bench.cv_flag_pct)]
+    rows = [{**base, **r, "slice_p50s_ms": json.dumps(round_robin.slice_p50s(s.lat_ms, bench.slices))}
+            for r, s in zip(bench_mod.repeat_rows(t.samples, bench.cv_flag_pct), t.samples)]
     raw = [{"variant_id": t.variant.variant_id, "repeat": r, "iter": i, "lat_ms": float(a), "host_ms": float(h)}
            for r, s in enumerate(t.samples) for i, (a, h) in enumerate(zip(s.lat_ms, s.host_ms))]
     return rows, raw
@@ -419,7 +421,7 @@ def _recheck_row(row: dict, r: Any, bench: BenchSpec) -> dict:
     med = {c: float(np.median([x[c] for x in reps])) for c in ("lat_p50_ms", "lat_p95_ms", "host_p50_ms")}
     return {**row, "status": "ok", "error": None, "finished_at": r.timed_at, "recheck_p50_ms": med["lat_p50_ms"],
             "recheck_p95_ms": med["lat_p95_ms"], "recheck_host_p50_ms": med["host_p50_ms"],
-            "recheck_repeats": len(reps), "recheck_cv_pct": reps[0]["lat_cv_pct"]}
+            "recheck_repeats": len(reps), "recheck_cv_pct": reps[0]["lat_cv_pct"], "recheck_slices": bench.slices}
 
 
 def _pair_one(parent: Variant, child: Variant, ckpt: dict, bench: BenchSpec, device: torch.device,

@@ -1,6 +1,8 @@
 """runner/host_rounds.py: a round in which every variant of a task read slow is the host's, not a variant's."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from runner import host_rounds
@@ -52,3 +54,28 @@ def test_rows_timed_back_to_back_give_no_rounds():
     no_column = old.drop(columns=["timing_order"])
     assert host_rounds.rounds(no_column).empty
     assert host_rounds.unstable_through_host(no_column, host_rounds.rounds(_frame()), 3.0) == []
+
+
+def _sliced(task: int, slices: dict[str, list[list[float]]], cv: dict[str, float]) -> list[dict]:
+    """Rows of one task timed in slices: variant -> per repeat, its p50 per slice (in time order)."""
+    return [{"variant_id": vid, "repeat": r, "lat_p50_ms": float(pd.Series(s).median()), "status": "ok",
+             "ray_node_id": "node-a", "pid": task, "timing_order": "round-robin", "timing_slices": len(s),
+             "slice_p50s_ms": json.dumps(s), "lat_cv_pct": cv.get(vid, 0.5)}
+            for vid, reps in slices.items() for r, s in enumerate(reps)]
+
+
+def test_a_round_is_one_slice_of_one_repeat_in_the_task_s_time_order():
+    # 2 repeats x 3 slices: rounds run (slice 0: r0 r1), (slice 1: r0 r1), (slice 2: r0 r1) = rounds 0..5.
+    # The host is slow in round 2 (slice 1 of repeat 0) for every variant; `b` is also slow alone in its
+    # repeat 1 (rounds 3 and 5), which no other variant saw.
+    frame = pd.DataFrame(_sliced(7, {
+        "a": [[2.0, 3.0, 2.0], [2.0, 2.0, 2.02]],
+        "b": [[1.0, 1.5, 1.0], [1.0, 1.6, 1.6]],
+        "c": [[0.5, 0.76, 0.5], [0.5, 0.5, 0.5]]}, cv={"a": 4.0, "b": 6.0}))
+    table = host_rounds.rounds(frame)
+    assert list(table["round"]) == [0, 1, 2, 3, 4, 5] and (table["variants"] == 3).all()
+    assert list(table.loc[table["slow"], "round"]) == [2] and abs(table["factor"][2] - 1.5) < 0.02
+    # a: without its round-2 slice both repeats read 2.0 -> through the host; b keeps its own slow slices
+    assert host_rounds.unstable_through_host(frame, table, cv_bound_pct=3.0) == ["a"]
+    text = " ".join(host_rounds.section_lines(frame, 3.0))
+    assert "1 of 6 rounds were slow (factors 1.50-1.50)" in text and "unstable only through them: `a`" in text

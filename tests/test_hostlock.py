@@ -214,13 +214,13 @@ def test_a_bench_task_times_everything_before_it_profiles_or_checks(tmp_path, mo
     spec, ckpt, data = _tiny_trained()
     a, b, c = (Variant("tiny", precision="fp32"), Variant("tiny", precision="fp32", memory_format="channels_last"),
                Variant("tiny", precision="fp32", bn_fold=True))
-    bench = BenchSpec(warmup=1, iters=5, repeats=2, eval_batch_size=64, pair_rounds=2)
+    bench = BenchSpec(warmup=1, iters=5, repeats=2, eval_batch_size=64, pair_rounds=2, slices=2)
     out = tasks.bench_job([a, b, c], [(a, b), (a, c)], spec, ckpt, data, bench, "s",
                           {v.variant_id: v.variant_id for v in (a, b, c)})
     assert all(rows[0]["status"] == "ok" for rows, _ in out["bench"].values()) and len(out["pairs"]) == 2
-    # 3 variants x 2 repeats (one timing each, round-robin) + 2 pairs; 3 x (breakdown, checks)
-    assert order.count("time") == 8 and order.count("diagnose") == 6
-    assert order == ["time"] * 8 + ["diagnose"] * 6, order
+    # 3 variants x 2 repeats x 2 slices (one timing each, round-robin) + 2 pairs; 3 x (breakdown, checks)
+    assert order.count("time") == 14 and order.count("diagnose") == 6
+    assert order == ["time"] * 14 + ["diagnose"] * 6, order
 
 
 # ---- the hold a GPU task keeps to its process's end (its CUDA context's teardown) ----------------------

@@ -82,7 +82,7 @@ def test_the_bench_task_times_repeats_round_robin(trained, tmp_path, monkeypatch
     spec, ckpt, data = trained
     group = _variants()
     ids = [v.variant_id for v in group]
-    bench = BenchSpec(warmup=1, iters=5, repeats=3, eval_batch_size=64, pair_rounds=2)
+    bench = BenchSpec(warmup=1, iters=5, repeats=3, eval_batch_size=64, pair_rounds=2, slices=1)
     out = tasks.bench_job(list(group), [], spec, ckpt, data, bench, "s", {i: i for i in ids})
     assert [t[0] for t in timings] == ids * 3                     # v1 v2 v3 v1 v2 v3 v1 v2 v3
     assert all(inside and repeats == 1 for _, inside, repeats, _ in timings)  # one repeat per timing hold
@@ -105,7 +105,7 @@ def test_a_repeat_that_raises_makes_an_error_row_and_the_others_go_on(trained, t
     ids = [v.variant_id for v in group]
     timings = _record_timings(monkeypatch, tmp_path, fail_on=(ids[1], 2))
     spec, ckpt, data = trained
-    bench = BenchSpec(warmup=1, iters=5, repeats=3, eval_batch_size=64, pair_rounds=2)
+    bench = BenchSpec(warmup=1, iters=5, repeats=3, eval_batch_size=64, pair_rounds=2, slices=1)
     out = tasks.bench_job(list(group), [(group[0], group[1]), (group[0], group[2])], spec, ckpt, data, bench,
                           "s", {i: i for i in ids})
     assert [t[0] for t in timings] == ids + ids + [ids[0], ids[2]]  # v2 drops out of the third round
@@ -129,7 +129,7 @@ def test_the_recheck_times_its_repeats_round_robin_in_reverse(trained, tmp_path,
     a, b, c = _variants()
     graph = Variant("tiny", precision="fp32", cuda_graph=True)
     group = [a, graph, b, c]
-    bench = BenchSpec(warmup=1, iters=7, repeats=3, eval_batch_size=64)
+    bench = BenchSpec(warmup=1, iters=7, repeats=3, eval_batch_size=64, slices=1)
     rows = tasks.recheck_job(group, ckpt, bench)
     order = [c.variant_id, b.variant_id, a.variant_id]
     assert [r["variant_id"] for r in rows] == [c.variant_id, b.variant_id, graph.variant_id, a.variant_id]
@@ -140,7 +140,7 @@ def test_the_recheck_times_its_repeats_round_robin_in_reverse(trained, tmp_path,
         r = by_id[vid]
         samples = [s for v, _, _, got in timings if v == vid for s in got]
         p50s = [float(np.percentile(s.lat_ms, 50)) for s in samples]  # each repeat's row p50 (runner/bench.stats)
-        assert r["status"] == "ok" and r["recheck_repeats"] == 3
+        assert r["status"] == "ok" and r["recheck_repeats"] == 3 and r["recheck_slices"] == 1
         # the median over repeats, as runner/results.summarize makes the in-sweep p50
         assert r["recheck_p50_ms"] == float(np.median(p50s)) == pd.Series(p50s).median()
         assert r["recheck_p95_ms"] == float(np.median([np.percentile(s.lat_ms, 95) for s in samples]))
@@ -151,6 +151,43 @@ def test_the_recheck_times_its_repeats_round_robin_in_reverse(trained, tmp_path,
         results.write_rows([r], tmp_path / "rechecks" / f"{r['variant_id']}.parquet", results.RECHECK_SCHEMA)
     df = results.read_folder(tmp_path / "rechecks", results.RECHECK_SCHEMA)
     assert sorted(df.loc[df["status"] == "ok", "recheck_repeats"]) == [3, 3, 3]
+
+
+def test_sliced_repeats_run_slice_major_and_join_in_order(trained, tmp_path, monkeypatch):
+    """Each repeat in 3 slices (7 calls: 3, 2, 2), spread over the task: for each slice, for each repeat,
+    every variant. A repeat's row is over its slices' samples joined; its slice p50s are in the row."""
+    import json
+
+    from runner import round_robin, tasks
+    from variants import BenchSpec
+
+    timings = _record_timings(monkeypatch, tmp_path)
+    spec, ckpt, data = trained
+    group = _variants()
+    ids = [v.variant_id for v in group]
+    bench = BenchSpec(warmup=5, iters=7, repeats=2, eval_batch_size=64, pair_rounds=2, slices=3)
+    out = tasks.bench_job(list(group), [], spec, ckpt, data, bench, "s", {i: i for i in ids})
+    assert [t[0] for t in timings] == ids * (3 * 2) and all(t[1] and t[2] == 1 for t in timings)
+    assert [len(t[3][0].lat_ms) for t in timings] == [3] * 6 + [2] * 12  # slice sizes, slice-major
+    assert round_robin.slice_sizes(7, 3) == [3, 2, 2] and round_robin.slice_sizes(6, 3) == [2, 2, 2]
+    for vid in ids:
+        rows, raw = out["bench"][vid]
+        mine = [got[0] for v, _, _, got in timings if v == vid]  # in time order: (s0 r0) (s0 r1) (s1 r0) ...
+        for r, row in enumerate(rows):
+            pieces = mine[r::2]
+            joined = np.concatenate([p.lat_ms for p in pieces])
+            assert row["lat_p50_ms"] == float(np.percentile(joined, 50)) and row["timing_slices"] == 3
+            assert json.loads(row["slice_p50s_ms"]) == [float(np.median(p.lat_ms)) for p in pieces]
+        assert len(raw) == 2 * bench.iters
+
+
+def test_a_repeat_with_more_slices_than_calls_is_refused_when_the_file_loads(tmp_path):
+    from variants import SpecError, load_sweep
+
+    p = tmp_path / "s.yaml"
+    p.write_text("bench: {iters: 4, slices: 5}\nmodels: {m: {arch: resnet18_cifar}}\ngrid: [{}]\n")
+    with pytest.raises(SpecError, match="bench.slices.*more than bench.iters"):
+        load_sweep(p)
 
 
 def test_gpu_summary_pools_every_repeat_s_samples():

@@ -162,9 +162,11 @@ def test_part_files_without_started_at_still_read(tmp_path):
     worker = ["worker_started_at", "worker_ready_at"]  # appended last: older files keep their layout
     for schema in (TRAINING_SCHEMA, PAIR_SCHEMA):
         assert schema.names[-3:] == ["started_at", *worker]
-    assert RECHECK_SCHEMA.names[-5:] == ["started_at", "recheck_repeats", "recheck_cv_pct", *worker]
-    newer = ["started_at", "host_wait_s", "timed_at", "checks_started_at", "timing_order", *worker]
-    assert RESULT_SCHEMA.names[-7:] == newer
+    assert RECHECK_SCHEMA.names[-6:] == ["started_at", "recheck_repeats", "recheck_cv_pct", *worker,
+                                         "recheck_slices"]
+    newer = ["started_at", "host_wait_s", "timed_at", "checks_started_at", "timing_order", *worker,
+             "timing_slices", "slice_p50s_ms"]
+    assert RESULT_SCHEMA.names[-9:] == newer
     older = pa.schema([f for f in RESULT_SCHEMA if f.name not in newer])
     write_rows([{"sweep": "s", "variant_id": "v", "status": "ok"}], tmp_path / "r" / "v.parquet", older)
     df = read_folder(tmp_path / "r", RESULT_SCHEMA)

@@ -190,3 +190,15 @@ def test_rechecks_from_before_repeats_still_load_and_say_one_repeat(tmp_path):
     table = agreement.agreement(_summary(), report_trust.read(tmp_path, "rechecks"))
     text = "\n".join(report_trust.recheck_section(table, True))
     assert "3 repeats each, spread round-robin" in text and "median over repeats" in text
+
+
+def test_the_recheck_text_says_how_its_repeats_were_spread():
+    from runner.report_trust import _recheck_repeats
+
+    old = pd.DataFrame({"recheck_repeats": [None, None]})
+    assert _recheck_repeats(old) == "one repeat each"
+    plain = pd.DataFrame({"recheck_repeats": [3, 3]})
+    assert "hit at most one repeat" in _recheck_repeats(plain)
+    sliced = pd.DataFrame({"recheck_repeats": [3, 3], "recheck_slices": [5, 5]})
+    text = _recheck_repeats(sliced)
+    assert text.startswith("3 repeats each") and "each repeat in 5 slices spread over the task" in text

@@ -31,6 +31,7 @@ BENCH_RANGES: dict[str, tuple[float, float, bool]] = {
     "cv_flag_pct": (0, float("inf"), False),
     "pair_rounds": (0, 1000, True),
     "recheck": (-1, 10000, True),
+    "slices": (1, 1000, True),
 }
 
 
@@ -107,6 +108,9 @@ def bench(fail: Fail, spec: Any) -> None:
         if not ok:
             left = "[" if lo_in else "("
             raise fail(f"bench.{name}", f"{v!r} is out of range; expected a value in {left}{lo:g}, {hi:g}]")
+    if spec.slices > spec.iters:
+        raise fail("bench.slices", f"{spec.slices} is more than bench.iters ({spec.iters}): every slice of a repeat "
+                                   "needs at least one timed call")
 
 
 def data(fail: Fail, spec: Any) -> None:

@@ -97,6 +97,7 @@ class BenchSpec:
     pair_rounds: int = 10           # paired parent/child rounds per keep/drop decision (0 = no pairs)
     recheck: int = 6                # rows re-timed at the end besides the named ones and the chosen (-1 = none, `all`)
     cudnn_autotune: bool = False    # cuDNN's kernel search per process; off: the same kernels in every process
+    slices: int = 5                 # each repeat timed in this many slices, spread over the task (runner/round_robin.py)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ class SweepSpec:
         if bench_iters:
             b = spec.bench
             spec = dataclasses.replace(spec, bench=dataclasses.replace(
-                b, iters=min(b.iters, bench_iters), warmup=min(b.warmup, bench_iters)))
+                b, iters=min(b.iters, bench_iters), warmup=min(b.warmup, bench_iters),
+                slices=min(b.slices, bench_iters)))  # a slice needs a timed call
         return spec
 
 
