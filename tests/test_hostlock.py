@@ -250,6 +250,9 @@ def _wait_for_timing_after(holder_kwargs: dict, lock_dir) -> tuple[float, object
         t0 = time.monotonic()
         with hostlock.timing():
             waited = time.monotonic() - t0
+            # The kernel drops the lock as the process closes its files on exit, a moment before the
+            # process is gone: give it that moment (a hold dropped early shows as a short wait instead).
+            holder.join(min(2.0, holder_kwargs.get("max_s", 2.0)))
             alive = holder.is_alive()
     finally:
         os.environ.pop(hostlock.LOCK_DIR_ENV, None)
