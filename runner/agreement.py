@@ -73,9 +73,9 @@ def recheck_sample(summary: pd.DataFrame, extra: int, bar_pct: float, seed: int 
 
 def agreement(summary: pd.DataFrame, rechecks: pd.DataFrame) -> pd.DataFrame:
     """One line per re-checked variant: in-sweep p50, re-check p50, their ratio, the tolerance, within?, and
-    the re-check's repeats (None for rows from before it had more than one)."""
+    the re-check's repeats and slices per repeat (None for rows from before they were recorded)."""
     cols = ["variant_id", "brief_id", "kind", "sweep_p50_ms", "recheck_p50_ms", "ratio", "tolerance", "within",
-            "recheck_repeats"]
+            "recheck_repeats", "recheck_slices"]
     if rechecks is None or rechecks.empty or summary.empty:
         return pd.DataFrame(columns=cols)
     ok = rechecks[rechecks["status"] == "ok"].drop_duplicates("variant_id", keep="last")
@@ -90,7 +90,7 @@ def agreement(summary: pd.DataFrame, rechecks: pd.DataFrame) -> pd.DataFrame:
         rows.append({"variant_id": r["variant_id"], "brief_id": s.get("brief_id"), "kind": kind,
                      "sweep_p50_ms": float(s["lat_p50_ms"]), "recheck_p50_ms": float(r["recheck_p50_ms"]),
                      "ratio": ratio, "tolerance": TOLERANCE[kind], "within": abs(ratio - 1) <= TOLERANCE[kind],
-                     "recheck_repeats": r.get("recheck_repeats")})
+                     "recheck_repeats": r.get("recheck_repeats"), "recheck_slices": r.get("recheck_slices")})
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -1,13 +1,13 @@
 """The sweep's phases on a Ray cluster, each finished before the next starts; rows written as they land.
 
-    train  ->  bench + pairs  ->  re-check
+    train  ->  bench + pairs (compiling groups, then the rest)  ->  re-check (same split)
 
 Why phases, measured on an H200 host (reports/h200-contention/): a benchmark's number must be that
 variant's alone, and a GPU to itself is not enough for eager (CPU-bound) variants. A neighbour compiling
 with inductor's worker pool made eager timing ~1.5x slower even on the other GPU and even with the CPUs
 split between them; a neighbour training now and then did too. So no training runs while anything is
-timed, and no compilation runs while a variant is timed: the host lock below keeps them apart, so within
-a phase the tasks that compile and the ones that do not share the GPUs. Each timing task is a fresh process
+timed, and no compilation runs while a non-compiling variant is timed: within a phase the tasks that
+compile go first, on every GPU at once, then the ones that do not. Each timing task is a fresh process
 measuring one *group* (`group_key`: a model's variants of one precision, compiling or not) and the pairs
 whose child is in it; the re-check times the same groups in reverse order (runner/tasks.py says why).
 Within a phase, tasks on the GPUs of one machine still share its CPUs: each timing inside them holds the
@@ -160,32 +160,33 @@ def ordered(jobs: list[tuple]) -> list[tuple]:
 
 def run_phase(name: str, jobs: list[tuple[bool, float, Callable[[], Any], Callable[[Any], None]]],
               log: Callable[[str], None], deadline: Deadline = Deadline(), slots: int = 1) -> None:
-    """Jobs are (compiles?, cost, submit() -> ref, land(ref)), submitted longest expected first. Without a
-    deadline every job is submitted at once and Ray queues them; with one, at most `slots` are in flight,
-    so that none is submitted after it (raises Stopped once the ones in flight have landed).
+    """Jobs are (compiles?, cost, submit() -> ref, land(ref)). Compiling jobs first, all landed, then the
+    rest; within each group the longest expected first. Without a deadline every job is submitted at once
+    and Ray queues them; with one, at most `slots` are in flight, so that none is submitted after it
+    (raises Stopped once the ones in flight have landed).
 
-    Compiling and non-compiling jobs share the phase. They used to run as two sub-phases, compiling first
-    and all landed: on 2x H200 a GPU then idled through the other's compiles (reports/h200x2-default/,
-    the timeline at ecf049b). The host lock made that barrier redundant: a compile runs inside a shared
-    hold, so it waits for any timing on the host and no timing starts while it runs (runner/hostlock.py).
-    """
-    todo = ordered(jobs)
-    n, n_compiling = len(todo), sum(1 for j in todo if j[0])
-    limit = max(1, slots) if deadline.at is not None else n
-    refs: dict[Any, Callable[[Any], None]] = {}
-    _submit(todo, refs, limit, deadline)
-    if refs:  # past the deadline, nothing of this phase starts: no heading for it
-        log(f"-- {name} phase: {n} task(s), {n_compiling} of them compiling")
-    while refs:
-        ready, _ = ray.wait(list(refs), num_returns=1)
-        land = refs.pop(ready[0])
-        _submit(todo, refs, limit, deadline)  # the freed slot gets its next task before the driver lands
-        # Landing (unpickling rows and samples, writing Parquet) is host work of the driver's machine,
-        # where a task on another GPU may be timing: it waits for the timing like any task's work.
-        with hostlock.busy():
-            land(ready[0])
-    if todo:
-        raise Stopped(name, len(todo))
+    The barrier between the two stays although the host lock keeps compiles off timings: without it (tried
+    at 9984112) the CPU quick sweep's in-sweep MobileNet rows read 1.22-1.53x their re-check in both of two
+    runs, against 0.95-1.08x in four runs with it. The cause was not found; the idle GPU time it costs is
+    the price."""
+    for group, label in ((True, "compiling"), (False, "not compiling")):
+        todo = [j for j in ordered(jobs) if j[0] == group]
+        n = len(todo)
+        limit = max(1, slots) if deadline.at is not None else n
+        refs: dict[Any, Callable[[Any], None]] = {}
+        _submit(todo, refs, limit, deadline)
+        if refs:  # past the deadline, nothing of this group starts: no heading for it
+            log(f"-- {name} phase, {label}: {n} task(s)")
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            land = refs.pop(ready[0])
+            _submit(todo, refs, limit, deadline)  # the freed slot gets its next task before the driver lands
+            # Landing (unpickling rows and samples, writing Parquet) is host work of the driver's machine,
+            # where a task on another GPU may be timing: it waits for the timing like any task's work.
+            with hostlock.busy():
+                land(ready[0])
+        if todo:  # stopped among the compiling jobs, the others were never started either
+            raise Stopped(name, len(todo) + (sum(1 for j in jobs if not j[0]) if group else 0))
 
 
 def _submit(todo: list, refs: dict, limit: int, deadline: Deadline) -> None:
@@ -196,9 +197,8 @@ def _submit(todo: list, refs: dict, limit: int, deadline: Deadline) -> None:
 
 def group_key(v: Variant) -> tuple[str, bool, str]:
     """Which bench task measures `v`: one per model, compiling or not, and precision. Compiling and not
-    stay apart because a compiling group is long (its compiles) and goes first, while the eager variants
-    start on another GPU; the precision split halves a model's task so that a phase's tasks spread over
-    more GPUs (the two halves share no prepared state anyway)."""
+    stay apart because the phases order them; the precision split halves a model's task so that a
+    phase's tasks spread over more GPUs (the two halves share no prepared state anyway)."""
     return v.model, compiles(v), v.precision
 
 

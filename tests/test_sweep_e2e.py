@@ -148,6 +148,7 @@ def test_training_rows_and_merged_outputs(sweep_run):
     assert "tiny-fp32-nchw-eager" in set(csv["variant_id"])
     text = report.read_text()
     assert "| B2 |" in text and "| D1 |" in text and "CPU only" in text
+    assert "3 repeats each, spread round-robin over the re-checked variants of a group, each repeat in 5 slices" in text
 
 
 def test_timeline_matches_the_rows(sweep_run):
