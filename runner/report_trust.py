@@ -84,18 +84,25 @@ def recheck_section(table: pd.DataFrame, any_gpu: bool) -> list[str]:
 
 def _recheck_repeats(table: pd.DataFrame) -> str:
     """How many repeats the re-checks had: rows from before the column were timed once."""
-    n = sorted({int(x) for x in table["recheck_repeats"].dropna()}) if "recheck_repeats" in table else []
+    n, k = _values(table, "recheck_repeats"), _values(table, "recheck_slices")
     if not n:
         return "one repeat each"
-    count = str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
-    k = sorted({int(x) for x in table["recheck_slices"].dropna()}) if "recheck_slices" in table else []
-    sliced = (f", each repeat in {k[0] if len(k) == 1 else f'{k[0]}-{k[-1]}'} slices spread over the task, so "
-              f"that a slow host phase of a second or two lands in a slice or two of several repeats"
+    sliced = (f", each repeat in {_span(k)} slices spread over the task, so that a slow host phase of a "
+              f"second or two lands in a slice or two of several repeats"
               if k and k[-1] > 1 else
               ", so that a few seconds of a slow host phase hit at most one repeat of a variant (a variant "
               "re-checked alone in its group has its repeats back to back)")
-    return (f"{count} repeats each, spread round-robin over the re-checked variants of a group{sliced}; the "
+    return (f"{_span(n)} repeats each, spread round-robin over the re-checked variants of a group{sliced}; the "
             f"re-check p50 is the median over repeats of each repeat's p50, as the in-sweep one is")
+
+
+def _values(table: pd.DataFrame, column: str) -> list[int]:
+    """The distinct values of an int column, sorted ([] for rows from before it existed)."""
+    return sorted({int(x) for x in table[column].dropna()}) if column in table else []
+
+
+def _span(values: list[int]) -> str:
+    return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
 
 
 def disagreeing(table: pd.DataFrame) -> set[str]:

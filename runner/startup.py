@@ -11,25 +11,15 @@ before each task's first bar. The rows say where that gap goes (columns from run
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-FILES = ("training.parquet", "results.parquet", "pairs.parquet", "rechecks.parquet")
 COLUMNS = ["ray_node_id", "pid", "worker_started_at", "worker_ready_at", "started_at"]
 
 
-def processes(run_dir: Path) -> pd.DataFrame:
-    """One row per task process that recorded its start: imports_s and setup_s (seconds)."""
-    parts = []
-    for name in FILES:
-        path = Path(run_dir) / name
-        try:
-            df = pd.read_parquet(path) if path.exists() else None
-        except Exception:  # a damaged file costs these lines, not the report
-            df = None
-        if df is not None and set(COLUMNS) <= set(df.columns):
-            parts.append(df[COLUMNS])
+def processes(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per task process that recorded its start: imports_s and setup_s (seconds). `frames` are the
+    sweep folder's merged rows by kind, as runner/timeline.read_frames gives them (read once per report)."""
+    parts = [df[COLUMNS] for df in frames.values() if set(COLUMNS) <= set(df.columns)]
     if not parts:
         return pd.DataFrame(columns=["imports_s", "setup_s"])
     rows = pd.concat(parts).dropna(subset=["worker_started_at", "worker_ready_at", "started_at"])
@@ -43,9 +33,9 @@ def processes(run_dir: Path) -> pd.DataFrame:
                          "setup_s": (per["first"] - per["ready"]).dt.total_seconds()})
 
 
-def section(run_dir: str | Path) -> list[str]:
+def section(frames: dict[str, pd.DataFrame]) -> list[str]:
     """The report's "**Task start-up.**" paragraph (markdown lines), or nothing when no row recorded it."""
-    p = processes(Path(run_dir))
+    p = processes(frames)
     if p.empty:
         return []
     return [f"**Task start-up.** {len(p)} task processes recorded their start (runner/startup.py). Imports "

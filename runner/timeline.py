@@ -212,15 +212,15 @@ def draw(tasks: pd.DataFrame, stats: pd.DataFrame, path: Path):
     return fig
 
 
-def load(run_dir: Path) -> tuple[pd.DataFrame, dict[str, int], dict]:
+def load(run_dir: Path, frames: dict[str, pd.DataFrame] | None = None) -> tuple[pd.DataFrame, dict[str, int], dict]:
     """Tasks (with lanes) of the sweep folder's latest invocation; per kind the tasks not drawn (no start),
-    plus under "earlier" those of earlier invocations; and sweep.json."""
+    plus under "earlier" those of earlier invocations; and sweep.json. `frames`: its rows already read."""
     run_dir = Path(run_dir)
     try:
         sweep = json.loads((run_dir / "sweep.json").read_text())
     except (OSError, ValueError):
         sweep = {}
-    tasks, untimed = tasks_from_frames(read_frames(run_dir))
+    tasks, untimed = tasks_from_frames(read_frames(run_dir) if frames is None else frames)
     since = pd.to_datetime(sweep.get("started_at"), utc=True, errors="coerce") if isinstance(sweep, dict) else None
     if since is not None and not pd.isna(since):
         # A resumed sweep keeps rows from earlier invocations: they would stretch the axis over the pause.
@@ -236,7 +236,8 @@ def _table(headers: list[str], rows: list[list]) -> list[str]:
 
 def section(run_dir: str | Path, out_dir: str | Path | None = None) -> list[str]:
     """The report's "Where the time went" (markdown lines); draws out_dir/timeline.png when tasks are timed."""
-    tasks, untimed, sweep = load(Path(run_dir))
+    frames = read_frames(Path(run_dir))
+    tasks, untimed, sweep = load(Path(run_dir), frames)
     if tasks.empty and not any(untimed.values()):
         return []
     lines = ["## Where the time went", ""]
@@ -260,7 +261,7 @@ def section(run_dir: str | Path, out_dir: str | Path | None = None) -> list[str]
     lines += _table(["lane", "tasks", "busy s", "idle s", "busy %"],
                     [[r.lane, r.tasks, f"{r.busy_s:.1f}", f"{r.idle_s:.1f}",
                       f"{100 * r.busy_s / span:.0f}" if span > 0 else "—"] for r in stats.itertuples()]) + [""]
-    return lines + _host_wait(Path(run_dir)) + startup.section(run_dir) + _not_drawn(untimed)
+    return lines + _host_wait(Path(run_dir)) + startup.section(frames) + _not_drawn(untimed)
 
 
 def host_waits(run_dir: Path) -> pd.Series | None:

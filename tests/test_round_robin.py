@@ -74,16 +74,21 @@ def _record_timings(monkeypatch, tmp_path, fail_on: tuple[str, int] | None = Non
     return timings
 
 
-def test_the_bench_task_times_repeats_round_robin(trained, tmp_path, monkeypatch):
+def _bench_group(trained, monkeypatch, tmp_path, **bench_kw):
+    """The three variants' bench task under the timing recorder: (timings, ids, bench, out)."""
     from runner import tasks
     from variants import BenchSpec
 
     timings = _record_timings(monkeypatch, tmp_path)
     spec, ckpt, data = trained
-    group = _variants()
-    ids = [v.variant_id for v in group]
-    bench = BenchSpec(warmup=1, iters=5, repeats=3, eval_batch_size=64, pair_rounds=2, slices=1)
-    out = tasks.bench_job(list(group), [], spec, ckpt, data, bench, "s", {i: i for i in ids})
+    ids = [v.variant_id for v in _variants()]
+    bench = BenchSpec(eval_batch_size=64, pair_rounds=2, **bench_kw)
+    out = tasks.bench_job(list(_variants()), [], spec, ckpt, data, bench, "s", {i: i for i in ids})
+    return timings, ids, bench, out
+
+
+def test_the_bench_task_times_repeats_round_robin(trained, tmp_path, monkeypatch):
+    timings, ids, bench, out = _bench_group(trained, monkeypatch, tmp_path, warmup=1, iters=5, repeats=3, slices=1)
     assert [t[0] for t in timings] == ids * 3                     # v1 v2 v3 v1 v2 v3 v1 v2 v3
     assert all(inside and repeats == 1 for _, inside, repeats, _ in timings)  # one repeat per timing hold
     for vid in ids:
@@ -158,15 +163,9 @@ def test_sliced_repeats_run_slice_major_and_join_in_order(trained, tmp_path, mon
     every variant. A repeat's row is over its slices' samples joined; its slice p50s are in the row."""
     import json
 
-    from runner import round_robin, tasks
-    from variants import BenchSpec
+    from runner import round_robin
 
-    timings = _record_timings(monkeypatch, tmp_path)
-    spec, ckpt, data = trained
-    group = _variants()
-    ids = [v.variant_id for v in group]
-    bench = BenchSpec(warmup=5, iters=7, repeats=2, eval_batch_size=64, pair_rounds=2, slices=3)
-    out = tasks.bench_job(list(group), [], spec, ckpt, data, bench, "s", {i: i for i in ids})
+    timings, ids, bench, out = _bench_group(trained, monkeypatch, tmp_path, warmup=5, iters=7, repeats=2, slices=3)
     assert [t[0] for t in timings] == ids * (3 * 2) and all(t[1] and t[2] == 1 for t in timings)
     assert [len(t[3][0].lat_ms) for t in timings] == [3] * 6 + [2] * 12  # slice sizes, slice-major
     assert round_robin.slice_sizes(7, 3) == [3, 2, 2] and round_robin.slice_sizes(6, 3) == [2, 2, 2]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from runner import startup, worker_setup
+from runner.timeline import read_frames
 from runner.results import PAIR_SCHEMA, RESULT_SCHEMA, write_rows
 from runner.tasks import place
 
@@ -20,17 +21,17 @@ def test_each_process_counts_once_from_its_first_row(tmp_path):
                 _row(2, "10.000", "14.000", "15.000"), {"variant_id": "old", "status": "ok", "pid": 3}],
                tmp_path / "results.parquet", RESULT_SCHEMA)
     write_rows([_row(2, "10.000", "14.000", "14.500", parent_id="p")], tmp_path / "pairs.parquet", PAIR_SCHEMA)
-    p = startup.processes(tmp_path).sort_values("imports_s")
+    p = startup.processes(read_frames(tmp_path)).sort_values("imports_s")
     assert p["imports_s"].tolist() == [2.0, 4.0] and p["setup_s"].tolist() == [3.0, 0.5]
-    text = "\n".join(startup.section(tmp_path))
+    text = "\n".join(startup.section(read_frames(tmp_path)))
     assert "2 task processes" in text and "median 3.0 s, longest 4.0 s, 6 s in all" in text
     assert "median 1.8 s, longest 3.0 s, 4 s in all" in text
 
 
 def test_no_recorded_start_gives_no_paragraph(tmp_path):
-    assert startup.section(tmp_path) == []
+    assert startup.section(read_frames(tmp_path)) == []
     write_rows([{"variant_id": "old", "status": "ok", "pid": 3}], tmp_path / "results.parquet", RESULT_SCHEMA)
-    assert startup.section(tmp_path) == []
+    assert startup.section(read_frames(tmp_path)) == []
 
 
 def test_a_worker_that_ran_the_hook_stamps_its_rows(monkeypatch):
