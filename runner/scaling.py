@@ -49,50 +49,6 @@ class Run:
         return f"{self.path.name} ({self.gpus} GPU{'s' if self.gpus != 1 else ''})"
 
 
-def invocations(sweep: dict) -> list[tuple[pd.Timestamp, float]]:
-    """(start, wall_s) of each invocation of a sweep: its earlier ones (`previous_runs`) and the last."""
-    runs = list(sweep.get("previous_runs") or []) + [sweep]
-    out = []
-    for r in runs:
-        start = pd.to_datetime(r.get("started_at"), utc=True, errors="coerce")
-        if pd.isna(start) or not isinstance(r.get("wall_s"), (int, float)):
-            continue
-        out.append((start, float(r["wall_s"])))
-    return sorted(out, key=lambda s: s[0])
-
-
-def place(tasks: pd.DataFrame, invs: list[tuple[pd.Timestamp, float]]) -> pd.DataFrame:
-    """Add `x0` / `x1`: a task's start and end in seconds on the run's own clock, its invocations laid end
-    to end (a task belongs to the last invocation that started before it; stamps are ISO to the second
-    in sweep.json, so the comparison floors them)."""
-    tasks = tasks.copy()
-    offsets = [sum(w for _, w in invs[:i]) for i in range(len(invs))]
-    x0 = []
-    for start in tasks["start"]:
-        i = max([k for k, (s, _) in enumerate(invs) if s.floor("s") <= start] or [0])
-        x0.append(offsets[i] + (start - invs[i][0]).total_seconds() if invs else 0.0)
-    tasks["x0"] = x0
-    tasks["x1"] = tasks["x0"] + (tasks["end"] - tasks["start"]).dt.total_seconds()
-    return tasks
-
-
-def _gpu_lanes(tasks: pd.DataFrame) -> pd.DataFrame:
-    """One lane per GPU across invocations (node ids change when a cluster restarts; GPU UUIDs do not)."""
-    tasks = timeline.assign_lanes(tasks)
-    on_gpu = tasks["gpu_uuid"].notna()
-    if on_gpu.any():
-        # training rows carry no hostname: a GPU's host is the first any of its rows names, else the run's
-        # one host when it has one
-        hosts = tasks["hostname"].dropna().unique()
-        fallback = hosts[0] if len(hosts) == 1 else "host ?"
-        per_gpu = tasks[on_gpu].groupby("gpu_uuid")["hostname"].agg(
-            lambda s: s.dropna().iloc[0] if s.notna().any() else fallback)
-        order = per_gpu.rename("h").reset_index().sort_values(["h", "gpu_uuid"])
-        names = {u: f"{h} GPU {i}" for _, g in order.groupby("h") for i, (u, h) in enumerate(zip(g["gpu_uuid"], g["h"]))}
-        tasks.loc[on_gpu, "lane"] = tasks.loc[on_gpu, "gpu_uuid"].map(names)
-    return tasks
-
-
 def load_run(path: str | Path) -> Run:
     path = Path(path)
     try:
@@ -101,11 +57,11 @@ def load_run(path: str | Path) -> Run:
         raise ScalingError(f"{path}: no sweep.json (not a sweep folder, or its sweep never started)") from None
     except (OSError, ValueError) as e:
         raise ScalingError(f"{path}/sweep.json: unreadable ({e})") from None
-    invs = invocations(sweep)
+    invs = timeline.invocations(sweep)
     if not invs:
         raise ScalingError(f"{path}/sweep.json: no invocation with a start and a wall time")
-    tasks, _ = timeline.tasks_from_frames(timeline.read_frames(path))
-    return Run(path, sweep, invs, place(_gpu_lanes(tasks), invs) if len(tasks) else tasks)
+    tasks, _, _ = timeline.load(path)
+    return Run(path, sweep, invs, tasks)
 
 
 def _differences(runs: list[Run]) -> list[str]:
@@ -147,26 +103,19 @@ def section(runs: list[Run], figure_name: str = "scaling_timeline.png") -> list[
                      f"`{str(r.sweep.get('git_commit') or 'unknown')[:10]}` | {len(r.invocations)} | {r.wall_s:.0f} | "
                      f"{speed:.2f}x | {1 / speed:.2f} | {100 * eff:.0f}% |")
     kinds = [k for k in timeline.COLORS]
-    lines += ["", "Where the time went: seconds summed over the tasks of each kind, the timings' wait for the host "
-              "lock (a timing holds the whole machine: runner/hostlock.py), and how busy the GPUs were over the wall "
-              "time.", "",
-              "| Run | " + " | ".join(kinds) + " | Waited for the host (s) | GPUs busy |",
-              "|---|" + "---|" * (len(kinds) + 2)]
+    lines += ["", "Where the time went: seconds of work summed over the steps of each kind (runner/timeline.py), "
+              "and how busy the GPUs were over the wall time (an actor's process start not counted).", "",
+              "| Run | " + " | ".join(kinds) + " | GPUs busy |",
+              "|---|" + "---|" * (len(kinds) + 1)]
     for r in runs:
         t = r.tasks
         secs = timeline.seconds_by_kind(t) if len(t) else {}
         per_kind = [f"{secs[k]:.0f}" if k in secs else "—" for k in kinds]
-        busy = [timeline.busy_seconds(g["start"], g["end"]) for _, g in t.groupby("lane")] if len(t) else []
+        busy = list(timeline.lane_stats(t, r.wall_s)["busy_s"]) if len(t) else []
         lanes = max(r.gpus, len(busy), 1)
         busy_pct = f"{100 * sum(busy) / (lanes * r.wall_s):.0f}%" if r.wall_s and busy else "—"
-        lines.append(f"| `{r.path.name}` | " + " | ".join(per_kind) + f" | {_host_wait(r.path)} | {busy_pct} |")
+        lines.append(f"| `{r.path.name}` | " + " | ".join(per_kind) + f" | {busy_pct} |")
     return lines + ["", f"![timelines]({figure_name})", ""]
-
-
-def _host_wait(path: Path) -> str:
-    """Seconds the run's timings waited for the host lock, summed over variants; — for older rows."""
-    w = timeline.host_waits(path)
-    return "—" if w is None else f"{w.sum():.0f}"
 
 
 def draw(runs: list[Run], path: Path):
@@ -177,9 +126,9 @@ def draw(runs: list[Run], path: Path):
                         gridspec_kw={"height_ratios": [max(len(ls), 1) for ls in lanes]})[:, 0]
     for ax, r, run_lanes in zip(axes, runs, lanes):
         if run_lanes:
-            timeline.draw_lanes(ax, r.tasks, run_lanes, r.tasks["x0"], r.tasks["x1"])
+            timeline.draw_lanes(ax, r.tasks, run_lanes)
         else:
-            ax.text(0.5, 0.5, "no task has start and end stamps (rows older than them)", transform=ax.transAxes,
+            ax.text(0.5, 0.5, "no steps recorded (runs/<sweep>/steps/)", transform=ax.transAxes,
                     ha="center", va="center", fontsize=8, color="grey")
             ax.set_yticks([])
         for start in [sum(w for _, w in r.invocations[:i]) for i in range(1, len(r.invocations))]:

@@ -1,12 +1,13 @@
-"""The sweep: start or join Ray, decide what is left to do, train, then hand over to the timing phases.
+"""The sweep's driver: start or join Ray, decide what is left to do, then train, bench and re-check.
 
     python -m runner sweep --config variants/default.yaml [--address auto] [--data PATH] [--fresh]
 
-Training is one Ray task per model, a distilled model's task taking its teacher's checkpoint ObjectRef
-(Ray starts it when the teacher is done); every training ends before anything is timed, then
-runner/phases.py runs the benchmarks, the paired keep/drop timings and the re-checks. Every task asks for
-a whole GPU (num_gpus=1). Each result is written to Parquet the moment it lands (nothing finished is ever
-lost); re-running the same command skips rows measured by the same code on the same kind of device.
+    train     Ray tasks, `train.per_gpu` per GPU, the longest chain first (runner/engine/training.py)
+    bench     one long-lived actor per GPU, the driver as the timing barrier (runner/engine/bench_phase.py)
+    re-check  new actors, the same rows timed again in reverse order: the in-sweep numbers' witness
+
+Each result is written to Parquet the moment it lands (nothing finished is ever lost); re-running the same
+command skips rows measured by the same code on the same kind of device.
 """
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from typing import Any, Callable
 import ray
 import torch
 
-from runner import env, guard, phases, reaper, results, tasks, worker_setup
+from runner import agreement, env, guard, reaper, results
+from runner.engine import bench_phase, resume, training
+from runner.engine.control import Deadline, Progress
+from runner.engine.steps import StepLog, now
 from runner.data import Cifar
 from runner.results import RESULT_SCHEMA
 from variants import BenchSpec, SweepSpec, TrainSpec, Variant
@@ -36,17 +40,6 @@ def variant_hash(variant: Variant, model: TrainSpec, bench: BenchSpec, data_sour
                          "data": data_source, "code": code})
 
 
-# The remote wrappers are made from the plain functions (not with the decorator) so that Ray pickles a
-# reference to an importable function rather than its code and globals. max_retries covers a worker that
-# dies (OOM kill, lost node); an exception inside a job is not retried, it becomes an error row.
-# max_calls=1 on *every* task: a worker exits after one task, so each timing task starts in a fresh
-# process (a process that had trained timed eager ~1.5x slower). Ray defaults to that only for functions
-# declared with num_gpus, and ours get their resources from .options(), so it is set here explicitly.
-train_task = ray.remote(max_retries=1, max_calls=1)(tasks.train_job)
-bench_task = ray.remote(max_retries=1, max_calls=1)(tasks.bench_job)
-recheck_task = ray.remote(max_retries=1, max_calls=1)(tasks.recheck_job)
-
-
 # ---- driver --------------------------------------------------------------------------------------------
 
 def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]:
@@ -56,13 +49,11 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
     inherited = os.environ.get("PYTHONPATH", "")
     env_vars = {"RUNNER_GIT_COMMIT": env.git_commit(),
                 "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), inherited) if p)}
-    # Every worker imports torch and this project inside a shared host hold (runner/worker_setup.py says why).
-    runtime_env: dict[str, Any] = {"env_vars": env_vars, "worker_process_setup_hook": worker_setup.HOOK}
+    runtime_env: dict[str, Any] = {"env_vars": env_vars}
     if address:
         # On a real cluster the code travels with the job, so every node runs this exact checkout.
         runtime_env = {"working_dir": str(PROJECT_ROOT), "env_vars": {"RUNNER_GIT_COMMIT": env_vars["RUNNER_GIT_COMMIT"]},
-                       "excludes": [".git", ".devkit", ".data", ".venv", "runs", "reports", "*.pt"],
-                       "worker_process_setup_hook": worker_setup.HOOK}
+                       "excludes": [".git", ".devkit", ".data", ".venv", "runs", "reports", "*.pt"]}
     # No address means a cluster of our own ("local"): ray.init(address=None) silently joins any cluster that
     # `ray start` left on this machine (a sweep joined a 2-node test cluster so), with a one-node runtime_env.
     ctx = ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env=runtime_env,
@@ -74,7 +65,7 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     url = getattr(ctx, "dashboard_url", None)
     if url:
-        log(f"Ray dashboard: http://{url}  (tasks are named train:<model>, bench:<model>-<precision> and recheck:<model>-<precision>)")
+        log(f"Ray dashboard: http://{url}  (tasks train:<model>, actors bench:<n> and recheck:<n>, one per GPU)")
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
             log("  token authentication is on: the dashboard asks for the token that `ray get-auth-token` prints "
                 "(.venv/bin/ray after the README's install; stored in ~/.ray/auth_token); API calls need "
@@ -110,7 +101,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
               shortened_note: str = "", fresh: bool = False, stop_after: float | None = None,
               log: Callable[[str], None] = print) -> Path:
     """Run (or resume) a sweep and write its report. `stop_after` seconds: submit nothing after that, let
-    the tasks in flight land, and raise phases.Stopped (runner/phases.Deadline says why)."""
+    the tasks in flight land, and raise runner.engine.control.Stopped."""
     guard.check_paths(spec, run_dir)  # every file named after a model / variant stays inside run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh:
@@ -119,7 +110,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
     code = env.code_digest()
     hashes = {v.variant_id: variant_hash(v, spec.model(v.model), spec.bench, data.source, code)
               for v in spec.variants}
-    started, deadline = tasks.now(), phases.Deadline.after(stop_after)
+    started, deadline = now(), Deadline.after(stop_after)
     cluster: dict[str, Any] = {}
     completed = False
     try:
@@ -146,7 +137,7 @@ def _write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortene
     meta = {"name": spec.name, "source_file": spec.source_file, "shortened": bool(shortened_note),
             "interrupted": interrupted,
             "shortened_note": shortened_note, "data_source": data.source, "started_at": started,
-            "finished_at": tasks.now(), "cluster": cluster, "config": spec.to_dict(), "accuracy_bar_pct": 85.0,
+            "finished_at": now(), "cluster": cluster, "config": spec.to_dict(), "accuracy_bar_pct": 85.0,
             "git_commit": env.git_commit(), "code_digest": code}
     prev = run_dir / "sweep.json"
     try:
@@ -162,7 +153,7 @@ def _write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortene
 
 def _set_aside(run_dir: Path, log: Callable[[str], None]) -> None:
     """--fresh: earlier rows and checkpoints move to run_dir/previous/<time>/ (never deleted)."""
-    parts = [p for p in ("results", "samples", "training", "checkpoints", "pairs", "rechecks")
+    parts = [p for p in ("results", "samples", "training", "checkpoints", "pairs", "rechecks", "steps")
              if (run_dir / p).exists()]
     if not parts:
         return
@@ -204,67 +195,70 @@ def _load_checkpoint(run_dir: Path, spec: TrainSpec, data: Cifar, log: Callable[
     return ckpt if ckpt.get("spec_hash") == spec.spec_hash and same_data else None
 
 
-def task_resources(gpus: int, cpus_per_node: float) -> tuple[dict, dict]:
-    """Ray resources of a (train, bench) task. With GPUs, each task takes one whole GPU, so Ray runs at
-    most one task per GPU, on every GPU of every node at once. On a CPU-only cluster a benchmark takes
-    every CPU of a node instead, so it still runs alone (and its rows are CPU timings)."""
+def resources(gpus: int, cpus_per_node: float, per_gpu: int) -> tuple[dict, dict]:
+    """Ray resources of a training task and of a benchmark actor. With GPUs, `per_gpu` trainings share a
+    GPU and an actor takes a whole one, so Ray places one actor per GPU on every node. On a CPU-only
+    cluster a training takes one CPU and an actor every CPU of a node (its timings still run alone)."""
     if gpus > 0:
-        return {"num_gpus": 1, "num_cpus": 1}, {"num_gpus": 1, "num_cpus": 1}
+        return {"num_gpus": 1.0 / per_gpu, "num_cpus": 1}, {"num_gpus": 1, "num_cpus": 1}
     return {"num_cpus": 1}, {"num_cpus": cpus_per_node}
 
 
 def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], hashes: dict[str, str],
-         cluster: dict[str, Any], log: Callable[[str], None], deadline: phases.Deadline) -> None:
-    """Phase 1 here (train what the pending variants need), the timing phases in runner/phases.py."""
-    cpu_per_node = min((n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")), default=1)
-    train_opts, bench_opts = task_resources(cluster["gpus"], cpu_per_node)
+         cluster: dict[str, Any], log: Callable[[str], None], deadline: Deadline) -> None:
+    """Train what the pending variants need, then the bench and re-check phases."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpu_per_node = min((n["Resources"].get("CPU", 1) for n in nodes), default=1)
+    train_opts, actor_opts = resources(cluster["gpus"], cpu_per_node, spec.train.per_gpu)
+    n_actors = cluster["gpus"] or len(nodes)
     needed = {v.model for v in pending}
     needed |= {spec.model(k).teacher for k in needed if spec.model(k).teacher}
     data_ref = ray.put(data)
-    progress = phases.Progress(total=len(pending), log=log)
-    ckpts: dict[str, Any] = {}
-    refs: dict[str, ray.ObjectRef] = {}
+    refs: dict[str, Any] = {}
     queue: list[TrainSpec] = []
-    for m in phases.train_order([spec.model(k) for k in needed], len(data.train_y)):
+    for m in training.train_order([spec.model(k) for k in needed], len(data.train_y)):
         cached = _load_checkpoint(run_dir, m, data, log)
         if cached is None:
             queue.append(m)
-            continue
-        log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")
-        refs[m.key] = ckpts[m.key] = ray.put(cached)
-
-    def from_disk(key: str) -> Any:  # for a re-check left from a stopped invocation, of a model nothing else needs
+        else:
+            log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")
+            refs[m.key] = ray.put(cached)
+    pairs = resume.pairs_to_time(spec, run_dir, pending)
+    n_rechecks = len(spec.variants) if spec.bench.recheck >= len(spec.variants) else min(
+        len(spec.variants), spec.bench.recheck + 8) if spec.bench.recheck >= 0 else 0
+    progress = Progress(total=len(queue) + len(pending) + len(pairs) + n_rechecks, log=log)
+    steps = StepLog(run_dir)
+    slots = max(1, cluster["gpus"] * spec.train.per_gpu if cluster["gpus"] else cluster.get("cpus") or 1)
+    log(f"plan: {len(queue)} training(s), {len(pending)} variant(s), {len(pairs)} pair(s), "
+        f"~{n_rechecks} re-check(s): {progress.total} steps")
+    errors = training.run(queue, refs, data_ref, train_opts, slots, run_dir, spec.name, progress, deadline, steps)
+    ready = [v for v in pending if refs.get(v.model) is not None]
+    for v in pending:
+        if refs.get(v.model) is None:
+            _land_untrained(v, spec, run_dir, hashes, progress, errors.get(v.model, "no checkpoint"))
+    models = {k: (spec.model(k), ref) for k, ref in refs.items() if ref is not None}
+    pairs = [(a, b) for a, b in pairs if b.model in models]
+    common = dict(spec=spec, run_dir=run_dir, models=models, data_ref=data_ref, hashes=hashes, actor_opts=actor_opts,
+                  n_actors=n_actors, progress=progress, steps=steps, deadline=deadline, log=log)
+    bench_phase.run(bench_phase.Phase(variants=ready, pairs=pairs, **common))
+    if spec.bench.recheck < 0:
+        return
+    summary = results.summarize(results.read_folder(run_dir / "results", RESULT_SCHEMA))
+    ids = set(resume.unchecked(agreement.recheck_sample(summary, spec.bench.recheck, 85.0), run_dir))
+    chosen = [v for v in spec.variants if v.variant_id in ids]
+    for key in {v.model for v in chosen} - set(models):  # a re-check left by a stopped invocation
         cached = _load_checkpoint(run_dir, spec.model(key), data, log=lambda _: None)
-        return None if cached is None else ray.put(cached)
+        if cached is not None:
+            models[key] = (spec.model(key), ray.put(cached))
+    chosen = [v for v in chosen if v.model in models]
+    progress.total += len(chosen) - n_rechecks
+    bench_phase.run(bench_phase.Phase(variants=chosen, recheck=True, **common))
 
-    progress.total += len(queue)
-    log(f"phase train: {len(queue)} training task(s); {len(pending)} variant(s) to measure after it")
-    # At most one training per slot in flight, the ready one of highest priority next (phases.next_training
-    # says why); a student takes its teacher's checkpoint ref.
-    slots = max(1, cluster.get("gpus") or cluster.get("cpus") or 1)
-    landed: set[str] = set(refs)
-    training: dict[ray.ObjectRef, TrainSpec] = {}
-    errors: dict[str, str] = {}
-    while training or (queue and not deadline.passed()):  # every training ends before the first benchmark
-        while queue and len(training) < slots and not deadline.passed():
-            m = phases.next_training(queue, landed) or (queue[0] if not training else None)
-            if m is None:
-                break
-            queue.remove(m)
-            teacher_ref = refs.get(m.teacher) if m.teacher else None
-            refs[m.key] = train_task.options(name=f"train:{m.key}", **train_opts).remote(m, data_ref, teacher_ref,
-                                                                                       spec.name)
-            training[refs[m.key]] = m
-        ready, _ = ray.wait(list(training), num_returns=1)
-        m = training.pop(ready[0])
-        error = phases.land_training(ready[0], m, run_dir, spec.name, progress)
-        landed.add(m.key)
-        ckpts[m.key] = ready[0] if error is None else None
-        if error:
-            errors[m.key] = error
-    if queue:
-        raise phases.Stopped("train", len(queue))
-    plan = phases.Plan(spec, run_dir, pending, hashes, train_opts, bench_opts,
-                       {"bench": bench_task, "recheck": recheck_task}, log, errors, deadline=deadline, slots=slots,
-                       saved_checkpoint=from_disk)
-    phases.run(plan, data_ref, ckpts, progress)
+
+def _land_untrained(v: Variant, spec: SweepSpec, run_dir: Path, hashes: dict, progress: Progress, cause: str) -> None:
+    m = spec.model(v.model)
+    row = {"sweep": spec.name, "variant_id": v.variant_id, "brief_id": v.brief_id, "label": v.label,
+           "model": v.model, "arch": m.arch, **v.axes(), "status": "error", "repeat": 0, "spec_hash": hashes[v.variant_id],
+           "error": f"training of model '{v.model}' failed: {cause}", "finished_at": now()}
+    results.write_rows([row], run_dir / "results" / f"{v.variant_id}.parquet", RESULT_SCHEMA)
+    progress.landed(f"bench:{v.variant_id}", "error", row["error"].splitlines()[0][:200])

@@ -5,7 +5,7 @@ checker for keys and types, checks for meanings, families for arch_args / arch_g
 """
 from variants.axes import AXES, COMPILE_MODES, MEMORY_FORMATS, OPTIMISATION_ORDER, PRECISIONS
 from variants.loader import load_sweep
-from variants.spec import BenchSpec, DataSpec, Recipe, SpecError, SweepSpec, TrainSpec, Variant
+from variants.spec import BenchSpec, DataSpec, TrainPlan, Recipe, SpecError, SweepSpec, TrainSpec, Variant
 
 __all__ = ["AXES", "OPTIMISATION_ORDER", "COMPILE_MODES", "MEMORY_FORMATS", "PRECISIONS", "BenchSpec", "DataSpec", "Recipe",
            "SpecError", "SweepSpec", "TrainSpec", "Variant", "load_sweep"]

@@ -25,7 +25,7 @@ from typing import Any
 from variants import checks, families
 from variants.axes import AXES, BY_NAME, COMPILE_MODES, MEMORY_FORMATS, OPTIMISATION_ORDER, PRECISIONS, norm
 from variants.checker import Checker
-from variants.spec import (BenchSpec, DataSpec, Recipe, RECIPE_RANGES, SpecError, SweepSpec, TrainSpec, Variant,
+from variants.spec import (BenchSpec, DataSpec, TrainPlan, Recipe, RECIPE_RANGES, SpecError, SweepSpec, TrainSpec, Variant,
                            recipe_range_error, stable_hash)
 
 # Re-exported: variants/__init__.py and runner/ import these from here.
@@ -33,7 +33,7 @@ __all__ = ["AXES", "OPTIMISATION_ORDER", "COMPILE_MODES", "MEMORY_FORMATS", "PRE
            "Recipe", "RECIPE_RANGES", "SpecError", "SweepSpec", "TrainSpec", "Variant", "load_sweep",
            "recipe_range_error", "stable_hash"]
 
-_TOP_KEYS = {"sweep", "seed", "data", "bench", "models", "grid", "exclude", "named"}
+_TOP_KEYS = {"sweep", "seed", "data", "bench", "train", "models", "grid", "exclude", "named"}
 _MODEL_KEYS = {"arch", "arch_args", "arch_grid", "recipe", "teacher"}
 _GRID_KEYS = {"models", *AXES}
 _NAMED_KEYS = {"model", "label", *AXES}
@@ -54,8 +54,11 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
     excludes = _excludes(c, raw.get("exclude"), models, fams)
     variants = _grid_variants(c, raw.get("grid"), models, fams, excludes)
     _add_named(c, raw.get("named"), models, variants)
+    train = c.dataclass(TrainPlan, raw.get("train"), "train")
+    if not 1 <= train.per_gpu <= 8:
+        raise c.fail("train.per_gpu", f"{train.per_gpu}: expected an integer from 1 to 8")
     # name
-    return SweepSpec(name=name, source_file=path, seed=seed, data=data, bench=bench,
+    return SweepSpec(name=name, source_file=path, seed=seed, data=data, bench=bench, train=train,
                      models=tuple(models.values()), variants=_ordered(c, variants, list(models)))
 
 

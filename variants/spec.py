@@ -101,6 +101,11 @@ class BenchSpec:
 
 
 @dataclass(frozen=True)
+class TrainPlan:
+    per_gpu: int = 1                # trainings that share one GPU at a time (runner/engine/training.py says why)
+
+
+@dataclass(frozen=True)
 class DataSpec:
     source: str = "cifar10"         # cifar10 | synthetic | a path (image folders, or train/test .tar.xz)
     root: str | None = None         # download / cache directory for cifar10
@@ -138,6 +143,7 @@ class SweepSpec:
     bench: BenchSpec
     models: tuple[TrainSpec, ...]
     variants: tuple[Variant, ...]
+    train: TrainPlan = TrainPlan()
 
     def model(self, key: str) -> TrainSpec:
         return next(m for m in self.models if m.key == key)
