@@ -1,17 +1,17 @@
-"""Keep / drop decisions from paired measurement: parent and child timed interleaved in one process.
+"""Keep / drop decisions from paired measurement: parent and child timed in the same rounds of one process.
 
 A variant's *parent* is the same model with its last-applied optimisation undone (the order in which
 optimisations stack is `variants.OPTIMISATION_ORDER`). `plan(variants)` lists the (parent, child) pairs
-a sweep can decide; `interleaved` times one pair A B B A A B ... on one device; `verdict` turns the per-round
-p50s into a decision. Why paired: timing parent and child in different tasks, on different GPUs, minutes
-apart, lets drift decide (a 17% CV of p50 was seen for eager rows inside a sweep); within one process,
-round by round, drift hits both sides alike and the differences' spread is the noise.
+a sweep can decide; the benchmark actor times both in the same round-robin rounds (runner/engine/worker.py),
+and `verdict` turns the per-round p50s into a decision. Why paired: timing parent and child in different
+tasks, on different GPUs, minutes apart, lets drift decide (a 17% CV of p50 was seen for eager rows inside a
+sweep); round by round in one process, drift hits both sides alike and the differences' spread is the noise.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,20 +38,6 @@ def plan(variants: tuple[Variant, ...] | list[Variant]) -> list[tuple[Variant, V
         if p is not None and p.variant_id in by_id:
             out.append((by_id[p.variant_id], v, axis))
     return out
-
-
-def interleaved(a: tuple[Callable, Any], b: tuple[Callable, Any], *, rounds: int, iters: int,
-                warmup: int) -> tuple[list[float], list[float]]:
-    """Per-round p50 (ms) of a and b, timed alternately; the order flips every round (A B, B A, ...)."""
-    from runner.bench import time_repeat
-
-    pa, pb = [], []
-    for r in range(rounds):
-        order = [(a, pa), (b, pb)] if r % 2 == 0 else [(b, pb), (a, pa)]
-        for (fn, x), sink in order:
-            s = time_repeat(fn, x, warmup=warmup, iters=iters)
-            sink.append(float(np.median(s.lat_ms)))
-    return pa, pb
 
 
 def sign_test_p(wins: int, losses: int) -> float:

@@ -28,7 +28,7 @@ def read(run_dir: Path, name: str) -> pd.DataFrame:
 
 
 def paired_decisions(summary: pd.DataFrame, pair_rows: pd.DataFrame) -> pd.DataFrame:
-    """The report's decision table, from interleaved timings (runner/pairs.verdict) instead of repeats."""
+    """The report's decision table, from paired rounds (runner/pairs.verdict) instead of repeats."""
     cols = ["variant_id", "brief_id", "model", "parent_id", "axis", "change", "parent_p50_ms", "p50_ms",
             "gain_ms", "gain_pct", "noise_ms", "sign_p", "pair_rounds", "parent_top1_pct", "top1_pct",
             "acc_delta_pts", "decision"]
@@ -56,8 +56,8 @@ def decision_note(paired: bool) -> str:
     if not paired:
         return ("Unpaired (this folder has no pairs.parquet): the gain is the parent's median p50 minus the "
                 "variant's over repeats measured in separate tasks; the noise the larger max-min range.")
-    return (f"Paired: parent and variant were prepared in one task and timed interleaved (A B, B A, ...), each "
-            f"round's p50 compared; the gain is the median of the per-round differences, the noise their "
+    return (f"Paired: parent and variant were timed in the same round-robin rounds of one benchmark process "
+            f"(a slice of each, one after the other), each round's p50 compared; the gain is the median of the per-round differences, the noise their "
             f"interquartile range. A variant is kept when a two-sided sign test over the rounds gives "
             f"p < {pairs.SIGN_TEST_ALPHA} with a positive gain and it loses at most {pairs.MAX_ACC_DROP_PTS} "
             f"points of top-1; \"slower\" when the test says it is slower.")

@@ -6,7 +6,7 @@ landed) and sweep.json (each invocation's wall time). The report gives, for the 
 
     per GPU      busy seconds (the union of its steps' work) and busy % of the summed wall time
     per kind     seconds of work: train, start (an actor's process start: Ray, imports, CUDA context), load
-                 (models and data into an actor), prepare (compile, capture), time, pair, check, profile,
+                 (models and data into an actor), prepare (compile, capture), time, pairs (decided from the rounds), check, profile,
                  recheck; plus Ray's overhead around them (scheduling, argument and result transfer)
     idle         wall time no step of ours ran on a GPU (Ray's start, between phases, the report)
 """
@@ -20,7 +20,7 @@ import pandas as pd
 from runner.plots import figure
 
 COLORS = {"train": "#4C72B0", "start": "#CCCCCC", "load": "#8C8C8C", "prepare": "#DA8BC3", "time": "#55A868",
-          "pair": "#DD8452", "check": "#937860", "profile": "#C44E52", "recheck": "#8172B3"}
+          "pairs": "#DD8452", "check": "#937860", "profile": "#C44E52", "recheck": "#8172B3"}
 TASK_COLUMNS = ["kind", "name", "status", "start", "end", "submitted", "landed", "gpu_uuid", "node", "hostname", "pid"]
 
 

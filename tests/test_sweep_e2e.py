@@ -140,12 +140,12 @@ def test_steps_account_for_the_work_and_timings_run_alone(sweep_run):
     the host while a timing did (the driver's gate); the report's time breakdown comes from it."""
     _, _, run_dir, report, _ = sweep_run
     steps = timeline.read_steps(run_dir)
-    assert {"train", "start", "load", "prepare", "time", "pair", "check", "profile", "recheck"} <= set(steps["kind"])
+    assert {"train", "start", "load", "prepare", "time", "pairs", "check", "profile", "recheck"} <= set(steps["kind"])
     assert (steps.query("kind == 'train' and name == 'broken'")["status"] == "error").all()
     ok = steps.dropna(subset=["start", "end"])
     assert (ok["submitted"] <= ok["start"] + pd.Timedelta("1s")).all() and (ok["end"] <= ok["landed"]).all()
     bench = ok[ok["kind"] != "train"]
-    for _, t in bench[bench["kind"].isin(["time", "pair"])].iterrows():
+    for _, t in bench[bench["kind"] == "time"].iterrows():
         others = bench.drop(t.name)
         assert not ((others["start"] < t["end"]) & (others["end"] > t["start"])).any(), t["name"]
     text = report.read_text()
@@ -189,7 +189,7 @@ def test_report_has_the_trust_sections(sweep_run):
     for heading in ("## In-sweep vs re-check", "## Decisions (keep / drop)", "## Numerical checks and flags",
                     "## Accuracy vs latency: the Pareto front"):
         assert heading in text, heading
-    assert "Paired: parent and variant were prepared in one task" in text
+    assert "Paired: parent and variant were timed in the same round-robin rounds" in text
     assert "**The host's rounds.**" in text  # tiny's fp32 task timed two variants round-robin
     ok = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
     assert (ok["timing_order"] == "round-robin").all()

@@ -44,15 +44,6 @@ def test_sign_test_is_exact():
     assert pairs.sign_test_p(9, 1) == pytest.approx(2 * 11 / 1024)
 
 
-def test_interleaved_times_both_sides_every_round():
-    calls = []
-    a = (lambda x: calls.append("a") or x, torch.zeros(1))
-    b = (lambda x: calls.append("b") or x, torch.zeros(1))
-    pa, pb = pairs.interleaved(a, b, rounds=4, iters=3, warmup=1)
-    assert len(pa) == len(pb) == 4 and all(t > 0 for t in pa + pb)
-    assert calls[:4] == ["a"] * 4 and calls[4:8] == ["b"] * 4 and calls[8:12] == ["b"] * 4  # A B, B A, ...
-
-
 # ---- evaluation: padded last batch, batch-1 agreement ----------------------------------------------
 
 class StaticShape(nn.Module):

@@ -29,7 +29,6 @@ BENCH_RANGES: dict[str, tuple[float, float, bool]] = {
     "repeats": (1, 1000, True),
     "eval_batch_size": (1, INT32_MAX, True),
     "cv_flag_pct": (0, float("inf"), False),
-    "pair_rounds": (0, 1000, True),
     "recheck": (-1, 10000, True),
     "slices": (1, 1000, True),
 }

@@ -94,7 +94,7 @@ class BenchSpec:
     repeats: int = 3
     eval_batch_size: int = 1000
     cv_flag_pct: float = 3.0        # repeats whose p50 CV exceeds this are flagged as unstable
-    pair_rounds: int = 10           # paired parent/child rounds per keep/drop decision (0 = no pairs)
+    pairs: bool = True              # keep / drop each optimisation from its parent's and its paired rounds
     recheck: int = 6                # rows re-timed at the end besides the named ones and the chosen (-1 = none, `all`)
     cudnn_autotune: bool = False    # cuDNN's kernel search per process; off: the same kernels in every process
     slices: int = 5                 # each repeat timed in this many slices, spread over the task (runner/round_robin.py)

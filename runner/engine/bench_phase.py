@@ -61,7 +61,7 @@ class Running:
     dead: bool = False
 
 
-def bench_cost(spec, v) -> float:
+def bench_cost(spec, v) -> float:  # noqa: D401
     """Expected relative length of a variant's timing: its per-call latency (graphed calls ~5x shorter)."""
     from runner.engine.training import arch_cost
 
@@ -163,11 +163,11 @@ def _land(ph: Phase, a: Running, ref, step: program.Step, submitted: str, state:
         _write_variant(ph, a, step.args[0].variant_id, *result, state)
     elif step.kind == "finish" and result is not None:
         _write_variant(ph, a, step.args[0], *result, state)
-    elif step.kind == "pair" and result is None:
-        ph.progress.total -= 1  # a side skipped or failed: nothing to decide
-    elif step.kind == "pair":
-        results.write_rows([result], ph.run_dir / "pairs" / f"{result['variant_id']}.parquet", PAIR_SCHEMA)
-        ph.progress.landed(f"pair:{result['variant_id']}", result["status"], _first(result.get("error")))
+    elif step.kind == "pairs":
+        ph.progress.total -= len(step.ids) - len(result)  # a side skipped or failed: nothing to decide
+        for row in result:
+            results.write_rows([row], ph.run_dir / "pairs" / f"{row['variant_id']}.parquet", PAIR_SCHEMA)
+            ph.progress.landed(f"pair:{row['variant_id']}", row["status"], "")
     elif step.kind == "profile":
         for vid, cols in result.items():
             if vid in state["rows"]:

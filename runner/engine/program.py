@@ -6,8 +6,9 @@
 
 **The program.** One actor per GPU lives for a whole phase and runs its steps in order:
 
-    load every model -> for each stage (non-compiling, then compiling): prepare all, time all in slices,
-    time the pairs, check all (accuracy and numerical checks; the rows land here) -> profile all, last
+    load every model -> for each stage (a model's non-compiling variants; after all of them, each model's
+    compiling ones): prepare all, time all round-robin in slices, decide the pairs from those rounds, check
+    all (accuracy and numerical checks; the rows land here) -> profile all, last
 
 Why this order, measured: a process that profiled times every later launch slower (reports/h200-inflation/),
 so the kernel breakdown comes after the actor's last timing; a process that trained times eager code slower
@@ -16,7 +17,7 @@ a compile) moved B1's eager timing by less than the host's own swings in one pro
 reports/engine/actor_history.json), so nothing forced more; the order still times every variant of a stage
 before checking any, and eager before compiled, which costs nothing.
 
-**The gate.** On one host, a timing (`time`, `pair`) runs alone: no other step of ours on that host starts
+**The gate.** On one host, a timing (`time`) runs alone: no other step of ours on that host starts
 while it runs, and it starts only when none runs (a neighbour's compile or evaluation inflated timings 1.2-2.7x
 on 2x H200: reports/h200x2-default/). Other steps overlap freely across the host's GPUs. A timing that waits
 blocks new non-timing starts on its host (writer preference), so it is never starved. The driver enforces
@@ -28,7 +29,7 @@ import dataclasses
 from collections import Counter
 from typing import Any, Iterable
 
-TIMING = frozenset({"time", "pair"})
+TIMING = frozenset({"time"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,31 +51,38 @@ def compiles(v: Any) -> bool:
 
 
 def stages(variants: Iterable[Any]) -> list[tuple[str, list[Any]]]:
-    """(stage name, its variants in the given order): non-compiling first, then compiling; empty ones left out."""
+    """(stage name, its variants in the given order): one stage per model for its non-compiling variants,
+    then one per model for its compiling ones; empty ones left out."""
     variants = list(variants)
-    out = [("eager", [v for v in variants if not compiles(v)]), ("compiling", [v for v in variants if compiles(v)])]
+    models = list(dict.fromkeys(v.model for v in variants))
+    out = [(m, [v for v in variants if v.model == m and not compiles(v)]) for m in models]
+    out += [(f"{m} compiling", [v for v in variants if v.model == m and compiles(v)]) for m in models]
     return [(name, vs) for name, vs in out if vs]
 
 
 def bench_program(models: list[str], variants: list[Any], pairs: list[tuple[Any, Any]], slices: int, *,
                   recheck: bool = False) -> list[Step]:
-    """The ordered steps of one actor (module text). `pairs` are (parent, child) variants both in
-    `variants`; a pair is timed in the stage of the later of its two sides. A re-check program times in
-    the reverse of the given order and has no pairs, checks or profile: it only times."""
+    """The ordered steps of one actor (module text). `pairs` are (parent, child) variants; a pair is decided
+    in its child's stage from that stage's rounds, so a parent from another stage is timed there again
+    (`time` covers it; its own row keeps its own stage's slices). A re-check program times in the reverse
+    of the given order and has no pairs, checks or profile: it only times."""
     steps = [Step("load", (m,)) for m in models]
     order = list(reversed(variants)) if recheck else list(variants)
-    done: set[str] = set()
     for name, vs in stages(order):
         ids = tuple(v.variant_id for v in vs)
-        steps += [Step("prepare", (v,), name, (v.variant_id,)) for v in vs]
-        steps += [Step("time", (ids, s), name, ids) for s in range(slices)]
-        done |= set(ids)
+        own = [(p, c) for p, c in pairs if c.variant_id in ids] if not recheck else []
+        extra = tuple(dict.fromkeys(p.variant_id for p, _ in own if p.variant_id not in ids))
+        steps += [Step("prepare", (v, name), name, (v.variant_id,)) for v in vs]
+        # a parent measured in an earlier invocation: prepared for its pairs only (no row of its own)
+        steps += [Step("prepare", (p, name, True), name) for p in dict.fromkeys(p for p, _ in own)
+                  if p.variant_id in extra and p.variant_id not in {v.variant_id for v in variants}]
+        steps += [Step("time", (ids + extra, s, name), name, ids) for s in range(slices)]
         if recheck:
-            steps.append(Step("recheck_rows", (ids,), name, ids))
+            steps.append(Step("recheck_rows", (ids, name), name, ids))
             continue
-        for parent, child in pairs:
-            if {parent.variant_id, child.variant_id} <= done and (parent.variant_id in ids or child.variant_id in ids):
-                steps.append(Step("pair", (parent, child), name, (child.variant_id,)))
+        if own:
+            steps.append(Step("pairs", (tuple((p.variant_id, c.variant_id) for p, c in own), name), name,
+                              tuple(c.variant_id for _, c in own)))
         steps += [Step("finish", (v.variant_id,), name, (v.variant_id,)) for v in vs]
     if not recheck and variants:
         steps.append(Step("profile", (tuple(v.variant_id for v in order),), "", ()))

@@ -1,6 +1,6 @@
 """What an invocation still has to do besides its pending variants: the pairs to time, the re-checks left.
 
-A pair is timed when either side is measured in this invocation, or its pair file is missing; a re-check is
+A pair is decided when its child is measured in this invocation (from the rounds that timed it); a re-check is
 due when a row has none that ended after it landed (a sweep stopped in its re-check phase, a resumed one
 whose sample grew, or a row measured again since).
 """
@@ -11,16 +11,15 @@ from pathlib import Path
 import pandas as pd
 
 from runner import pairs, results
-from runner.results import PAIR_SCHEMA, RECHECK_SCHEMA, RESULT_SCHEMA
+from runner.results import RECHECK_SCHEMA, RESULT_SCHEMA
 
 
 def pairs_to_time(spec, run_dir: Path, pending: list) -> list[tuple]:
-    if spec.bench.pair_rounds <= 0:
+    """The (parent, child) pairs whose child is measured in this invocation (decided from its stage's rounds)."""
+    if not spec.bench.pairs:
         return []
     new = {v.variant_id for v in pending}
-    done = set(results.read_folder(run_dir / "pairs", PAIR_SCHEMA)["variant_id"])
-    return [(parent, child) for parent, child, _axis in pairs.plan(spec.variants)
-            if child.variant_id not in done or {parent.variant_id, child.variant_id} & new]
+    return [(parent, child) for parent, child, _axis in pairs.plan(spec.variants) if child.variant_id in new]
 
 
 def unchecked(ids: list[str], run_dir: Path) -> list[str]:

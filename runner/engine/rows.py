@@ -56,7 +56,8 @@ def slice_sizes(iters: int, slices: int) -> list[int]:
 
 @dataclasses.dataclass
 class Slice:
-    """One slice of one repeat: `iters` calls timed alone (runner/bench.py), and NVML's view of it."""
+    """One slice of one repeat, timed in `stage`: its calls each timed alone (runner/bench.py)."""
+    stage: str
     repeat: int
     lat_ms: np.ndarray
     host_ms: np.ndarray

@@ -13,6 +13,7 @@ import json
 import traceback
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 
@@ -46,6 +47,7 @@ def measurement_flags(cudnn_autotune: bool) -> None:
 class Live:
     """A prepared variant held by the actor until its checks and profile are done."""
     variant: Any
+    stage: str
     base: dict
     model: torch.nn.Module
     prepared: Any
@@ -95,8 +97,9 @@ class BenchWorker:
             self.floor = breakdown.launch_floor(self.device)  # the GPU's floor, once: the same for every row
         return None, self._step("load", key, t0)
 
-    def prepare(self, variant) -> tuple[tuple[list, list] | None, dict]:
-        """The variant ready for batch 1 (held), or its (rows, []) when skipped or failed."""
+    def prepare(self, variant, stage: str, aux: bool = False) -> tuple[tuple[list, list] | None, dict]:
+        """The variant ready for batch 1 (held), or its (rows, []) when skipped or failed; `aux`: prepared
+        only to be a pair's parent (its row is from an earlier invocation), so nothing to return."""
         from runner import optimize
         from runner.train import model_from_checkpoint
 
@@ -110,17 +113,19 @@ class BenchWorker:
             # reset=False: the actor's earlier compiled variants stay valid for their pairs and checks.
             prepared = optimize.prepare(model, variant, self.device, reset=False)
             fn, x, compile_s = prepared.callable_for(1)
-            self.live[variant.variant_id] = Live(variant, base, model, prepared, fn, x, extra={
+            self.live[variant.variant_id] = Live(variant, stage, base, model, prepared, fn, x, extra={
                 "compile_s": compile_s, "size_mb": prepared.size_mb, "params": prepared.params})
         except optimize.Unsupported as e:
             out = [{**base, "status": "skipped", "error": str(e), "repeat": 0, "finished_at": R.stamp()}], []
         except Exception as e:  # a crash, an OOM, an unsupported compile: a row that says so
             out = R.error_rows(base, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}")
-        return out, self._step("prepare", variant.variant_id, t0)
+        return (None if aux else out), self._step("prepare", variant.variant_id, t0)
 
-    def time(self, ids: tuple[str, ...], s: int) -> tuple[None, dict]:
+    def time(self, ids: tuple[str, ...], s: int, stage: str) -> tuple[None, dict]:
         """Slice `s` of every repeat of `ids`, round-robin: for each repeat, each variant in turn (so a slow
-        host phase of a second lands in a slice or two of several variants, not in one variant's repeats)."""
+        host phase of a second lands in a slice or two of several variants, not in one variant's repeats).
+        Each (slice, repeat) is a round; the slices are tagged with `stage` (a parent timed again for its
+        child's pairs keeps its own stage's slices for its row)."""
         from runner import bench as bench_mod
         t0 = R.stamp()
         b = self.bench
@@ -134,32 +139,31 @@ class BenchWorker:
                 try:
                     with env.GpuMonitor(self.where.get("gpu_uuid")) as gpu:
                         got = bench_mod.time_repeat(t.fn, t.x, warmup=warmup, iters=iters)
-                    t.slices.append(R.Slice(r, got.lat_ms, got.host_ms, got.timer))
-                    t.monitors.append(gpu)
+                    t.slices.append(R.Slice(stage, r, got.lat_ms, got.host_ms, got.timer))
+                    if stage == t.stage:
+                        t.monitors.append(gpu)
                 except Exception as e:
                     t.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
                 t.extra["timed_at"] = R.stamp()
         return None, self._step("time", f"slice {s + 1}/{b.slices} of {len(ids)}", t0)
 
-    def pair(self, parent, child) -> tuple[dict | None, dict]:
-        """Parent and child timed interleaved (runner/pairs.py), with the callables the actor holds; None
-        when a side was skipped or failed (no decision to make)."""
-        from runner import pairs
-
+    def pairs(self, pairs: tuple[tuple[str, str], ...], stage: str) -> tuple[list[dict], dict]:
+        """Keep / drop evidence without timing anything again: parent and child were timed in the same rounds
+        of `stage` (round-robin, one process), so each round's p50s are a paired measurement
+        (runner/pairs.py decides). A pair with a side skipped or failed has no row."""
         t0 = R.stamp()
-        row = {"parent_id": parent.variant_id, "variant_id": child.variant_id, "started_at": t0, **self.where}
-        rounds, a, b = self.bench.pair_rounds, self.live.get(parent.variant_id), self.live.get(child.variant_id)
-        if a is None or b is None or a.error or b.error:
-            return None, self._step("pair", child.variant_id, t0)
-        try:
-            pa, pb = pairs.interleaved((a.fn, a.x), (b.fn, b.x), rounds=rounds, iters=max(20, self.bench.iters // rounds),
-                                       warmup=max(10, self.bench.warmup // 10))
-            row.update(status="ok", error=None, rounds=rounds, iters_per_round=max(20, self.bench.iters // rounds),
-                       parent_p50s_ms=json.dumps(pa), child_p50s_ms=json.dumps(pb))
-        except Exception as e:
-            row.update(status="error", error=f"{type(e).__name__}: {e}"[:2000])
-        row["finished_at"] = R.stamp()
-        return row, self._step("pair", child.variant_id, t0)
+        out = []
+        for pid, cid in pairs:
+            a, b = self.live.get(pid), self.live.get(cid)
+            if a is None or b is None or a.error or b.error:
+                continue
+            pa = [float(np.median(x.lat_ms)) for x in a.slices if x.stage == stage]
+            pb = [float(np.median(x.lat_ms)) for x in b.slices if x.stage == stage]
+            out.append({"parent_id": pid, "variant_id": cid, "status": "ok", "error": None, "rounds": len(pb),
+                        "iters_per_round": len(b.slices[0].lat_ms) if b.slices else None, "started_at": t0,
+                        "parent_p50s_ms": json.dumps(pa), "child_p50s_ms": json.dumps(pb), "finished_at": R.stamp(),
+                        **self.where})
+        return out, self._step("pairs", stage, t0)
 
     def finish(self, vid: str) -> tuple[tuple[list, list] | None, dict]:
         """The variant's checks, then its rows and raw samples (the variant stays held for the profile)."""
@@ -181,13 +185,12 @@ class BenchWorker:
         extra["top1_drift_pts"] = (extra["top1_pct"] - ckpt["top1_pct"]) if extra.get("top1_pct") is not None else None
         error = extra.pop("check_error", None)
         base = {**t.base, **extra, "status": "error" if error else "ok", "error": error, "finished_at": R.stamp()}
-        return R.latency_rows(base, t.slices, self.bench), self._step("check", vid, t0)
+        own = [x for x in t.slices if x.stage == t.stage]
+        return R.latency_rows(base, own, self.bench), self._step("check", vid, t0)
 
     def profile(self, ids: tuple[str, ...]) -> tuple[dict[str, dict], dict]:
         """Each held variant's kernel breakdown (runner/breakdown.py). Last in an actor's life: once the
         profiler has run, every later launch of the process is slower (reports/h200-inflation/)."""
-        import numpy as np
-
         from runner import breakdown
 
         t0 = R.stamp()
@@ -201,7 +204,7 @@ class BenchWorker:
         self.live.clear()
         return out, self._step("profile", f"{len(out)} variants", t0)
 
-    def recheck_rows(self, ids: tuple[str, ...]) -> tuple[list[dict], dict]:
+    def recheck_rows(self, ids: tuple[str, ...], stage: str) -> tuple[list[dict], dict]:
         """A re-check actor's rows: each variant's timing again, or the error that stopped it; then let go."""
         t0 = R.stamp()
         rows = []

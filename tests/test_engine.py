@@ -1,0 +1,110 @@
+"""The engine's rules on CPU, without Ray: an actor's program order, the driver's host gate, the assignment
+of models to actors, and the one timing path (rows, pairs and re-checks from the same slices)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from runner.engine import program, rows
+from runner.engine.program import HostGate, Step
+from variants import BenchSpec, Variant
+
+
+def _v(model="m", **axes):
+    return Variant(model, **axes)
+
+
+def _kinds(steps):
+    return [s.kind for s in steps]
+
+
+def test_program_times_every_variant_of_a_stage_before_checking_any_and_profiles_last():
+    eager, graph, comp = _v(), _v(cuda_graph=True), _v(compile="default")
+    steps = program.bench_program(["m"], [eager, graph, comp], [], slices=2)
+    kinds = _kinds(steps)
+    assert kinds[0] == "load" and kinds[-1] == "profile"
+    assert kinds.count("profile") == 1 and kinds.count("time") == 4  # 2 slices x 2 stages
+    last_time = max(i for i, k in enumerate(kinds) if k == "time")
+    # no timing after any profile, and none between a stage's first check and the next stage's prepare
+    stage_of = [s.stage for s in steps]
+    for i, k in enumerate(kinds):
+        if k == "finish":
+            later_same_stage = [j for j in range(i, len(steps)) if stage_of[j] == stage_of[i] and kinds[j] == "time"]
+            assert not later_same_stage
+    assert last_time < kinds.index("profile")
+    # eager (non-compiling) stage before the compiling one: no eager timing follows a compile
+    assert [s.stage for s in steps if s.kind == "prepare"] == ["m", "m", "m compiling"]
+
+
+def test_a_compiled_child_s_parent_is_timed_again_in_its_stage_for_the_pair():
+    parent, child = _v(precision="fp16"), _v(precision="fp16", compile="default")
+    steps = program.bench_program(["m"], [parent, child], [(parent, child)], slices=1)
+    comp_time = [s for s in steps if s.kind == "time" and s.stage == "m compiling"]
+    assert comp_time and set(comp_time[0].args[0]) == {parent.variant_id, child.variant_id}
+    pairs = [s for s in steps if s.kind == "pairs"]
+    assert len(pairs) == 1 and pairs[0].stage == "m compiling"
+    assert pairs[0].args[0] == ((parent.variant_id, child.variant_id),)
+
+
+def test_a_parent_from_an_earlier_invocation_is_prepared_without_a_row():
+    parent, child = _v(precision="fp16"), _v(precision="fp16", compile="default")
+    steps = program.bench_program(["m"], [child], [(parent, child)], slices=1)
+    aux = [s for s in steps if s.kind == "prepare" and len(s.args) == 3]
+    assert len(aux) == 1 and aux[0].args[0] is parent and aux[0].args[2] is True and aux[0].ids == ()
+
+
+def test_recheck_program_reverses_the_order_and_only_times():
+    vs = [_v(), _v(precision="fp16"), _v(memory_format="channels_last")]
+    steps = program.bench_program(["m"], vs, [(vs[0], vs[1])], slices=2, recheck=True)
+    assert set(_kinds(steps)) == {"load", "prepare", "time", "recheck_rows"}
+    assert [s.args[0] for s in steps if s.kind == "prepare"] == vs[::-1]
+
+
+def test_gate_lets_a_timing_run_only_alone_on_its_host_and_never_starves_it():
+    g = HostGate()
+    g.started("h1", "prepare")
+    g.new_round()
+    assert not g.may_start("h1", "time")          # another step of ours runs on h1
+    assert not g.may_start("h1", "prepare")       # a timing waits: no new work starts beside it
+    assert g.may_start("h2", "prepare") and g.may_start("h2", "time")  # other hosts are independent
+    g.ended("h1", "prepare")
+    g.new_round()
+    assert g.may_start("h1", "time")
+    g.started("h1", "time")
+    assert g.timing_on("h1") and not g.may_start("h1", "check") and not g.may_start("h1", "time")
+    g.ended("h1", "time")
+    g.new_round()
+    assert g.may_start("h1", "check") and not g.timing_on("h1")
+
+
+def test_assign_balances_longest_first_and_rotates_for_the_recheck():
+    costs = {"a": 10.0, "b": 6.0, "c": 5.0, "d": 1.0}
+    first = program.assign(costs, 2)
+    assert sorted(sum(costs[k] for k in g) for g in first) == [11.0, 11.0]
+    assert program.assign(costs, 2, rotate=1) == first[::-1]  # every model on the other GPU
+    assert program.assign(costs, 1) == [["a", "b", "c", "d"]]
+    assert program.assign({"a": 1.0}, 3)[0] == ["a"]
+
+
+def test_rows_pairs_and_rechecks_come_from_the_same_slices():
+    bench = BenchSpec(warmup=1, iters=6, repeats=3, slices=2)
+    rng = np.random.default_rng(0)
+    slices = [rows.Slice("m", r, rng.normal(2.0, 0.01, 3), rng.normal(2.1, 0.01, 3), "host")
+              for _s in range(2) for r in range(3)]
+    base = {"variant_id": "m-fp32", "sweep": "t"}
+    out, raw = rows.latency_rows(base, slices, bench)
+    assert [r["repeat"] for r in out] == [0, 1, 2] and len(raw) == 3 * 6
+    for r in out:  # each repeat's row: its two slices, their p50s in time order
+        mine = [s for s in slices if s.repeat == r["repeat"]]
+        assert json.loads(r["slice_p50s_ms"]) == pytest.approx([float(np.median(s.lat_ms)) for s in mine])
+        assert r["lat_p50_ms"] == pytest.approx(float(np.median(np.concatenate([s.lat_ms for s in mine]))))
+    again = rows.recheck_row("m-fp32", slices, bench, {})
+    assert again["recheck_p50_ms"] == pytest.approx(float(np.median([r["lat_p50_ms"] for r in out])))
+    assert rows.slice_sizes(10, 3) == [4, 3, 3] and sum(rows.slice_sizes(500, 7)) == 500
+
+
+def test_step_is_hashable_plain_data():
+    s = Step("time", (("a",), 0, "m"), "m", ("a",))
+    assert s.timing and not Step("prepare").timing
