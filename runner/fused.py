@@ -1,0 +1,271 @@
+"""`compile: fused`: the BN-folded fastnet run as this project's own Triton kernels, one per convolution.
+
+Why: at batch 1 on an H200 the inductor path of a 4-conv fastnet is 14 kernels (~41 us p95) against a
+one-kernel CUDA-graph floor of ~12 us; the time is kernel count and per-kernel fixed cost (issue 24).
+Here each conv is one implicit-GEMM kernel that also does its bias (the folded BN), activation and the
+2x2 pool that follows it, reading and writing channels-last fp16 maps with fp32 accumulation; the head
+(global max / avg pool, linear, logit scale) runs inside the last conv's kernel, whose programs add their
+channels' share of the logits atomically into a buffer that the first kernel clears. A 4-conv fastnet
+with a whitening stem is 5 kernels. When the last map does not fit one tile, a small head kernel follows.
+
+    fn = fused_forward(folded_model, example_x)   # example_x: (B, 3, H, W) on the device, any batch
+    logits = fn(x)                                 # fp32 (B, classes)
+
+The network is read from its torch.fx graph (a chain: conv [act] [pool 2x2] ..., adaptive pool 1,
+flatten, linear, optional `* scale`); anything else raises runner.optimize.Unsupported, as do a non-CUDA
+device (unless TRITON_INTERPRET=1, which the CPU tests use) and an unfolded BatchNorm.
+"""
+from __future__ import annotations
+
+import operator
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+from runner.optimize import Unsupported
+
+ACTS = {nn.ReLU: 1, nn.GELU: 2, nn.SiLU: 3}          # 0: none
+POOLS = {nn.MaxPool2d: 1, nn.AvgPool2d: 2, nn.AdaptiveMaxPool2d: 1, nn.AdaptiveAvgPool2d: 2}
+TARGET_PROGRAMS = 128   # programs per kernel at batch 1 the tile choice aims for (an H200 has 132 SMs)
+
+
+@triton.jit
+def _act(x, ACT: tl.constexpr):
+    if ACT == 1:
+        x = tl.maximum(x, 0.0)
+    elif ACT == 2:
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    elif ACT == 3:
+        x = x / (1.0 + tl.exp(-x))
+    return x
+
+
+@triton.jit
+def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, scale,
+                 H, W, OW, P, M_TILES, sxb, sxh, sxw, sxc,
+                 C_IN: tl.constexpr, C_OUT: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
+                 S: tl.constexpr, POOL: tl.constexpr, ACT: tl.constexpr, KTOT: tl.constexpr,
+                 CO_PAD: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 HEAD: tl.constexpr, ZERO: tl.constexpr, NC: tl.constexpr, NCP: tl.constexpr):
+    """One tile: BP pooled pixels x BN output channels of one image. Its GEMM rows are the S*S conv
+    outputs of each pooled pixel (row r: pool offset r // BP, pixel r % BP), K = (ky, kx, c_in)."""
+    pid, pid_n = tl.program_id(0), tl.program_id(1)
+    b, pid_m = pid // M_TILES, pid % M_TILES
+    BM: tl.constexpr = S * S * BP
+    r = tl.arange(0, BM)
+    p = pid_m * BP + r % BP
+    cy = (p // OW) * S + (r // BP) // S - PAD          # input row / col of the receptive field's corner
+    cx = (p % OW) * S + (r // BP) % S - PAD
+    n = pid_n * BN + tl.arange(0, BN)
+    x_img = x_ptr + b.to(tl.int64) * sxb
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, KTOT, BK):
+        k = k0 + tl.arange(0, BK)
+        t, c = k // C_IN, k % C_IN
+        iy = cy[:, None] + (t // KS)[None, :]
+        ix = cx[:, None] + (t % KS)[None, :]
+        ok = (p < P)[:, None] & (k < C_IN * KS * KS)[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+        a = tl.load(x_img + iy * sxh + ix * sxw + c[None, :] * sxc, mask=ok, other=0.0).to(tl.float16)
+        w = tl.load(w_ptr + k[:, None] * CO_PAD + n[None, :])
+        acc = tl.dot(a, w, acc)
+    v = _act(acc + tl.load(b_ptr + n)[None, :], ACT)
+    if S > 1:
+        v4 = tl.reshape(v, [S * S, BP, BN])
+        if POOL == 1:
+            v = tl.max(v4, axis=0)
+        else:
+            v = tl.sum(v4, axis=0) / (S * S)
+    q = pid_m * BP + tl.arange(0, BP)
+    j = tl.arange(0, NCP)
+    if HEAD != 0:  # the tile holds the whole image: global pool, then this tile's channels' logits
+        if HEAD == 1:
+            f = tl.max(tl.where((q < P)[:, None], v, float("-inf")), axis=0)
+        else:
+            f = tl.sum(tl.where((q < P)[:, None], v, 0.0), axis=0) / P
+        wfc = tl.load(fc_ptr + n[:, None] * NCP + j[None, :])
+        tl.atomic_add(out_ptr + b * NC + j, tl.sum(f[:, None] * wfc, axis=0) * scale, mask=j < NC)
+    else:
+        y = y_ptr + (b.to(tl.int64) * P + q[:, None]) * C_OUT + n[None, :]
+        tl.store(y, v.to(tl.float16), mask=(q < P)[:, None] & (n < C_OUT)[None, :])
+    if ZERO:  # the first kernel sets the logits to the linear's bias; the last one adds into them
+        if (pid_m == 0) & (pid_n == 0):
+            tl.store(out_ptr + b * NC + j, tl.load(fb_ptr + j), mask=j < NC)
+
+
+@triton.jit
+def _head_kernel(y_ptr, fc_ptr, fb_ptr, out_ptr, scale, P,
+                 C: tl.constexpr, CP: tl.constexpr, HEAD: tl.constexpr, NC: tl.constexpr,
+                 NCP: tl.constexpr, BPX: tl.constexpr):
+    """Global pool + linear of one image, for a last map too large for one conv tile."""
+    b = tl.program_id(0)
+    c = tl.arange(0, CP)
+    f = tl.full([CP], float("-inf") if HEAD == 1 else 0.0, tl.float32)
+    for p0 in range(0, P, BPX):
+        p = p0 + tl.arange(0, BPX)
+        ok = (p < P)[:, None] & (c < C)[None, :]
+        v = tl.load(y_ptr + (b.to(tl.int64) * P + p[:, None]) * C + c[None, :], mask=ok,
+                    other=float("-inf") if HEAD == 1 else 0.0).to(tl.float32)
+        f = tl.maximum(f, tl.max(v, axis=0)) if HEAD == 1 else f + tl.sum(v, axis=0)
+    f = tl.where(c < C, f if HEAD == 1 else f / P, 0.0)
+    j = tl.arange(0, NCP)
+    logits = tl.sum(f[:, None] * tl.load(fc_ptr + c[:, None] * NCP + j[None, :]), axis=0) * scale
+    tl.store(out_ptr + b * NC + j, logits + tl.load(fb_ptr + j), mask=j < NC)
+
+
+@dataclass
+class _Conv:
+    conv: nn.Conv2d
+    act: int = 0
+    pool: int = 0
+
+
+def _p2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _describe(node, mod) -> str:
+    return f"{type(mod).__name__} ({node.target})" if mod is not None else f"{node.op} {node.target}"
+
+
+def _parse(model: nn.Module) -> tuple[list[_Conv], int, nn.Linear, float]:
+    """The chain of the (folded) network: convs with their act / pool, head pool kind, linear, scale."""
+    gm = model if isinstance(model, torch.fx.GraphModule) else torch.fx.symbolic_trace(model)
+    mods = dict(gm.named_modules())
+    convs: list[_Conv] = []
+    head, fc, scale, stage, prev = 0, None, 1.0, "conv", None
+    for node in gm.graph.nodes:
+        mod = mods.get(node.target) if node.op == "call_module" else None
+        if node.op == "placeholder":
+            prev = node
+            continue
+        if node.op == "output":
+            break
+        if not node.args or node.args[0] is not prev or any(isinstance(a, torch.fx.Node) for a in node.args[1:]):
+            raise Unsupported(f"fused: {_describe(node, mod)} is not a step of one chain of layers")
+        bad = Unsupported(f"fused: cannot fuse {_describe(node, mod)} here (known: conv [relu|gelu|silu] "
+                          f"[2x2 max/avg pool] ..., adaptive pool to 1, flatten, linear, * scale; fold BN first)")
+        if isinstance(mod, nn.Conv2d) and stage == "conv":
+            k, pad = mod.kernel_size, mod.padding
+            if (mod.groups != 1 or mod.stride != (1, 1) or mod.dilation != (1, 1) or k[0] != k[1]
+                    or not isinstance(pad, tuple) or pad[0] != pad[1] or mod.padding_mode != "zeros"):
+                raise Unsupported(f"fused: conv {node.target} is not square, stride 1, ungrouped, zero-padded")
+            convs.append(_Conv(mod))
+        elif type(mod) in ACTS and convs and stage == "conv" and not convs[-1].act and not convs[-1].pool:
+            if isinstance(mod, nn.GELU) and mod.approximate != "none":
+                raise bad
+            convs[-1].act = ACTS[type(mod)]
+        elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)) and convs and stage == "conv" and not convs[-1].pool:
+            if not (mod.kernel_size in (2, (2, 2)) and mod.stride in (2, (2, 2)) and mod.padding in (0, (0, 0))
+                    and not mod.ceil_mode and getattr(mod, "dilation", 1) in (1, (1, 1))):
+                raise Unsupported(f"fused: pool {node.target} is not a plain 2x2 / stride 2 pool")
+            convs[-1].pool = POOLS[type(mod)]
+        elif isinstance(mod, (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)) and convs and stage == "conv":
+            if mod.output_size not in (1, (1, 1)):
+                raise bad
+            head, stage = POOLS[type(mod)], "flatten"
+        elif stage == "flatten" and (node.target in (torch.flatten, "flatten")) and node.args[1:] == (1,):
+            stage = "linear"
+        elif isinstance(mod, nn.Linear) and stage == "linear":
+            fc, stage = mod, "scale"
+        elif (stage == "scale" and node.target in (operator.mul, torch.mul) and len(node.args) == 2
+              and isinstance(node.args[1], (int, float))):
+            scale, stage = scale * float(node.args[1]), "done"
+        else:
+            raise bad
+        prev = node
+    if fc is None:
+        raise Unsupported("fused: the network does not end in global pool -> flatten -> linear")
+    return convs, head, fc, scale
+
+
+def _tiles(P: int, c_out: int, s: int, head: bool, target: int) -> tuple[int, int]:
+    """(pooled pixels, channels) per tile: the largest tiles (GEMM rows, BN <= 64) that still give
+    `target` programs per image, never below the 16 x 16 that tl.dot needs."""
+    bp = max(16 // (s * s), _p2(P)) if head else max(1, 64 // (s * s))
+    bn = min(64, max(16, _p2(c_out)))
+    while triton.cdiv(P, bp) * triton.cdiv(c_out, bn) < target:
+        if bn > 16 and (head or bn >= bp * s * s):
+            bn //= 2
+        elif not head and bp * s * s > 16:
+            bp //= 2
+        else:
+            break
+    return bp, bn
+
+
+def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs: int = TARGET_PROGRAMS,
+                  num_warps: int = 4, num_stages: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A callable running the folded `model` on inputs shaped like `example_x` (any batch) in Triton."""
+    dev = example_x.device
+    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise Unsupported("fused: Triton kernels need a CUDA device")
+    if example_x.dim() != 4:
+        raise Unsupported(f"fused: expects (B, C, H, W) images, got shape {tuple(example_x.shape)}")
+    convs, head, fc, scale = _parse(model)
+    _, c, h, w = example_x.shape
+    nc, ncp = fc.out_features, max(16, _p2(fc.out_features))
+    layers = []
+    for i, L in enumerate(convs):
+        cv = L.conv
+        ks, pad, c_out = cv.kernel_size[0], cv.padding[0], cv.out_channels
+        if cv.in_channels != c:
+            raise Unsupported(f"fused: conv {i} expects {cv.in_channels} channels, gets {c}")
+        s = 2 if L.pool else 1
+        in_h, in_w = h, w
+        oh, ow = (h + 2 * pad - ks + 1) // s, (w + 2 * pad - ks + 1) // s
+        last = i == len(convs) - 1
+        fuse_head = last and len(convs) > 1 and _p2(oh * ow) * s * s <= 256
+        bp, bn = _tiles(oh * ow, c_out, s, fuse_head, target_programs)
+        ktot = c * ks * ks
+        bk = 64 if ktot >= 256 else 32 if ktot > 16 else 16
+        ktot_pad, co_pad = triton.cdiv(ktot, bk) * bk, triton.cdiv(c_out, bn) * bn
+        wt = torch.zeros(ktot_pad, co_pad, dtype=torch.float16, device=dev)
+        wt[:ktot, :c_out] = cv.weight.detach().permute(2, 3, 1, 0).reshape(ktot, c_out).to(dev, torch.float16)
+        bias = torch.zeros(co_pad, dtype=torch.float32, device=dev)
+        if cv.bias is not None:
+            bias[:c_out] = cv.bias.detach().float()
+        layers.append(dict(w=wt, b=bias, H=in_h, W=in_w, OW=ow, P=oh * ow, cin=c, cout=c_out, ks=ks, pad=pad, s=s, pool=L.pool, act=L.act,
+                           ktot=ktot_pad, co_pad=co_pad, bp=bp, bn=bn, bk=bk, head=head if fuse_head else 0,
+                           zero=False))
+        h, w, c = oh, ow, c_out
+    if fc.in_features != c:
+        raise Unsupported(f"fused: linear expects {fc.in_features} features, the last conv gives {c}")
+    fused_head = layers[-1]["head"] != 0
+    layers[0]["zero"] = fused_head  # only the fused head adds into the logits the first kernel clears
+    rows = max(_p2(c), layers[-1]["co_pad"])
+    fcw = torch.zeros(rows, ncp, dtype=torch.float32, device=dev)
+    fcw[:c, :nc] = fc.weight.detach().float().T
+    fcb = torch.zeros(ncp, dtype=torch.float32, device=dev)
+    if fc.bias is not None:
+        fcb[:nc] = fc.bias.detach().float() * scale
+    in_shape = tuple(example_x.shape[1:])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != in_shape:
+            raise ValueError(f"fused forward built for (B, {in_shape}), got {tuple(x.shape)}")
+        bsz = x.shape[0]
+        out = torch.empty(bsz, nc, dtype=torch.float32, device=dev)
+        src, strides = x, x.stride()          # the image: NCHW or channels_last, read through its strides
+        strides = (strides[0], strides[2], strides[3], strides[1])
+        for L in layers:
+            y = out if L["head"] else torch.empty(bsz, L["P"], L["cout"], dtype=torch.float16, device=dev)
+            m_tiles = triton.cdiv(L["P"], L["bp"])
+            _conv_kernel[(bsz * m_tiles, L["co_pad"] // L["bn"])](
+                src, L["w"], L["b"], y, fcw, fcb, out, scale, L["H"], L["W"], L["OW"], L["P"], m_tiles, *strides,
+                C_IN=L["cin"], C_OUT=L["cout"], KS=L["ks"], PAD=L["pad"], S=L["s"], POOL=L["pool"], ACT=L["act"],
+                KTOT=L["ktot"], CO_PAD=L["co_pad"], BP=L["bp"], BN=L["bn"], BK=L["bk"], HEAD=L["head"],
+                ZERO=L["zero"], NC=nc, NCP=ncp, num_warps=num_warps, num_stages=num_stages)
+            src, strides = y, (L["P"] * L["cout"], L["OW"] * L["cout"], L["cout"], 1)
+        if not fused_head:
+            _head_kernel[(bsz,)](src, fcw, fcb, out, scale, layers[-1]["P"], C=c, CP=_p2(c), HEAD=head, NC=nc,
+                                 NCP=ncp, BPX=16, num_warps=4)
+        return out
+
+    forward.layers = layers  # for the probe / tests: tile choices and kernel count
+    forward.kernels = len(layers) + (0 if fused_head else 1)
+    return forward
