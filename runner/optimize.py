@@ -33,6 +33,9 @@ class Unsupported(Exception):
 
 
 def unsupported_reason(variant: Variant, device: torch.device) -> str | None:
+    if variant.compile == "fused" and (not variant.bn_fold or variant.precision != "fp16" or device.type != "cuda"):
+        return (f"compile: fused (runner/fused.py's Triton kernels) needs bn_fold: on, precision: fp16 and a CUDA "
+                f"device; got bn_fold {variant.bn_fold}, {variant.precision}, {device.type}")
     if variant.cuda_graph and variant.compile in GRAPHING_COMPILE_MODES:
         return f"compile mode {variant.compile} already captures CUDA graphs; a second graph adds nothing"
     if device.type != "cuda":
@@ -201,13 +204,16 @@ def prepare(model: nn.Module, variant: Variant, device: torch.device, *, reset: 
     for p in m.parameters():
         p.requires_grad_(False)
     size_mb, params = state_size_mb(m)
+    if variant.compile == "fused":  # the folded net as this project's own Triton kernels
+        from runner.fused import fused_forward
+        m = fused_forward(m, torch.zeros(1, 3, 32, 32, device=device, dtype=weight_dtype))
     m = with_tta(m, getattr(variant, "tta", "none"))  # after folding: fx sees the plain model
 
     def with_autocast(x, _m=m):
         with torch.autocast(device.type, dtype=autocast_dtype):
             return _m(x)
     forward: Callable = m if autocast_dtype is None else with_autocast
-    if variant.compile != "none":
+    if variant.compile not in ("none", "fused"):
         if reset:  # no cache or guard left over from a previous variant in this process; a pair task
             torch._dynamo.reset()  # prepares two variants and keeps the first one's compiled code alive
         # dynamic=False: batch 1 and the evaluation batch get their own static graphs, as in deployment.

@@ -30,7 +30,8 @@ TABLE: tuple[Axis, ...] = (
     Axis("precision", "fp32", {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "amp_fp16": "amp_fp16"}),
     Axis("memory_format", "contiguous", {"contiguous": "nchw", "channels_last": "cl"}),
     Axis("compile", "none", {"none": "eager", "default": "inductor", "reduce-overhead": "ro",
-                             "max-autotune": "ma", "max-autotune-no-cudagraphs": "manocg"}),
+                             "max-autotune": "ma", "max-autotune-no-cudagraphs": "manocg",
+                             "fused": "fused"}),  # runner/fused.py: own Triton kernels, folded fp16 nets
     Axis("cuda_graph", False, {False: None, True: "graph"}),
     Axis("bn_fold", False, {False: None, True: "fold"}),
     # Test-time augmentation: the image and its mirror as one batch of 2 in the same call (and graph), logits
