@@ -10,8 +10,8 @@ Layout of a sweep folder (written by `runner/sweep.py`, read by `runner/report.p
 
 Column names carry their units (`lat_p95_ms`, `compile_s`, `size_mb`). A failure is a row with
 `status` error / skipped and `error`, never a missing row. Task rows carry `started_at` and `finished_at`
-(ISO UTC). New columns go last (`started_at`, then `host_wait_s`, `timed_at`, `checks_started_at`, `timing_order` in
-results; `recheck_repeats`, `recheck_cv_pct` in re-checks), and files written before they existed still
+(ISO UTC). New columns go last (`started_at`, then `host_wait_s`, `timed_at`, `checks_started_at`, `timing_order`, ..., the
+interval columns in results; `recheck_repeats`, `recheck_cv_pct`, ..., `recheck_p50_lo_ms` in re-checks), and files written before they existed still
 read (read_folder reads every part with the schema: a column a part lacks comes back as nulls).
 """
 from __future__ import annotations
@@ -25,6 +25,8 @@ from typing import Any, Iterable
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from runner.intervals import COLUMNS as INTERVAL_COLUMNS
 
 STATS = ("mean", "p50", "p90", "p95", "p99", "std", "min")
 
@@ -75,6 +77,11 @@ RESULT_SCHEMA = pa.schema(
        # each repeat timed in this many slices spread over the task, and this repeat's p50 per slice as a
        # JSON list, in time order (runner/round_robin.py), for runner/host_rounds.py; None in older rows
        ("timing_slices", pa.int32()), ("slice_p50s_ms", pa.string())]
+    # 95% intervals across the variant's slices (runner/intervals.py: interval_columns), the same on every
+    # repeat row; NaN where too few slices; then why its timing stopped (intervals.STOP_REASONS), the p50
+    # half-width target it ran for (%) and the slices it timed. None in older rows.
+    + [(c, pa.int32() if c == "ci_units" else pa.float64()) for c in INTERVAL_COLUMNS]
+    + [("stop_reason", pa.string()), ("target_pct", pa.float64()), ("slices_timed", pa.int32())]
 )
 
 # One row per (parent, child) pair timed interleaved in one task (runner/pairs.py); p50s as JSON lists.
@@ -102,7 +109,9 @@ RECHECK_SCHEMA = pa.schema(
      ("recheck_repeats", pa.int32()), ("recheck_cv_pct", pa.float64()), ("worker_started_at", pa.string()),
      ("worker_ready_at", pa.string()),
      # each repeat timed in this many slices spread over the task (runner/round_robin.py); None in older rows
-     ("recheck_slices", pa.int32())]
+     ("recheck_slices", pa.int32()),
+     # the re-check's own 95% interval of p50 across its slices (runner/intervals.py); None in older rows
+     ("recheck_p50_lo_ms", pa.float64()), ("recheck_p50_hi_ms", pa.float64())]
 )
 
 TRAINING_SCHEMA = pa.schema(
@@ -234,7 +243,8 @@ def _all_or_none(values: pd.Series):
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """One line per variant: accuracy, the median over repeats of each latency statistic, repeat spread."""
+    """One line per variant: accuracy, the median over repeats of each latency statistic, repeat spread,
+    and the variant's 95% intervals (runner/intervals.py; per variant, so the first repeat row's)."""
     keys = ["variant_id", "brief_id", "label", "model", "precision", "memory_format", "compile", "cuda_graph",
             "bn_fold", "status"] + (["tta"] if "tta" in results.columns else [])
     if results.empty:
@@ -248,7 +258,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     for col in ("host_p99_ms", "eval_error", "b1_agree_pct", "fold_max_rel_err", "path_max_rel_err",
                 "folded_layers", "kernels_per_forward", "kernel_us_per_forward", "wall_us_per_forward",
                 "gap_us_per_forward", "floor_p50_us", "floor_p95_us", "code_digest", "git_commit",
-                "ray_node_id", "nvml_note", "device"):
+                "ray_node_id", "nvml_note", "device", *INTERVAL_COLUMNS, "stop_reason", "target_pct",
+                "slices_timed"):
         if col in results.columns:
             agg[col] = "first"
     agg = {k: v for k, v in agg.items() if k in results.columns}
