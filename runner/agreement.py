@@ -48,6 +48,23 @@ def rank_latency(row) -> float:
     return float(row.get("lat_p95_ms")) if h is None or _nan(h) else float(h)
 
 
+def rank_interval(row) -> tuple[float, float] | None:
+    """The 95% interval (runner/intervals.py) of what rank_latency ranks on, None where the row has none."""
+    h = row.get("host_p95_ms")
+    clock = "lat" if h is None or _nan(h) else "host"
+    lo, hi = row.get(f"{clock}_p95_lo_ms"), row.get(f"{clock}_p95_hi_ms")
+    if lo is None or hi is None or _nan(lo) or _nan(hi):
+        return None
+    return float(lo), float(hi)
+
+
+def overlaps(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool | None:
+    """Do two intervals share a point (then the two values are not distinguishable)? None if either is missing."""
+    if a is None or b is None:
+        return None
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
 def choose_id(summary: pd.DataFrame, bar_pct: float) -> str | None:
     """The id of the report's chosen model (runner/decisions.choose: one rule, used by report, re-check, export)."""
     from runner.decisions import choose  # imported here: decisions ranks with rank_latency from this module
@@ -72,10 +89,13 @@ def recheck_sample(summary: pd.DataFrame, extra: int, bar_pct: float, seed: int 
 
 
 def agreement(summary: pd.DataFrame, rechecks: pd.DataFrame) -> pd.DataFrame:
-    """One line per re-checked variant: in-sweep p50, re-check p50, their ratio, the tolerance, within?, and
-    the re-check's repeats and slices per repeat (None for rows from before they were recorded)."""
+    """One line per re-checked variant: in-sweep p50, re-check p50, their ratio, the tolerance, within?, the
+    re-check's repeats and slices per repeat (None for rows from before they were recorded), the in-sweep
+    95% p50 interval and `inside` (the re-check p50 inside it: the intervals' calibration test; None without
+    one), and the re-check's own interval."""
     cols = ["variant_id", "brief_id", "kind", "sweep_p50_ms", "recheck_p50_ms", "ratio", "tolerance", "within",
-            "recheck_repeats", "recheck_slices"]
+            "recheck_repeats", "recheck_slices", "sweep_p50_lo_ms", "sweep_p50_hi_ms", "inside",
+            "recheck_p50_lo_ms", "recheck_p50_hi_ms"]
     if rechecks is None or rechecks.empty or summary.empty:
         return pd.DataFrame(columns=cols)
     ok = rechecks[rechecks["status"] == "ok"].drop_duplicates("variant_id", keep="last")
@@ -90,8 +110,17 @@ def agreement(summary: pd.DataFrame, rechecks: pd.DataFrame) -> pd.DataFrame:
         rows.append({"variant_id": r["variant_id"], "brief_id": s.get("brief_id"), "kind": kind,
                      "sweep_p50_ms": float(s["lat_p50_ms"]), "recheck_p50_ms": float(r["recheck_p50_ms"]),
                      "ratio": ratio, "tolerance": TOLERANCE[kind], "within": abs(ratio - 1) <= TOLERANCE[kind],
-                     "recheck_repeats": r.get("recheck_repeats"), "recheck_slices": r.get("recheck_slices")})
+                     "recheck_repeats": r.get("recheck_repeats"), "recheck_slices": r.get("recheck_slices"),
+                     **_inside(s, float(r["recheck_p50_ms"])),
+                     "recheck_p50_lo_ms": r.get("recheck_p50_lo_ms"), "recheck_p50_hi_ms": r.get("recheck_p50_hi_ms")})
     return pd.DataFrame(rows, columns=cols)
+
+
+def _inside(s, recheck_p50: float) -> dict:
+    lo, hi = s.get("lat_p50_lo_ms"), s.get("lat_p50_hi_ms")
+    if lo is None or hi is None or _nan(lo) or _nan(hi):
+        return {"sweep_p50_lo_ms": None, "sweep_p50_hi_ms": None, "inside": None}
+    return {"sweep_p50_lo_ms": float(lo), "sweep_p50_hi_ms": float(hi), "inside": float(lo) <= recheck_p50 <= float(hi)}
 
 
 def flags(row, disagreeing: set[str]) -> str:

@@ -45,9 +45,22 @@ def _p50_values(frame: pd.DataFrame) -> dict[str, list[float]]:
     return {vid: list(g["lat_p50_ms"]) for vid, g in ok.groupby("variant_id", sort=False)}
 
 
-def _verdict(gain: float, noise: float, acc_drop: float) -> str:
+def _p50_interval(r: pd.Series) -> tuple[float, float] | None:
+    """The row's 95% p50 interval (per variant, so any repeat row's), None where it has none."""
+    lo, hi = r.get("lat_p50_lo_ms"), r.get("lat_p50_hi_ms")
+    return None if _missing(lo) or _missing(hi) else (float(lo), float(hi))
+
+
+def _verdict(gain: float, noise: float, acc_drop: float, ci=None, parent_ci=None) -> str:
+    """The decision; with both 95% p50 intervals (runner/intervals.py) they decide, not gain vs noise."""
     if not _missing(acc_drop) and acc_drop > MAX_ACC_DROP_PTS:
         return "drop (accuracy)"
+    if ci is not None and parent_ci is not None:
+        if agreement.overlaps(ci, parent_ci):
+            return "drop (not distinguishable: 95% intervals overlap)"
+        if ci[0] > parent_ci[1]:
+            return "slower"
+        return "undecided (no accuracy)" if _missing(acc_drop) else "keep"
     if _missing(noise) or _missing(gain):
         return "undecided (needs 2+ repeats)"
     if _missing(acc_drop):
@@ -65,11 +78,15 @@ def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
     gain_ms = median p50 of the parent - median p50 of the variant (over repeats);
     noise_ms = the larger of the two max-min ranges of p50 over repeats;
     keep when gain_ms > noise_ms and the accuracy drop is at most MAX_ACC_DROP_PTS points.
+    Where both rows carry 95% p50 intervals (runner/intervals.py) the intervals decide instead: keep when the
+    variant's lies wholly below its parent's, "slower" when wholly above, "not distinguishable" on overlap;
+    the intervals are in p50_lo_ms / p50_hi_ms and parent_p50_lo_ms / parent_p50_hi_ms.
     Given per-repeat rows (RESULT_SCHEMA) the noise is measured; given a one-line-per-variant summary
     there is no spread to measure, so the decision says "undecided" rather than pretend the noise is 0.
     """
     cols = ["variant_id", "brief_id", "model", "parent_id", "axis", "change", "parent_p50_ms", "p50_ms",
-            "gain_ms", "gain_pct", "noise_ms", "parent_top1_pct", "top1_pct", "acc_delta_pts", "decision"]
+            "gain_ms", "gain_pct", "noise_ms", "parent_top1_pct", "top1_pct", "acc_delta_pts", "decision",
+            "p50_lo_ms", "p50_hi_ms", "parent_p50_lo_ms", "parent_p50_hi_ms"]
     frame = summary_or_results
     if frame.empty:
         return pd.DataFrame(columns=cols)
@@ -87,6 +104,7 @@ def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
                    top1_pct=r.get("top1_pct"))
         v = values.get(r["variant_id"], [])
         row["p50_ms"] = pd.Series(v).median() if v else None
+        row["p50_lo_ms"], row["p50_hi_ms"] = _p50_interval(r) or (None, None)
         parent = by_key.get(key) if key else None
         if key is None:
             row["decision"] = "baseline (no parent)"
@@ -115,7 +133,9 @@ def _compare(r: pd.Series, parent: pd.Series, axis: str, v: list[float], pv: lis
     pt, vt = parent.get("top1_pct"), r.get("top1_pct")
     drop = None if _missing(pt) or _missing(vt) else float(pt) - float(vt)
     out["acc_delta_pts"] = None if drop is None else -drop
-    out["decision"] = _verdict(gain, noise, drop)
+    ci, parent_ci = _p50_interval(r), _p50_interval(parent)
+    out["parent_p50_lo_ms"], out["parent_p50_hi_ms"] = parent_ci or (None, None)
+    out["decision"] = _verdict(gain, noise, drop, ci, parent_ci)
     return out
 
 
@@ -123,11 +143,13 @@ def _compare(r: pd.Series, parent: pd.Series, axis: str, v: list[float], pv: lis
 
 def choose(summary: pd.DataFrame, bar_pct: float) -> dict[str, Any]:
     """The ok variant with top-1 >= bar_pct that a caller waits least for: the lowest host-clock p95
-    (CUDA-event p95 where no host time exists), with what it beat."""
+    (CUDA-event p95 where no host time exists), with what it beat. `runner_up_overlaps`: True when the
+    runner-up's 95% interval of that p95 overlaps the chosen one's (not distinguishable), None unknown."""
     ok = summary[(summary["status"] == "ok")].dropna(subset=["lat_p95_ms"])
     ok = ok.assign(_rank=ok.apply(agreement.rank_latency, axis=1)) if not ok.empty else ok.assign(_rank=[])
     passing = ok[ok["top1_pct"] >= bar_pct].sort_values("_rank", kind="stable")
-    out: dict[str, Any] = {"chosen": None, "runner_up": None, "faster_under_bar": None, "most_accurate": None}
+    out: dict[str, Any] = {"chosen": None, "runner_up": None, "faster_under_bar": None, "most_accurate": None,
+                           "runner_up_overlaps": None}
     if not ok.dropna(subset=["top1_pct"]).empty:
         out["most_accurate"] = ok.sort_values("top1_pct", ascending=False, kind="stable").iloc[0]
     if passing.empty:
@@ -135,6 +157,9 @@ def choose(summary: pd.DataFrame, bar_pct: float) -> dict[str, Any]:
     chosen = passing.iloc[0]
     out["chosen"] = chosen
     out["runner_up"] = passing.iloc[1] if len(passing) > 1 else None
+    if out["runner_up"] is not None:
+        out["runner_up_overlaps"] = agreement.overlaps(agreement.rank_interval(chosen),
+                                                       agreement.rank_interval(out["runner_up"]))
     under = ok[(ok["top1_pct"] < bar_pct) & (ok["_rank"] < chosen["_rank"])]
     if not under.empty:
         out["faster_under_bar"] = under.sort_values("_rank", kind="stable").iloc[0]

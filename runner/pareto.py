@@ -31,7 +31,8 @@ def pareto_front(df: pd.DataFrame, acc_col: str, lat_col: str) -> pd.DataFrame:
 def plot_pareto(df: pd.DataFrame, acc_col: str, lat_col: str, *, label_col: str | None = None,
                 lat_scale: float = 1.0, lat_unit: str = "ms", acc_bars: tuple[float, ...] = (85.0, 90.0),
                 title: str | None = None, ax=None):
-    """All rows as points (log latency axis), the front as a step line, labels on front points only, and a
+    """All rows as points (log latency axis; a horizontal bar for the 95% interval of rows that carry
+    `<lat_col>_lo_ms` / `_hi_ms`, runner/intervals.py), the front as a step line, labels on front points only, and a
     dashed line per accuracy bar. Returns the matplotlib Figure; `lat_scale` converts the column's unit
     (e.g. 1000 for ms -> us)."""
     # Figure + Agg canvas, no pyplot: no global backend or figure state (headless workers, tests);
@@ -39,6 +40,8 @@ def plot_pareto(df: pd.DataFrame, acc_col: str, lat_col: str, *, label_col: str 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator
+
+    from runner.plots import ci_errors
 
     if ax is None:
         fig = Figure(figsize=(8, 5))
@@ -49,6 +52,10 @@ def plot_pareto(df: pd.DataFrame, acc_col: str, lat_col: str, *, label_col: str 
     valid = df[df[acc_col].notna() & df[lat_col].notna()]
     front = pareto_front(valid, acc_col, lat_col)
     ax.scatter(valid[lat_col] * lat_scale, valid[acc_col], s=18, color="0.6", label="measured", zorder=2)
+    xerr = ci_errors(valid, lat_col, lat_scale)
+    if xerr is not None:  # each row's 95% interval (runner/intervals.py) where it has one
+        ax.errorbar(valid[lat_col] * lat_scale, valid[acc_col], xerr=xerr, fmt="none", ecolor="0.6", lw=1,
+                    capsize=2, zorder=2)
     if len(front):
         x, y = front[lat_col].to_numpy(dtype=float) * lat_scale, front[acc_col].to_numpy(dtype=float)
         # The best accuracy reachable at a latency budget is flat between front points: a post step.

@@ -49,13 +49,31 @@ def pareto_mask(latency: pd.Series, accuracy: pd.Series) -> np.ndarray:
     return ~(better_or_equal & strictly).any(axis=1)
 
 
+def ci_errors(df: pd.DataFrame, col: str, scale: float = 1.0) -> np.ndarray | None:
+    """Error-bar lengths [below, above] of `col` from its 95% interval columns (`lat_p95_ms` ->
+    `lat_p95_lo_ms` / `lat_p95_hi_ms`); 0 for rows without one; None when no row has one."""
+    base = col.removesuffix("_ms")
+    lo_col, hi_col = f"{base}_lo_ms", f"{base}_hi_ms"
+    if lo_col not in df or hi_col not in df or df[lo_col].isna().all():
+        return None
+    v = df[col].to_numpy(float)
+    lo = (v - pd.to_numeric(df[lo_col], errors="coerce").to_numpy(float)) * scale
+    hi = (pd.to_numeric(df[hi_col], errors="coerce").to_numpy(float) - v) * scale
+    return np.vstack([np.nan_to_num(lo).clip(min=0), np.nan_to_num(hi).clip(min=0)])
+
+
 def acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path: Path, *, cpu: bool):
-    """Top-1 vs p95 per ok variant (one colour per model), Pareto-best points numbered in the legend."""
+    """Top-1 vs p95 per ok variant (one colour per model; horizontal bars: its 95% interval where the rows
+    carry one), Pareto-best points numbered in the legend."""
     from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
     fig = figure((10, 5.5))
     ax = fig.add_subplot()
-    for model, g in ok.groupby("model", sort=True):
-        ax.scatter(g["lat_p95_ms"], g["top1_pct"], label=str(model), s=40, alpha=0.85)
+    for i, (model, g) in enumerate(ok.groupby("model", sort=True)):
+        ax.scatter(g["lat_p95_ms"], g["top1_pct"], label=str(model), s=40, alpha=0.85, color=f"C{i % 10}")
+        xerr = ci_errors(g, "lat_p95_ms")
+        if xerr is not None:  # the 95% interval of each p95 (runner/intervals.py), where the rows have one
+            ax.errorbar(g["lat_p95_ms"], g["top1_pct"], xerr=xerr, fmt="none", ecolor=f"C{i % 10}", alpha=0.6,
+                        capsize=2, lw=1)
     front = ok[pareto_mask(ok["lat_p95_ms"], ok["top1_pct"])].sort_values("lat_p95_ms", kind="stable")
     for i, (_, r) in enumerate(front.iterrows(), start=1):
         # alternate above / below: neighbours on the front are often a few us apart (folded vs unfolded)
@@ -68,13 +86,16 @@ def acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path:
         ax.scatter([chosen["lat_p95_ms"]], [chosen["top1_pct"]], s=220, facecolors="none", edgecolors="red",
                    linewidths=2, label=f"chosen: {chosen['variant_id']}")
     lo, hi = float(ok["lat_p95_ms"].min()), float(ok["lat_p95_ms"].max())
+    if "lat_p95_lo_ms" in ok and "lat_p95_hi_ms" in ok:  # room for the interval bars
+        lo = min(lo, float(pd.to_numeric(ok["lat_p95_lo_ms"], errors="coerce").min(skipna=True) or lo))
+        hi = max(hi, float(pd.to_numeric(ok["lat_p95_hi_ms"], errors="coerce").max(skipna=True) or hi))
     ax.set_xscale("log")
     ax.set_xlim(lo / 1.15, hi * 1.15)
     ax.xaxis.set_major_locator(FixedLocator(log_ticks(lo / 1.15, hi * 1.15)))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.4, not 4x10^-1
     ax.xaxis.set_minor_formatter(NullFormatter())            # minor ticks unlabelled: they would overlap
     clock = "CPU timings, not GPU latency" if cpu else "GPU"
-    ax.set_xlabel(f"p95 latency, batch 1 (ms, log scale; median over repeats; {clock})")
+    ax.set_xlabel(f"p95 latency, batch 1 (ms, log scale; median over repeats, bars 95% interval; {clock})")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs latency (ok variants)" + (" - CPU timings" if cpu else "")
                  + "; numbers: Pareto-best variants")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from runner.pareto import pareto_front, plot_pareto
+from runner.report_tables import ci_note, with_ci
 
 TARGETS = ((85.0, 50.0), (90.0, 70.0))   # (top-1 % at least, event p95 us at most), batch 1
 DASH = "—"
@@ -27,16 +28,18 @@ def pareto_section(summary: pd.DataFrame, out_dir: Path, on_gpu: bool) -> list[s
     if ok.empty:
         return lines + ["No variant finished with both an accuracy and a latency.", ""]
     front = pareto_front(ok, "top1_pct", "lat_p95_ms")
-    unit, scale = ("us", 1000.0) if on_gpu else ("ms", 1.0)
+    unit, scale, nd = ("us", 1000.0, 1) if on_gpu else ("ms", 1.0, 3)  # CPU ms: 0.352, not 0.4
     title = "batch-1 p95 (CUDA events)" if on_gpu else "batch-1 p95 - CPU timings, not GPU latency"
     fig = plot_pareto(ok, "top1_pct", "lat_p95_ms", label_col="variant_id", lat_scale=scale, lat_unit=unit,
                       title=title)
     fig.savefig(out_dir / "pareto.png", dpi=120)
     lines += ["Variants no other variant beats on both accuracy and p95 latency (every ok variant is a grey "
-              "point in the plot):", "", f"| Variant | Top-1 (%) | p95 ({unit}) | p50 ({unit}) |", "|---|---|---|---|"]
+              "point in the plot, its bar the 95% interval of its p95 where it has one):", "",
+              f"| Variant | Top-1 (%) | p95 ({unit}) | p50 ({unit}) |", "|---|---|---|---|"]
     for _, r in front.iterrows():
-        lines.append(f"| `{r['variant_id']}` | {r['top1_pct']:.2f} | {r['lat_p95_ms'] * scale:.1f} | "
-                     f"{r['lat_p50_ms'] * scale:.1f} |")
+        lines.append(f"| `{r['variant_id']}` | {r['top1_pct']:.2f} | {with_ci(r, 'lat_p95_ms', nd, scale)} | "
+                     f"{with_ci(r, 'lat_p50_ms', nd, scale)} |")
+    lines += ["", ci_note(ok).strip()] if ci_note(ok) else []
     lines += ["", "![Accuracy vs p95 latency, Pareto front](pareto.png)", ""]
     return lines + (targets_lines(ok) + ratio_lines(ok, front) if on_gpu else [])
 
@@ -47,8 +50,11 @@ def targets_lines(ok: pd.DataFrame) -> list[str]:
         hit = ok[(ok["top1_pct"] >= acc) & (ok["lat_p95_ms"] * 1000 <= p95_us)]
         if not hit.empty:
             best = hit.sort_values("lat_p95_ms").iloc[0]
+            hi = best.get("lat_p95_hi_ms")
+            unsure = "" if hi is None or pd.isna(hi) or hi * 1000 <= p95_us else \
+                f"; not certainly: its 95% interval reaches {hi * 1000:.1f} us"
             lines.append(f"- >= {acc:g}% at p95 <= {p95_us:g} us: **met** by `{best['variant_id']}` "
-                         f"({best['top1_pct']:.2f}%, p95 {best['lat_p95_ms'] * 1000:.1f} us)")
+                         f"({best['top1_pct']:.2f}%, p95 {with_ci(best, 'lat_p95_ms', 1, 1000.0)} us{unsure})")
             continue
         fast = ok[ok["lat_p95_ms"] * 1000 <= p95_us]
         acc_best = fast.sort_values("top1_pct").iloc[-1] if not fast.empty else None
@@ -60,7 +66,7 @@ def targets_lines(ok: pd.DataFrame) -> list[str]:
                          f"{acc_best['top1_pct']:.2f}% ({acc - acc_best['top1_pct']:.2f} points short)")
         if lat_best is not None:
             parts.append(f"the fastest at >= {acc:g}% is `{lat_best['variant_id']}` at p95 "
-                         f"{lat_best['lat_p95_ms'] * 1000:.1f} us ({lat_best['lat_p95_ms'] * 1000 - p95_us:.1f} us over)")
+                         f"{with_ci(lat_best, 'lat_p95_ms', 1, 1000.0)} us ({lat_best['lat_p95_ms'] * 1000 - p95_us:.1f} us over)")
         lines.append(f"- >= {acc:g}% at p95 <= {p95_us:g} us: **missed**; " + ("; ".join(parts) or "nothing comes close"))
     return lines + [""]
 
@@ -102,7 +108,7 @@ def breakdown_section(summary: pd.DataFrame) -> list[str]:
     for _, r in ok.iterrows():
         floor = r.get("floor_p50_us")
         x = DASH if pd.isna(floor) or not floor else f"{r['lat_p50_ms'] * 1000 / floor:.1f}"
-        lines.append(f"| `{r['variant_id']}` | {r['lat_p50_ms'] * 1000:.1f} | {_n(r.get('kernels_per_forward'), 0)} | "
+        lines.append(f"| `{r['variant_id']}` | {with_ci(r, 'lat_p50_ms', 1, 1000.0)} | {_n(r.get('kernels_per_forward'), 0)} | "
                      f"{_n(r.get('kernel_us_per_forward'))} | {_n(r.get('gap_us_per_forward'))} | {_n(floor)} | {x} |")
     return lines + [""]
 

@@ -25,6 +25,33 @@ def _name(r: pd.Series) -> str:
     return f"`{r['variant_id']}`{bid}{label}"
 
 
+def with_ci(r: pd.Series, col: str, nd: int = 3, scale: float = 1.0) -> str:
+    """`col`'s value with its 95% interval, `3.420 [3.100, 3.900]` (runner/intervals.py: `lat_p95_ms` ->
+    `lat_p95_lo_ms` / `lat_p95_hi_ms`), in the same number format; the plain value where the row has none."""
+    v = r.get(col)
+    if _missing(v):
+        return DASH
+    lo, hi = r.get(col.removesuffix("_ms") + "_lo_ms"), r.get(col.removesuffix("_ms") + "_hi_ms")
+    text = f"{float(v) * scale:.{nd}f}"
+    return text if _missing(lo) or _missing(hi) else f"{text} [{float(lo) * scale:.{nd}f}, {float(hi) * scale:.{nd}f}]"
+
+
+def has_ci(frame: pd.DataFrame, col: str = "lat_p50_lo_ms") -> bool:
+    """Does any row carry a 95% interval (rows from before runner/intervals.py do not)?"""
+    return col in frame.columns and bool(frame[col].notna().any())
+
+
+def ci_note(frame: pd.DataFrame) -> str:
+    """The sentence that says what the brackets are, when any row has them."""
+    if not has_ci(frame):
+        return ""
+    units = pd.to_numeric(frame.get("ci_units"), errors="coerce").dropna().astype(int).unique()
+    n = f"{min(units)}-{max(units)}" if len(units) > 1 else (str(units[0]) if len(units) else "its")
+    return (f" In brackets: the 95% interval, distribution-free, from the order statistics of the statistic "
+            f"taken per timing slice ({n} slices per variant; runner/intervals.py); a value without brackets "
+            f"had too few slices for one.")
+
+
 def _chosen_section(summary: pd.DataFrame, decisions: pd.DataFrame, bar: float) -> list[str]:
     lines = ["## Chosen model", ""]
     pick = choose(summary, bar)
@@ -39,18 +66,20 @@ def _chosen_section(summary: pd.DataFrame, decisions: pd.DataFrame, bar: float) 
             lines.append("No variant finished with an accuracy.")
         return lines + [""]
     lines += [f"**{_name(c)}**: {_num(c['top1_pct'])}% top-1 (bar {bar:.1f}%), latency mean "
-              f"{_num(c['lat_mean_ms'], 3)} / p50 {_num(c['lat_p50_ms'], 3)} / p95 {_num(c['lat_p95_ms'], 3)} ms, "
-              f"host-clock p95 {_num(c.get('host_p95_ms'), 3)} ms "
+              f"{with_ci(c, 'lat_mean_ms')} / p50 {with_ci(c, 'lat_p50_ms')} / p95 {with_ci(c, 'lat_p95_ms')} ms, "
+              f"host-clock p95 {with_ci(c, 'host_p95_ms')} ms "
               f"(medians over {_txt(c['repeats'])} repeats), {_num(c['size_mb'])} MB.", ""]
     why = [f"It has the lowest host-clock p95 (what a caller waits, launch to result) among the ok variants "
            f"at or above {bar:.1f}% top-1."]
     r = pick["runner_up"]
     if r is not None:
-        why.append(f"Runner-up: {_name(r)} with p95 {_num(r['lat_p95_ms'], 3)} ms "
-                   f"and {_num(r['top1_pct'])}% top-1.")
+        why.append(f"Runner-up: {_name(r)} with p95 {with_ci(r, 'lat_p95_ms')} ms "
+                   f"and {_num(r['top1_pct'])}% top-1"
+                   + (": **not distinguishable** from the chosen one (their 95% intervals of the ranked p95 "
+                      "overlap), so either serves." if pick.get("runner_up_overlaps") else "."))
     f = pick["faster_under_bar"]
     if f is not None:
-        why.append(f"Faster but under the bar: {_name(f)} with p95 {_num(f['lat_p95_ms'], 3)} ms "
+        why.append(f"Faster but under the bar: {_name(f)} with p95 {with_ci(f, 'lat_p95_ms')} ms "
                    f"and only {_num(f['top1_pct'])}% top-1.")
     d = decisions[decisions["variant_id"] == c["variant_id"]]
     if not d.empty:
@@ -126,10 +155,10 @@ def _brief_section(summary: pd.DataFrame) -> list[str]:
                 rows.append([bid, variant, f"{r['status']}: {_first_line(r.get('error'), 80)}", DASH, DASH, DASH,
                              DASH])
             else:
-                rows.append([bid, variant, _num(r["top1_pct"]), _num(r["lat_mean_ms"], 3),
-                             _num(r["lat_p95_ms"], 3), _num(r["size_mb"]), r.get("flags") or DASH])
+                rows.append([bid, variant, _num(r["top1_pct"]), with_ci(r, "lat_mean_ms"),
+                             with_ci(r, "lat_p95_ms"), _num(r["size_mb"]), r.get("flags") or DASH])
     head = ["## The brief's table", "",
-            "Latencies are medians over repeats of each repeat's mean and p95 (batch 1).", ""]
+            "Latencies are medians over repeats of each repeat's mean and p95 (batch 1)." + ci_note(summary), ""]
     return head + markdown_table(["ID", "Variant", "Acc. (%)", "Mean lat. (ms)", "p95 lat. (ms)", "Size (MB)", "Flags"],
                          rows) + [""]
 
@@ -143,7 +172,10 @@ def _decision_section(decisions: pd.DataFrame, paired: bool = False) -> list[str
     if not paired:
         lines[-2] += (f" A variant is kept when its gain exceeds the noise and it loses at most {MAX_ACC_DROP_PTS} "
                       "points of top-1 accuracy; it is \"slower\" when it loses more than the noise, otherwise "
-                      "it is dropped for no measurable gain (or for accuracy).")
+                      "it is dropped for no measurable gain (or for accuracy)."
+                      + (" Where both carry 95% p50 intervals (in brackets) the intervals decide instead: kept "
+                         "when the variant's lies wholly below its parent's, \"slower\" when wholly above, and "
+                         "\"not distinguishable\" when they overlap." if has_ci(decisions, "p50_lo_ms") else ""))
     if decisions.empty:
         return lines + ["No variant finished, so nothing to decide.", ""]
     rows = []
@@ -152,15 +184,15 @@ def _decision_section(decisions: pd.DataFrame, paired: bool = False) -> list[str
         gain = DASH if _missing(d["gain_ms"]) else \
             f"{round(d['gain_ms'], 3) + 0.0:+.3f} ({_num(round(d['gain_pct'], 1) + 0.0, 1)}%)"
         acc = DASH if _missing(d["acc_delta_pts"]) else f"{round(d['acc_delta_pts'], 2) + 0.0:+.2f}"
-        rows.append([f"`{d['variant_id']}`", _txt(d["parent_id"]), _txt(d["change"]), _num(d["parent_p50_ms"], 3),
-                     _num(d["p50_ms"], 3), gain, _num(d["noise_ms"], 4), acc, d["decision"]])
+        rows.append([f"`{d['variant_id']}`", _txt(d["parent_id"]), _txt(d["change"]), with_ci(d, "parent_p50_ms"),
+                     with_ci(d, "p50_ms"), gain, _num(d["noise_ms"], 4), acc, d["decision"]])
     return lines + markdown_table(["Variant", "Parent", "Axis changed", "Parent p50 (ms)", "p50 (ms)", "Gain ms (%)",
                            "Noise (ms)", "Acc. delta (pts)", "Decision"], rows) + [""]
 
 
 def _all_section(summary: pd.DataFrame) -> list[str]:
     lines = ["## All variants", "",
-             "Latency columns are medians over repeats; CV is the spread of p50 over repeats.", ""]
+             "Latency columns are medians over repeats; CV is the spread of p50 over repeats." + ci_note(summary), ""]
     if summary.empty:
         return lines + ["No rows in results.parquet.", ""]
     rows = []
@@ -168,9 +200,9 @@ def _all_section(summary: pd.DataFrame) -> list[str]:
         cv = _num(r.get("p50_cv_pct"), 1) + (" unstable" if _is_true(r.get("unstable")) else "")
         rows.append([f"`{r['variant_id']}`", _txt(r["brief_id"]), _txt(r["model"]), _txt(r["precision"]),
                      _txt(r["memory_format"]), _txt(r["compile"]), _flag(r["cuda_graph"]), _flag(r["bn_fold"]),
-                     r["status"], _num(r["top1_pct"]), _num(r["top1_drift_pts"]), _num(r["lat_mean_ms"], 3),
-                     _num(r["lat_p50_ms"], 3), _num(r["lat_p95_ms"], 3), _num(r["lat_p99_ms"], 3),
-                     _num(r["host_p50_ms"], 3), cv, _num(r["compile_s"], 1), _num(r["size_mb"]),
+                     r["status"], _num(r["top1_pct"]), _num(r["top1_drift_pts"]), with_ci(r, "lat_mean_ms"),
+                     with_ci(r, "lat_p50_ms"), with_ci(r, "lat_p95_ms"), with_ci(r, "lat_p99_ms"),
+                     with_ci(r, "host_p50_ms"), cv, _num(r["compile_s"], 1), _num(r["size_mb"]),
                      _flag(r["gpu_exclusive"]) if r["status"] == "ok" else DASH, r.get("flags") or DASH])
     lines += markdown_table(["ID", "Brief", "Model", "Precision", "Memory format", "Compile", "Graph", "Fold", "Status",
                      "Top-1 (%)", "Drift (pts)", "Mean (ms)", "p50 (ms)", "p95 (ms)", "p99 (ms)",

@@ -148,3 +148,80 @@ def test_slow_rounds():
     assert slow.tolist() == [i in (4, 9) for i in range(15)]
     assert not iv.slow_rounds(p50s[:1]).any()               # one variant cannot tell the host from itself
     assert iv.slow_rounds({"a": list(p50s[0]), "b": list(p50s[1][:6])})[4]
+
+
+# ---------------------------------------------------------------- the report's use of the intervals
+
+def _summary_rows() -> pd.DataFrame:
+    """Two brief rows with intervals (B1, O1: overlapping p50s) and one from before the intervals (B2)."""
+    base = {"status": "ok", "model": "mobilenet", "memory_format": "contiguous", "compile": "none",
+            "cuda_graph": False, "bn_fold": False, "top1_pct": 90.0, "size_mb": 6.0, "repeats": 3,
+            "top1_drift_pts": 0.0, "lat_p99_ms": 4.2, "host_p50_ms": 3.5, "unstable": False, "compile_s": None,
+            "gpu_exclusive": True, "label": "MobileNetV3", "error": None}
+    b1 = dict(base, variant_id="b1", brief_id="B1", precision="fp32", lat_mean_ms=3.42, lat_p50_ms=3.3,
+              lat_p95_ms=3.8, host_p95_ms=3.9, lat_mean_lo_ms=3.1, lat_mean_hi_ms=3.9, lat_p50_lo_ms=3.2,
+              lat_p50_hi_ms=3.45, lat_p95_lo_ms=3.6, lat_p95_hi_ms=4.1, host_p95_lo_ms=3.7, host_p95_hi_ms=4.3,
+              lat_p99_lo_ms=4.0, lat_p99_hi_ms=4.6, host_p50_lo_ms=3.3, host_p50_hi_ms=3.6, ci_units=15)
+    o1 = dict(b1, variant_id="o1", brief_id="O1", precision="fp16", lat_mean_ms=3.35, lat_p50_ms=3.25,
+              lat_p50_lo_ms=3.15, lat_p50_hi_ms=3.4, host_p95_ms=3.85, top1_pct=89.9)
+    b2 = dict(base, variant_id="b2", brief_id="B2", model="resnet18", precision="fp32", lat_mean_ms=1.5,
+              lat_p50_ms=1.45, lat_p95_ms=1.6, host_p95_ms=1.7)
+    return pd.DataFrame([b1, o1, b2])
+
+
+def test_brief_and_all_tables_render_intervals():
+    from runner import report_tables
+    s = _summary_rows()
+    brief = "\n".join(report_tables._brief_section(s))
+    assert "| 3.420 [3.100, 3.900] | 3.800 [3.600, 4.100] |" in brief      # B1: mean and p95 with intervals
+    assert "| 1.500 | 1.600 |" in brief                                    # B2, an older row: as before
+    assert "95% interval" in brief and "15 slices" in brief
+    everything = "\n".join(report_tables._all_section(s.assign(p50_cv_pct=1.0)))
+    assert "3.300 [3.200, 3.450]" in everything and "3.500 [3.300, 3.600]" in everything
+    old = "\n".join(report_tables._brief_section(s[s["variant_id"] == "b2"]))
+    assert "[" not in old.split("| ID |")[1] and "interval" not in old       # no intervals: nothing added
+
+
+def test_decisions_and_choice_say_not_distinguishable():
+    from runner import decisions, report_tables
+    s = _summary_rows()
+    d = decisions.decide(s).set_index("variant_id")
+    assert d.loc["o1", "parent_id"] == "b1" and "not distinguishable" in d.loc["o1", "decision"]
+    faster = s.copy()
+    faster.loc[faster["variant_id"] == "o1", ["lat_p50_lo_ms", "lat_p50_hi_ms"]] = [2.0, 2.2]
+    assert decisions.decide(faster).set_index("variant_id").loc["o1", "decision"] == "keep"
+    pick = decisions.choose(s, 85.0)
+    assert pick["chosen"]["variant_id"] == "b2" and pick["runner_up"]["variant_id"] == "o1"
+    assert pick["runner_up_overlaps"] is None                              # b2 has no interval
+    pick = decisions.choose(s[s["variant_id"] != "b2"], 85.0)
+    assert pick["chosen"]["variant_id"] == "o1" and pick["runner_up_overlaps"] is True
+    text = "\n".join(report_tables._chosen_section(s[s["variant_id"] != "b2"], decisions.decide(s), 85.0))
+    assert "not distinguishable" in text and "p95 3.800 [3.600, 4.100] ms" in text
+
+
+def test_recheck_calibration_line():
+    from runner import agreement, report_trust
+    s = _summary_rows()
+    rechecks = pd.DataFrame([{"variant_id": "b1", "status": "ok", "recheck_p50_ms": 3.40},     # inside
+                             {"variant_id": "o1", "status": "ok", "recheck_p50_ms": 3.60},     # outside
+                             {"variant_id": "b2", "status": "ok", "recheck_p50_ms": 1.44}])    # no interval
+    table = agreement.agreement(s, rechecks)
+    assert table.set_index("variant_id")["inside"].tolist() == [True, False, None]
+    text = "\n".join(report_trust.recheck_section(table, True))
+    assert "inside the in-sweep 95% interval for 1 of 2 re-checked rows (50%" in text
+    assert "3.3000 [3.2000, 3.4500]" in text and "| **no** |" in text
+    old = agreement.agreement(s, rechecks[rechecks["variant_id"] == "b2"])
+    assert "Calibration" not in "\n".join(report_trust.recheck_section(old, True))
+
+
+def test_plots_draw_interval_bars(tmp_path):
+    from runner.pareto import plot_pareto
+    from runner.plots import acc_vs_latency, ci_errors
+    s = _summary_rows()
+    err = ci_errors(s, "lat_p95_ms")
+    assert err.shape == (2, 3) and err[:, 0] == pytest.approx([0.2, 0.3]) and (err[:, 2] == 0).all()
+    assert ci_errors(s.drop(columns=["lat_p95_lo_ms"]), "lat_p95_ms") is None
+    fig = acc_vs_latency(s, None, 85.0, tmp_path / "a.png", cpu=True)
+    assert (tmp_path / "a.png").exists() and fig.axes[0].collections
+    fig = plot_pareto(s, "top1_pct", "lat_p95_ms", label_col="variant_id")
+    assert any(len(c.get_segments()) == 3 for c in fig.axes[0].collections if hasattr(c, "get_segments"))
