@@ -104,14 +104,20 @@ def _head_kernel(y_ptr, fc_ptr, fb_ptr, out_ptr, scale, P,
     """Global pool + linear of one image, for a last map too large for one conv tile."""
     b = tl.program_id(0)
     c = tl.arange(0, CP)
-    f = tl.full([CP], float("-inf") if HEAD == 1 else 0.0, tl.float32)
+    f = tl.zeros([CP], tl.float32)
+    if HEAD == 1:
+        f = tl.full([CP], float("-inf"), tl.float32)
     for p0 in range(0, P, BPX):
         p = p0 + tl.arange(0, BPX)
         ok = (p < P)[:, None] & (c < C)[None, :]
-        v = tl.load(y_ptr + (b.to(tl.int64) * P + p[:, None]) * C + c[None, :], mask=ok,
-                    other=float("-inf") if HEAD == 1 else 0.0).to(tl.float32)
-        f = tl.maximum(f, tl.max(v, axis=0)) if HEAD == 1 else f + tl.sum(v, axis=0)
-    f = tl.where(c < C, f if HEAD == 1 else f / P, 0.0)
+        v = tl.load(y_ptr + (b.to(tl.int64) * P + p[:, None]) * C + c[None, :], mask=ok, other=0.0)
+        if HEAD == 1:
+            f = tl.maximum(f, tl.max(tl.where(ok, v.to(tl.float32), float("-inf")), axis=0))
+        else:
+            f = f + tl.sum(v.to(tl.float32), axis=0)
+    if HEAD == 2:
+        f = f / P
+    f = tl.where(c < C, f, 0.0)
     j = tl.arange(0, NCP)
     logits = tl.sum(f[:, None] * tl.load(fc_ptr + c[:, None] * NCP + j[None, :]), axis=0) * scale
     tl.store(out_ptr + b * NC + j, logits + tl.load(fb_ptr + j), mask=j < NC)

@@ -1,0 +1,119 @@
+"""GPU check of `compile: fused` (runner/fused.py) against the stock paths, on random-weight fastnets.
+
+    python -m runner.diagnostics.fused_probe [--nets 111,122] [--targets 32,128,512] [--iters 2000]
+
+For each net (the latency-first family's widths 64/256/256, whitening stem, GELU; `122` is
+convs_per_block (1, 2, 2)), BN folded, fp16, channels_last, each path in one CUDA graph:
+  eager     eager ops captured in a graph (runner.optimize.prepare, compile: none)
+  inductor  torch.compile default mode, captured in a graph (compile: default)
+  fused@T   runner/fused.py with T target programs per kernel (T = the default: through prepare())
+Prints the max relative logit error against the fp32 eager unfolded model (batch 1, and batch 1000 for
+fused), p50 / p95 of CUDA-event batch-1 latency (200 warm-up + `--iters` timed calls, runner.bench), and
+after all timing (profiling slows later launches) kernels per forward and their summed time. Random
+weights: latency does not depend on them; BN statistics are randomised so the fold is not trivial.
+With $OUT set, the rows are also written to $OUT/fused_probe.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from models import get_model
+from runner import bench, breakdown
+from runner.diagnostics.table import Column, print_table
+from runner.fused import TARGET_PROGRAMS, fused_forward
+from runner.optimize import _capture_graph, fold_batchnorm, prepare
+from variants import Variant
+
+COLUMNS = (Column("net", 5, "<"), Column("path", 10, "<"), Column("kernels", 7), Column("kern_us", 7),
+           Column("p50_us", 7), Column("p95_us", 7), Column("relerr_b1", 9), Column("relerr_b1000", 12),
+           Column("top1_agree", 10))
+
+
+def random_fastnet(cpb: tuple[int, ...], seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = get_model("fastnet_cifar", widths=(64, 256, 256), convs_per_block=cpb, stem="whiten2x2",
+                  stem_width=24, act="gelu").eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.normal_(0, 0.2)
+    return m
+
+
+def fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.float() - ref).abs().max() / ref.abs().max())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", default="111,122")
+    ap.add_argument("--targets", default="32,128,512", help="fused variants: target programs per kernel")
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=200)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    big = torch.randn(1000, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    cases = []  # (net, path, graphed fn, its static input, rel err b1, rel err b1000, top1 agreement)
+    for net in args.nets.split(","):
+        cpb = tuple(int(ch) for ch in net)
+        model = random_fastnet(cpb)
+        ref_model = model.float().to(dev)
+        with torch.inference_mode():
+            ref_big = ref_model(big.to(dev))
+        for compile_ in ("none", "default", "fused"):
+            v = Variant(model=f"fast{net}", precision="fp16", memory_format="channels_last", compile=compile_,
+                        cuda_graph=True, bn_fold=True)
+            prep = prepare(model, v, dev)
+            fn, x, _ = prep.callable_for(1)
+            name = {"none": "eager", "default": "inductor", "fused": f"fused@{TARGET_PROGRAMS}"}[compile_]
+            with torch.inference_mode():
+                e1 = rel_err(fn(x), ref_model(x.float()))
+                eb = agree = None
+                if compile_ == "fused":  # the accuracy pass's batch, through the same (un-graphed) kernels
+                    out = prep.forward(prep.cast_input(big))
+                    eb, agree = rel_err(out, ref_big), float((out.argmax(1) == ref_big.argmax(1)).float().mean())
+            cases.append([net, name, fn, x, e1, eb, agree])
+            print(f"built {net} {name}: rel err b1 {e1:.2e}", flush=True)
+        folded = fold_batchnorm(model.to(dev))[0].half()
+        for t in (int(s) for s in args.targets.split(",")):
+            if t == TARGET_PROGRAMS:
+                continue
+            fwd = fused_forward(folded, x, target_programs=t)
+            fn = _capture_graph(fwd, x.clone(), dev)
+            with torch.inference_mode():
+                e1 = rel_err(fn(x), ref_model(x.float()))
+            cases.append([net, f"fused@{t}", fn, x, e1, None, None])
+            print(f"built {net} fused@{t}: rel err b1 {e1:.2e} tiles "
+                  f"{[(L['bp'], L['bn'], L['bk']) for L in fwd.layers]}", flush=True)
+    floor = breakdown.launch_floor(dev)
+    rows, out = [], []
+    for c in cases:  # time everything first ...
+        s = bench.stats(bench.time_repeat(c[2], c[3], warmup=args.warmup, iters=args.iters).lat_ms * 1e3)
+        c.append(s)
+    for net, name, fn, x, e1, eb, agree, s in cases:  # ... then profile (it slows later launches)
+        bd = breakdown.kernel_breakdown(fn, x, replays=20, wall_us=s["p50"])
+        rows.append([net, name, fmt(bd["kernels_per_forward"], ".0f"), fmt(bd["kernel_us_per_forward"], ".1f"),
+                     f"{s['p50']:.1f}", f"{s['p95']:.1f}", f"{e1:.1e}", fmt(eb, ".1e"), fmt(agree, ".4f")])
+        out.append(dict(net=net, path=name, p50_us=s["p50"], p95_us=s["p95"], rel_err_b1=e1, rel_err_b1000=eb,
+                        top1_agree_b1000=agree, **{k: bd[k] for k in breakdown.BREAKDOWN_FIELDS}))
+    print(f"\n{torch.cuda.get_device_name(dev)}, torch {torch.__version__}; launch floor (graph of one trivial "
+          f"kernel) p50 {fmt(floor['floor_p50_us'], '.1f')} / p95 {fmt(floor['floor_p95_us'], '.1f')} us")
+    print_table(COLUMNS, rows)
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "fused_probe.json"), "w") as f:
+            json.dump(dict(floor=floor, rows=out), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
