@@ -18,8 +18,9 @@ the p95 of all calls pooled; for p50 and mean the two agree closely.
 
 Too few values. With n values the widest interval is [min, max], covering 1 - q^n - (1-q)^n; for the
 median that reaches 95% at n = 6 (`min_units`). Below that `quantile_ci` clamps the bound it cannot
-hold to min / max (both, for the median) and returns `.ok` False with the actual `.coverage`, and `interval_columns` writes NaN (no interval rather than a 94% one labelled 95%);
-the report then prints the value as before, and `tight_enough` says False.
+hold to min / max (both, for the median) and returns `.ok` False with the actual `.coverage`, and
+`interval_columns` writes NaN (no interval rather than a 94% one labelled 95%); the report then prints
+the value as before, and `tight_enough` says False.
 
 API (numpy only):
 

@@ -66,7 +66,8 @@ def targets_lines(ok: pd.DataFrame) -> list[str]:
                          f"{acc_best['top1_pct']:.2f}% ({acc - acc_best['top1_pct']:.2f} points short)")
         if lat_best is not None:
             parts.append(f"the fastest at >= {acc:g}% is `{lat_best['variant_id']}` at p95 "
-                         f"{with_ci(lat_best, 'lat_p95_ms', 1, 1000.0)} us ({lat_best['lat_p95_ms'] * 1000 - p95_us:.1f} us over)")
+                         f"{with_ci(lat_best, 'lat_p95_ms', 1, 1000.0)} us "
+                         f"({lat_best['lat_p95_ms'] * 1000 - p95_us:.1f} us over)")
         lines.append(f"- >= {acc:g}% at p95 <= {p95_us:g} us: **missed**; " + ("; ".join(parts) or "nothing comes close"))
     return lines + [""]
 
@@ -108,7 +109,8 @@ def breakdown_section(summary: pd.DataFrame) -> list[str]:
     for _, r in ok.iterrows():
         floor = r.get("floor_p50_us")
         x = DASH if pd.isna(floor) or not floor else f"{r['lat_p50_ms'] * 1000 / floor:.1f}"
-        lines.append(f"| `{r['variant_id']}` | {with_ci(r, 'lat_p50_ms', 1, 1000.0)} | {_n(r.get('kernels_per_forward'), 0)} | "
+        lines.append(f"| `{r['variant_id']}` | {with_ci(r, 'lat_p50_ms', 1, 1000.0)} | "
+                     f"{_n(r.get('kernels_per_forward'), 0)} | "
                      f"{_n(r.get('kernel_us_per_forward'))} | {_n(r.get('gap_us_per_forward'))} | {_n(floor)} | {x} |")
     return lines + [""]
 

@@ -86,7 +86,8 @@ def recheck_section(table: pd.DataFrame, any_gpu: bool) -> list[str]:
         recheck = f"{r['recheck_p50_ms']:.4f}" + (
             f" [{r['recheck_p50_lo_ms']:.4f}, {r['recheck_p50_hi_ms']:.4f}]"
             if ci and _has(r.get("recheck_p50_lo_ms")) and _has(r.get("recheck_p50_hi_ms")) else "")
-        inside = ((" yes |" if bool(r["inside"]) else " **no** |") if _has(r.get("inside")) else f" {DASH} |") if ci else ""
+        inside = "" if not ci else f" {DASH} |" if not _has(r.get("inside")) else \
+            (" yes |" if bool(r["inside"]) else " **no** |")
         lines.append(f"| `{r['variant_id']}` | {r['brief_id'] or DASH} | {r['kind']} | {sweep} | "
                      f"{recheck} | {r['ratio']:.3f} | {'yes' if r['within'] else '**no**'} |" + inside)
     return lines + [""]

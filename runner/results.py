@@ -10,9 +10,9 @@ Layout of a sweep folder (written by `runner/sweep.py`, read by `runner/report.p
 
 Column names carry their units (`lat_p95_ms`, `compile_s`, `size_mb`). A failure is a row with
 `status` error / skipped and `error`, never a missing row. Task rows carry `started_at` and `finished_at`
-(ISO UTC). New columns go last (`started_at`, then `host_wait_s`, `timed_at`, `checks_started_at`, `timing_order`, ..., the
-interval columns in results; `recheck_repeats`, `recheck_cv_pct`, ..., `recheck_p50_lo_ms` in re-checks), and files written before they existed still
-read (read_folder reads every part with the schema: a column a part lacks comes back as nulls).
+(ISO UTC). New columns go last (`started_at`, then `host_wait_s`, `timed_at`, `checks_started_at`, `timing_order`,
+..., the interval columns in results; `recheck_repeats`, `recheck_cv_pct`, ..., `recheck_p50_lo_ms` in re-checks),
+and files written before they existed still read (read_folder reads every part with the schema: a column a part lacks comes back as nulls).
 """
 from __future__ import annotations
 

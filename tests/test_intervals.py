@@ -225,3 +225,14 @@ def test_plots_draw_interval_bars(tmp_path):
     assert (tmp_path / "a.png").exists() and fig.axes[0].collections
     fig = plot_pareto(s, "top1_pct", "lat_p95_ms", label_col="variant_id")
     assert any(len(c.get_segments()) == 3 for c in fig.axes[0].collections if hasattr(c, "get_segments"))
+
+
+def test_latency_sections_render_intervals():
+    from runner import report_latency
+    ok = pd.DataFrame([dict(variant_id="fast", top1_pct=86.0, lat_p50_ms=0.045, lat_p95_ms=0.048,
+                            lat_p95_lo_ms=0.045, lat_p95_hi_ms=0.053, lat_p50_lo_ms=0.044, lat_p50_hi_ms=0.046,
+                            kernels_per_forward=12.0, floor_p50_us=8.0, status="ok")])
+    targets = "\n".join(report_latency.targets_lines(ok))
+    assert "**met** by `fast` (86.00%, p95 48.0 [45.0, 53.0] us; not certainly: its 95% interval reaches 53.0 us)" \
+        in targets
+    assert "| `fast` | 45.0 [44.0, 46.0] | 12 |" in "\n".join(report_latency.breakdown_section(ok))
