@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from runner.sweep import task_resources
+from runner.sweep import resources
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is needed to read cluster.yaml")
 try:
@@ -73,11 +73,11 @@ def test_passes_ray_validation(config):
 
 
 def _cluster_tasks(config) -> tuple[dict, dict]:
-    """The (train, bench) resource requests the sweep makes on this cluster (runner/sweep.task_resources)."""
+    """The (train, bench actor) resource requests the sweep makes on this cluster (runner/sweep.resources),
+    one training per GPU (`train.per_gpu: 1`)."""
     gpus = sum(t["resources"].get("GPU", 0) * t.get("max_workers", 0)
                for t in config["available_node_types"].values())
-    return task_resources(gpus, cpus_per_node=min(t["resources"]["CPU"]
-                                                   for t in config["available_node_types"].values()))
+    return resources(gpus, min(t["resources"]["CPU"] for t in config["available_node_types"].values()), 1)
 
 
 def _fits(task: dict, resources: dict) -> int:

@@ -312,23 +312,21 @@ def test_a_graph_callable_keeps_its_weights_alive():
     del junk
 
 
-def test_measurement_flags_leave_cudnn_autotuning_off_unless_asked_and_restore_every_flag():
-    """Autotuning picked different kernels in each fresh process (reports/h200-process-spread/): a sweep
-    times with cuDNN's heuristics unless its bench says `cudnn_autotune: true`, whatever the process held."""
-    from runner.tasks import measurement_flags
+@pytest.mark.parametrize("autotune", [False, True])
+def test_measurement_flags_set_strict_fp32_and_cudnn_autotuning_only_when_asked(autotune):
+    """Autotuning picked different kernels in each fresh process (reports/h200-process-spread/): an actor
+    times with cuDNN's heuristics unless the bench says `cudnn_autotune: true`. The flags are process-wide
+    (the actor's process is its own), so this runs in a subprocess that starts with the opposite values."""
+    import subprocess
+    import sys
 
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.benchmark = True   # left over from an earlier task in the same process
-    torch.backends.cudnn.allow_tf32 = True
-    try:
-        for autotune in (False, True):
-            with measurement_flags(autotune):
-                assert torch.backends.cudnn.benchmark is (autotune and torch.cuda.is_available())
-                assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-                assert torch.get_float32_matmul_precision() == "highest"
-            assert torch.backends.cudnn.benchmark is True and torch.backends.cudnn.allow_tf32 is True
-    finally:
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    code = ("import torch; torch.backends.cudnn.benchmark = True; torch.backends.cudnn.allow_tf32 = True; "
+            "torch.backends.cuda.matmul.allow_tf32 = True; from runner.engine.worker import measurement_flags; "
+            f"measurement_flags({autotune}); import torch._inductor.config as ic; "
+            "print(torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, "
+            "torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(), ic.compile_threads)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(autotune and torch.cuda.is_available()), "False", "False", "highest", "1"]
 
 
 def test_switching_cudnn_autotune_measures_every_row_again():

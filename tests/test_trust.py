@@ -98,7 +98,7 @@ def test_fold_error_is_rounding_for_a_correct_fold():
 
 def test_fold_error_catches_a_wrong_fold(monkeypatch):
     """A fold that drops the BN's shift (a broken fuse) is far over the stated bound."""
-    from runner import tasks
+    from runner.engine import rows as tasks
 
     real_fold = optimize.fold_batchnorm
 

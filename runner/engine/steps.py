@@ -37,9 +37,11 @@ class StepLog:
         self.path = Path(run_dir) / "steps" / f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}.parquet"
         self.rows: list[dict] = []
 
-    def add(self, step: dict | None, *, submitted: str, actor: str = "", status: str = "ok", **fallback) -> None:
+    def add(self, step: dict | None, *, submitted: str, actor: str = "", status: str = "ok", landed: str | None = None,
+            **fallback) -> None:
         """Record one landed step: `step` as the worker reported it, or (a task that died) `fallback`."""
-        row = {**fallback, **(step or {}), "submitted": submitted, "landed": now(), "actor": actor, "status": status}
+        row = {**fallback, **(step or {}), "submitted": submitted, "landed": landed or now(), "actor": actor,
+               "status": status}
         row.setdefault("start", None)
         row.setdefault("end", None)
         self.rows.append({k: row.get(k) for k in STEPS_SCHEMA.names})

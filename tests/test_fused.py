@@ -1,0 +1,114 @@
+"""compile: fused (runner/fused.py) on CPU: its Triton kernels run by Triton's interpreter against the folded
+fp32 eager model, and the networks / settings it must refuse. Kernel timings come from the GPU probe
+(python -m runner.diagnostics.fused_probe), never from here."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+# Triton picks interpreter or compiler when a kernel is decorated, i.e. when runner.fused is imported:
+# set the switch for that import only (re-importing if another test imported it first), then restore it.
+_saved = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    fused = importlib.reload(sys.modules["runner.fused"]) if "runner.fused" in sys.modules \
+        else importlib.import_module("runner.fused")
+finally:
+    if _saved is None:
+        os.environ.pop("TRITON_INTERPRET")
+    else:
+        os.environ["TRITON_INTERPRET"] = _saved
+
+from models import get_model  # noqa: E402
+from runner.optimize import Unsupported, fold_batchnorm, prepare, unsupported_reason  # noqa: E402
+from variants import Variant  # noqa: E402
+
+SIDE = 16  # small images and widths keep the interpreter fast (each program is Python)
+
+
+def _net(**kw) -> nn.Module:
+    torch.manual_seed(0)
+    m = get_model("fastnet_cifar", **kw).eval()
+    for mod in m.modules():  # non-trivial BN statistics: the folded biases must matter
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.normal_(0, 0.5)
+    return m
+
+
+CASES = {
+    # whitening stem + pooled blocks: 3 kernels, the head inside the last (atomic logits, cleared by the first)
+    "pooled-fused-head": dict(widths=(16, 32), convs_per_block=(1, 1), stem="whiten2x2", stem_width=8),
+    # no pool in the first block, two convs there, relu, a 3x3 stem
+    "unpooled-relu": dict(widths=(16, 16), convs_per_block=(2, 1), pooled=(False, True), stem="conv3x3",
+                          stem_width=8, act="relu"),
+    # no pooling at all, avg pools, silu: the last map is too big for one tile -> the separate head kernel
+    "unpooled-head-kernel": dict(widths=(16,), convs_per_block=(1,), pooled=(False,), stem="conv3x3",
+                                 stem_width=8, act="silu", pool="avg"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_logits_match_the_folded_fp32_model(case):
+    folded, n = fold_batchnorm(_net(**CASES[case]))
+    assert n > 0
+    x = torch.randn(3, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+    fn = fused.fused_forward(folded.half(), x[:1].half(), target_programs=4)
+    expect_head_kernel = case == "unpooled-head-kernel"
+    assert (fn.layers[-1]["head"] == 0) == expect_head_kernel
+    assert fn.kernels == len(fn.layers) + expect_head_kernel
+    with torch.no_grad():
+        ref = folded.float()(x)
+    for xb in (x[:1], x, x.contiguous(memory_format=torch.channels_last)):  # batch 1, batch 3, both layouts
+        got = fn(xb.half())
+        assert got.shape == (len(xb), 10) and got.dtype == torch.float32
+        err = float((got - ref[:len(xb)]).abs().max() / ref[:len(xb)].abs().max())
+        assert err < 1e-2, f"{case} batch {len(xb)}: relative logit error {err:.2e}"
+    assert torch.equal(fn(x.half()).argmax(1), ref.argmax(1))
+
+
+def test_refuses_what_it_cannot_fuse():
+    x = torch.zeros(1, 3, SIDE, SIDE, dtype=torch.float16)
+    net = _net(**CASES["pooled-fused-head"])
+    with pytest.raises(Unsupported, match="BatchNorm2d"):  # not folded
+        fused.fused_forward(net.half(), x)
+    odd = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Dropout(), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10))
+    with pytest.raises(Unsupported, match="Dropout"):
+        fused.fused_forward(odd, x)
+    strided = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1))
+    with pytest.raises(Unsupported, match="stride 1"):
+        fused.fused_forward(strided, x)
+    pool3 = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.MaxPool2d(3))
+    with pytest.raises(Unsupported, match="2x2"):
+        fused.fused_forward(pool3, x)
+    no_head = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+    with pytest.raises(Unsupported, match="linear"):
+        fused.fused_forward(no_head, x)
+
+
+def test_needs_cuda_unless_interpreted(monkeypatch):
+    monkeypatch.setattr(fused, "INTERPRETED", False)
+    folded, _ = fold_batchnorm(_net(**CASES["pooled-fused-head"]))
+    with pytest.raises(Unsupported, match="CUDA"):
+        fused.fused_forward(folded, torch.zeros(1, 3, SIDE, SIDE))
+
+
+def test_the_compile_axis_skips_fused_without_fold_fp16_or_gpu():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    ok = Variant(model="m", precision="fp16", memory_format="channels_last", compile="fused", cuda_graph=True,
+                 bn_fold=True)
+    assert unsupported_reason(ok, gpu) is None
+    assert "bn_fold" in unsupported_reason(Variant(model="m", precision="fp16", compile="fused"), gpu)
+    assert "fp16" in unsupported_reason(Variant(model="m", compile="fused", bn_fold=True), gpu)
+    assert "CUDA" in unsupported_reason(ok, cpu)
+    with pytest.raises(Unsupported, match="fused"):
+        prepare(_net(**CASES["pooled-fused-head"]), ok, cpu)
+    assert ok.variant_id == "m-fp16-cl-fused-graph-fold"
