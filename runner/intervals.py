@@ -119,14 +119,22 @@ def halfwidth_pct(ci: Interval) -> float:
     return 100.0 * (ci.hi - ci.lo) / 2.0 / ci.mid
 
 
-def slice_stats(samples_ms) -> dict[str, float]:
-    """The per-slice statistics the intervals are built from (percentiles as runner/bench.stats takes them)."""
-    a = np.asarray(samples_ms, dtype=np.float64)
-    a = a[np.isfinite(a)]
-    if a.size == 0:
-        return {s: math.nan for s in STATS}
-    p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(a.mean())}
+def _per_slice(slices: list) -> dict[str, list[float]]:
+    """p50, p95, p99 (percentiles as runner/bench.stats takes them) and mean of every non-empty slice, one
+    list per statistic (non-finite times dropped; slices of one length in one numpy call)."""
+    by_size: dict[int, list[np.ndarray]] = {}
+    for x in slices:
+        a = np.asarray(x, dtype=np.float64).ravel()
+        a = a[np.isfinite(a)]
+        if a.size:
+            by_size.setdefault(a.size, []).append(a)
+    out: dict[str, list[float]] = {s: [] for s in STATS}
+    for group in by_size.values():
+        stack = np.vstack(group)
+        p50, p95, p99 = np.percentile(stack, [50, 95, 99], axis=1)
+        for s, v in zip(STATS, (p50, p95, p99, stack.mean(axis=1))):
+            out[s] += v.tolist()
+    return out
 
 
 def interval_columns(slices_lat_ms: list, slices_host_ms: list | None, conf: float = 0.95) -> dict:
@@ -135,14 +143,14 @@ def interval_columns(slices_lat_ms: list, slices_host_ms: list | None, conf: flo
     docstring), `lat_p50_halfwidth_pct` and `ci_units` (the number of non-empty slices of the event clock)."""
     out: dict = {}
     for clock, slices in (("lat", slices_lat_ms), ("host", slices_host_ms or [])):
-        per = [slice_stats(s) for s in slices if np.asarray(s).size]
+        per = _per_slice(slices)
         for s in STATS:
-            ci = unit_ci([p[s] for p in per], conf)
+            ci = unit_ci(per[s], conf)
             out[f"{clock}_{s}_lo_ms"] = ci.lo if ci.ok else math.nan
             out[f"{clock}_{s}_hi_ms"] = ci.hi if ci.ok else math.nan
             if clock == "lat" and s == "p50":
                 out["lat_p50_halfwidth_pct"] = halfwidth_pct(ci)
-                out["ci_units"] = len(per)
+                out["ci_units"] = len(per["p50"])
     return {c: out[c] for c in COLUMNS}
 
 
