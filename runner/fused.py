@@ -31,6 +31,7 @@ from runner.optimize import Unsupported
 
 ACTS = {nn.ReLU: 1, nn.GELU: 2, nn.SiLU: 3}          # 0: none
 POOLS = {nn.MaxPool2d: 1, nn.AvgPool2d: 2, nn.AdaptiveMaxPool2d: 1, nn.AdaptiveAvgPool2d: 2}
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"   # kernels run by Triton's CPU interpreter (tests)
 TARGET_PROGRAMS = 128   # programs per kernel at batch 1 the tile choice aims for (an H200 has 132 SMs)
 
 
@@ -208,7 +209,7 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
                   num_warps: int = 4, num_stages: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
     """A callable running the folded `model` on inputs shaped like `example_x` (any batch) in Triton."""
     dev = example_x.device
-    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if dev.type != "cuda" and not INTERPRETED:
         raise Unsupported("fused: Triton kernels need a CUDA device")
     if example_x.dim() != 4:
         raise Unsupported(f"fused: expects (B, C, H, W) images, got shape {tuple(example_x.shape)}")
