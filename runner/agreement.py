@@ -1,6 +1,6 @@
 """Can a sweep's numbers be trusted? The re-check sample, its agreement table, and the row flags.
 
-Every sweep ends by timing some of its own rows again, alone (runner/phases.py): the brief's named rows,
+Every sweep ends by timing some of its own rows again, in new actor processes (runner/engine/bench_phase.py): the brief's named rows,
 the chosen variant and `bench.recheck` others drawn at random (seeded). `agreement(summary, rechecks)`
 compares the in-sweep p50 with the re-check's; a row outside tolerance is flagged wherever it appears.
 `host_gap` flags a row whose host-clock time (what a caller waits) far exceeds its CUDA-event time: the

@@ -129,7 +129,7 @@ class GpuMonitor:
 
 def gpu_summary(monitors: list[GpuMonitor]) -> dict[str, Any]:
     """One summary of the samples of `monitors`, pooled in order: a variant whose repeats were each timed
-    under their own monitor (runner/round_robin.py) gets the columns a single monitor gives, over all of
+    under their own monitor (runner/engine/worker.py) gets the columns a single monitor gives, over all of
     them (clock range and peak temperature over every repeat, samples summed, notes once each)."""
     s = [x for m in monitors for x in m.samples if x["sm_clock_mhz"] is not None]
     note = "; ".join(dict.fromkeys(m.note for m in monitors if m.note)) or None

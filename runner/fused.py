@@ -47,15 +47,17 @@ def _act(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, scale,
+def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, ws_ptr, cnt_ptr, scale,
                  H, W, OW, P, M_TILES, sxb, sxh, sxw, sxc,
                  C_IN: tl.constexpr, C_OUT: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
                  S: tl.constexpr, POOL: tl.constexpr, ACT: tl.constexpr, KTOT: tl.constexpr,
-                 CO_PAD: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 CO_PAD: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
                  HEAD: tl.constexpr, ZERO: tl.constexpr, NC: tl.constexpr, NCP: tl.constexpr):
-    """One tile: BP pooled pixels x BN output channels of one image. Its GEMM rows are the S*S conv
-    outputs of each pooled pixel (row r: pool offset r // BP, pixel r % BP), K = (ky, kx, c_in)."""
-    pid, pid_n = tl.program_id(0), tl.program_id(1)
+    """One tile: BP pooled pixels x BN output channels of one image, over K slice program_id(2) of SPLIT.
+    GEMM rows are the S*S conv outputs of each pooled pixel (row r: pool offset r // BP, pixel r % BP),
+    K = (ky, kx, c_in). Split K: slices add into a zeroed fp32 workspace; the last to arrive (a counter)
+    runs the epilogue and zeroes workspace and counter again for the next call."""
+    pid, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, pid_m = pid // M_TILES, pid % M_TILES
     BM: tl.constexpr = S * S * BP
     r = tl.arange(0, BM)
@@ -65,7 +67,7 @@ def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, scale,
     n = pid_n * BN + tl.arange(0, BN)
     x_img = x_ptr + b.to(tl.int64) * sxb
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for k0 in range(0, KTOT, BK):
+    for k0 in range(pid_k * (KTOT // SPLIT), (pid_k + 1) * (KTOT // SPLIT), BK):
         k = k0 + tl.arange(0, BK)
         t, c = k // C_IN, k % C_IN
         iy = cy[:, None] + (t // KS)[None, :]
@@ -74,28 +76,40 @@ def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, scale,
         a = tl.load(x_img + iy * sxh + ix * sxw + c[None, :] * sxc, mask=ok, other=0.0).to(tl.float16)
         w = tl.load(w_ptr + k[:, None] * CO_PAD + n[None, :])
         acc = tl.dot(a, w, acc)
-    v = _act(acc + tl.load(b_ptr + n)[None, :], ACT)
-    if S > 1:
-        v4 = tl.reshape(v, [S * S, BP, BN])
-        if POOL == 1:
-            v = tl.max(v4, axis=0)
+    last = pid_k == SPLIT - 1
+    if SPLIT > 1:
+        tile = pid * tl.num_programs(1) + pid_n
+        ws = ws_ptr + tile.to(tl.int64) * (BM * BN) + r[:, None] * BN + tl.arange(0, BN)[None, :]
+        tl.atomic_add(ws, acc, sem="relaxed")
+        tl.debug_barrier()                                   # every thread's adds issued before the count
+        last = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel") == SPLIT - 1
+    if last:
+        if SPLIT > 1:
+            acc = tl.load(ws, cache_modifier=".cg")        # from L2: the other slices' atomics
+            tl.store(ws, tl.zeros([BM, BN], dtype=tl.float32))
+            tl.store(cnt_ptr + tile, 0)
+        v = _act(acc + tl.load(b_ptr + n)[None, :], ACT)
+        if S > 1:
+            v4 = tl.reshape(v, [S * S, BP, BN])
+            if POOL == 1:
+                v = tl.max(v4, axis=0)
+            else:
+                v = tl.sum(v4, axis=0) / (S * S)
+        q = pid_m * BP + tl.arange(0, BP)
+        j = tl.arange(0, NCP)
+        if HEAD != 0:  # the tile holds the whole image: global pool, then this tile's channels' logits
+            if HEAD == 1:
+                f = tl.max(tl.where((q < P)[:, None], v, float("-inf")), axis=0)
+            else:
+                f = tl.sum(tl.where((q < P)[:, None], v, 0.0), axis=0) / P
+            wfc = tl.load(fc_ptr + n[:, None] * NCP + j[None, :])
+            tl.atomic_add(out_ptr + b * NC + j, tl.sum(f[:, None] * wfc, axis=0) * scale, mask=j < NC)
         else:
-            v = tl.sum(v4, axis=0) / (S * S)
-    q = pid_m * BP + tl.arange(0, BP)
-    j = tl.arange(0, NCP)
-    if HEAD != 0:  # the tile holds the whole image: global pool, then this tile's channels' logits
-        if HEAD == 1:
-            f = tl.max(tl.where((q < P)[:, None], v, float("-inf")), axis=0)
-        else:
-            f = tl.sum(tl.where((q < P)[:, None], v, 0.0), axis=0) / P
-        wfc = tl.load(fc_ptr + n[:, None] * NCP + j[None, :])
-        tl.atomic_add(out_ptr + b * NC + j, tl.sum(f[:, None] * wfc, axis=0) * scale, mask=j < NC)
-    else:
-        y = y_ptr + (b.to(tl.int64) * P + q[:, None]) * C_OUT + n[None, :]
-        tl.store(y, v.to(tl.float16), mask=(q < P)[:, None] & (n < C_OUT)[None, :])
-    if ZERO:  # the first kernel sets the logits to the linear's bias; the last one adds into them
-        if (pid_m == 0) & (pid_n == 0):
-            tl.store(out_ptr + b * NC + j, tl.load(fb_ptr + j), mask=j < NC)
+            y = y_ptr + (b.to(tl.int64) * P + q[:, None]) * C_OUT + n[None, :]
+            tl.store(y, v.to(tl.float16), mask=(q < P)[:, None] & (n < C_OUT)[None, :])
+        if ZERO:  # the first kernel sets the logits to the linear's bias; the last one adds into them
+            if (pid_m == 0) & (pid_n == 0):
+                tl.store(out_ptr + b * NC + j, tl.load(fb_ptr + j), mask=j < NC)
 
 
 @triton.jit
@@ -206,8 +220,11 @@ def _tiles(P: int, c_out: int, s: int, head: bool, target: int) -> tuple[int, in
 
 
 def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs: int = TARGET_PROGRAMS,
-                  num_warps: int = 4, num_stages: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A callable running the folded `model` on inputs shaped like `example_x` (any batch) in Triton."""
+                  split_k: bool = False, num_warps: int | None = None,
+                  num_stages: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A callable running the folded `model` on inputs shaped like `example_x` (any batch) in Triton.
+    `split_k`: a layer with fewer tiles than `target_programs` at batch 1 splits its K loop over up to
+    that many programs (not yet timed on a GPU: the probe compares it). `num_warps`: None = by tile size."""
     dev = example_x.device
     if dev.type != "cuda" and not INTERPRETED:
         raise Unsupported("fused: Triton kernels need a CUDA device")
@@ -230,15 +247,19 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
         bp, bn = _tiles(oh * ow, c_out, s, fuse_head, target_programs)
         ktot = c * ks * ks
         bk = 64 if ktot >= 256 else 32 if ktot > 16 else 16
-        ktot_pad, co_pad = triton.cdiv(ktot, bk) * bk, triton.cdiv(c_out, bn) * bn
+        tiles, iters, split = triton.cdiv(oh * ow, bp) * triton.cdiv(c_out, bn), triton.cdiv(ktot, bk), 1
+        while split_k and tiles * split * 2 <= target_programs and iters // (split * 2) >= 2:
+            split *= 2
+        ktot_pad, co_pad = triton.cdiv(ktot, bk * split) * bk * split, triton.cdiv(c_out, bn) * bn
         wt = torch.zeros(ktot_pad, co_pad, dtype=torch.float16, device=dev)
         wt[:ktot, :c_out] = cv.weight.detach().permute(2, 3, 1, 0).reshape(ktot, c_out).to(dev, torch.float16)
         bias = torch.zeros(co_pad, dtype=torch.float32, device=dev)
         if cv.bias is not None:
             bias[:c_out] = cv.bias.detach().float()
-        layers.append(dict(w=wt, b=bias, H=in_h, W=in_w, OW=ow, P=oh * ow, cin=c, cout=c_out, ks=ks, pad=pad, s=s, pool=L.pool, act=L.act,
-                           ktot=ktot_pad, co_pad=co_pad, bp=bp, bn=bn, bk=bk, head=head if fuse_head else 0,
-                           zero=False))
+        layers.append(dict(w=wt, b=bias, H=in_h, W=in_w, OW=ow, P=oh * ow, cin=c, cout=c_out, ks=ks, pad=pad, s=s,
+                           pool=L.pool, act=L.act, ktot=ktot_pad, co_pad=co_pad, bp=bp, bn=bn, bk=bk, tiles=tiles,
+                           split=split, head=head if fuse_head else 0, zero=False,
+                           warps=num_warps or max(1, min(4, s * s * bp * bn // 256))))
         h, w, c = oh, ow, c_out
     if fc.in_features != c:
         raise Unsupported(f"fused: linear expects {fc.in_features} features, the last conv gives {c}")
@@ -251,6 +272,7 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
     if fc.bias is not None:
         fcb[:nc] = fc.bias.detach().float() * scale
     in_shape = tuple(example_x.shape[1:])
+    workspaces: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # split K: zeroed, kept zero
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != in_shape:
@@ -259,14 +281,22 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
         out = torch.empty(bsz, nc, dtype=torch.float32, device=dev)
         src, strides = x, x.stride()          # the image: NCHW or channels_last, read through its strides
         strides = (strides[0], strides[2], strides[3], strides[1])
-        for L in layers:
+        for i, L in enumerate(layers):
             y = out if L["head"] else torch.empty(bsz, L["P"], L["cout"], dtype=torch.float16, device=dev)
-            m_tiles = triton.cdiv(L["P"], L["bp"])
-            _conv_kernel[(bsz * m_tiles, L["co_pad"] // L["bn"])](
-                src, L["w"], L["b"], y, fcw, fcb, out, scale, L["H"], L["W"], L["OW"], L["P"], m_tiles, *strides,
-                C_IN=L["cin"], C_OUT=L["cout"], KS=L["ks"], PAD=L["pad"], S=L["s"], POOL=L["pool"], ACT=L["act"],
-                KTOT=L["ktot"], CO_PAD=L["co_pad"], BP=L["bp"], BN=L["bn"], BK=L["bk"], HEAD=L["head"],
-                ZERO=L["zero"], NC=nc, NCP=ncp, num_warps=num_warps, num_stages=num_stages)
+            m_tiles, sp = triton.cdiv(L["P"], L["bp"]), L["split"]
+            while sp > 1 and bsz * L["tiles"] * sp > target_programs:
+                sp //= 2
+            ws, cnt = out, out
+            if sp > 1:
+                if (i, bsz) not in workspaces:
+                    workspaces[i, bsz] = (torch.zeros(bsz * L["tiles"] * L["s"] ** 2 * L["bp"] * L["bn"], device=dev),
+                                          torch.zeros(bsz * L["tiles"], dtype=torch.int32, device=dev))
+                ws, cnt = workspaces[i, bsz]
+            _conv_kernel[(bsz * m_tiles, L["co_pad"] // L["bn"], sp)](
+                src, L["w"], L["b"], y, fcw, fcb, out, ws, cnt, scale, L["H"], L["W"], L["OW"], L["P"], m_tiles,
+                *strides, C_IN=L["cin"], C_OUT=L["cout"], KS=L["ks"], PAD=L["pad"], S=L["s"], POOL=L["pool"],
+                ACT=L["act"], KTOT=L["ktot"], CO_PAD=L["co_pad"], BP=L["bp"], BN=L["bn"], BK=L["bk"], SPLIT=sp,
+                HEAD=L["head"], ZERO=L["zero"], NC=nc, NCP=ncp, num_warps=L["warps"], num_stages=num_stages)
             src, strides = y, (L["P"] * L["cout"], L["OW"] * L["cout"], L["cout"], 1)
         if not fused_head:
             _head_kernel[(bsz,)](src, fcw, fcb, out, scale, layers[-1]["P"], C=c, CP=_p2(c), HEAD=head, NC=nc,

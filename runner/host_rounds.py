@@ -1,7 +1,7 @@
 """Timing rounds in which the whole host ran slow, told apart from variants that are unstable on their own.
 
 A bench task times its variants round-robin, each repeat in slices spread over the task
-(runner/round_robin.py): a *round* is one slice of one repeat of every variant of the task, timed one
+(runner/engine/worker.py): a *round* is one slice of one repeat of every variant of the task, timed one
 after another within a second or two. A variant that is unstable by itself shows it in its own slices; a
 slow phase of the host (reports/h200-neighbour/, reports/h200-1gpu-default/: stretches of 0.1-12 s in which
 launch-bound code reads up to 1.9x with nothing else running) shows in every variant of a round at once.

@@ -1,6 +1,6 @@
 """Report sections that say how far the numbers can be trusted: paired decisions, re-check agreement, flags.
 
-Reads `pairs.parquet` and `rechecks.parquet` beside results.parquet (runner/phases.py writes them); a
+Reads `pairs.parquet` and `rechecks.parquet` beside results.parquet (runner/engine/bench_phase.py writes them); a
 sweep folder without them (older runs) gets the report's unpaired decisions and no agreement table.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def recheck_section(table: pd.DataFrame, any_gpu: bool) -> list[str]:
     if table.empty:
         return lines + ["No re-check in this sweep folder (older runs, or `bench.recheck: -1`).", ""]
     n_out = int((~table["within"].astype(bool)).sum())
-    lines += [f"At the end of the sweep, these rows were timed again in fresh processes, with the sweep's own "
+    lines += [f"At the end of the sweep, these rows were timed again in new actor processes, with the sweep's own "
               f"protocol and nothing compiling or training beside them: {_recheck_repeats(table)}. Tolerance: "
               f"{agreement.TOLERANCE['graph']:.0%} for graphed rows, {agreement.TOLERANCE['eager']:.0%} for eager "
               f"ones. {len(table) - n_out} of {len(table)} agree"
@@ -148,7 +148,7 @@ def checks_section(summary: pd.DataFrame) -> list[str]:
              "Every variant's batch-1 callable is checked against its evaluation callable on up to 500 test "
              "images (agreement of predicted classes), its logits against the fp32 eager model's (max error "
              "over the largest logit), and, when BN is folded, the folded fp32 model against the unfolded one; "
-             "a row over its bound is an error row (bounds in runner/tasks.py). Flags: *re-check disagrees* "
+             "a row over its bound is an error row (bounds in runner/engine/rows.py). Flags: *re-check disagrees* "
              "(outside the table above's tolerance), *host >> event* (host p50 above "
              f"{agreement.HOST_GAP_FACTOR}x the event p50 + {agreement.HOST_GAP_SLACK_MS * 1000:.0f} us: the "
              "caller waits for more than the GPU works), *unstable* (repeats disagree), *eval failed*.", ""]

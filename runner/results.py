@@ -53,7 +53,7 @@ RESULT_SCHEMA = pa.schema(
        ("code_digest", pa.string()), ("ray_node_id", pa.string()), ("pid", pa.int64()), ("nvml_note", pa.string()),
        ("nvml_samples", pa.int32()), ("sm_clock_mhz_min", pa.float64()), ("sm_clock_mhz_max", pa.float64()),
        ("temp_c_max", pa.float64()),
-       # numerical checks (runner/tasks.py): a row over a bound is an error row
+       # numerical checks (runner/engine/rows.py): a row over a bound is an error row
        ("folded_layers", pa.int32()), ("fold_max_rel_err", pa.float64()), ("path_max_rel_err", pa.float64()),
        ("b1_agree_pct", pa.float64()), ("eval_error", pa.string()),
        # why it is slow (runner/breakdown.py)
@@ -62,20 +62,20 @@ RESULT_SCHEMA = pa.schema(
        ("floor_p50_us", pa.float64()), ("floor_p95_us", pa.float64()), ("breakdown_note", pa.string()),
        # when the task began (ISO UTC, ms), for the timeline; last so older files keep their layout
        ("started_at", pa.string()),
-       # seconds the timing waited for the host to itself (runner/hostlock.py); None in older rows
+       # seconds the timing waited for the host to itself (the previous engine's host lock); None since runner/engine/
        ("host_wait_s", pa.float64()),
-       # a bench task times all its variants before it checks any (runner/tasks.py says why): when this
+       # a bench task times all its variants before it checks any (runner/engine/program.py says why): when this
        # variant's timing ended and its checks began (ISO UTC, ms; None in older rows), for the timeline
        ("timed_at", pa.string()),
        ("checks_started_at", pa.string()),
-       # "round-robin": repeat r of every variant of the task was timed in one round (runner/round_robin.py),
+       # "round-robin": repeat r of every variant of the task was timed in one round (runner/engine/worker.py),
        # so runner/host_rounds.py can compare a round across variants; None in older rows (back to back)
        ("timing_order", pa.string()),
-       # when the task's worker process began and finished its imports (runner/worker_setup.py), for the
+       # when the task's worker process began and finished its imports (the previous engine's worker hook), for the
        # timeline's start-up split; None in older rows and outside a Ray worker
        ("worker_started_at", pa.string()), ("worker_ready_at", pa.string()),
        # each repeat timed in this many slices spread over the task, and this repeat's p50 per slice as a
-       # JSON list, in time order (runner/round_robin.py), for runner/host_rounds.py; None in older rows
+       # JSON list, in time order (runner/engine/worker.py), for runner/host_rounds.py; None in older rows
        ("timing_slices", pa.int32()), ("slice_p50s_ms", pa.string())]
     # 95% intervals across the variant's slices (runner/intervals.py: interval_columns), the same on every
     # repeat row; NaN where too few slices; then why its timing stopped (intervals.STOP_REASONS), the p50
@@ -104,11 +104,11 @@ RECHECK_SCHEMA = pa.schema(
      ("pid", pa.int64()), ("code_digest", pa.string()), ("torch_version", pa.string()), ("cuda_version", pa.string()),
      ("cudnn_version", pa.string()), ("ray_version", pa.string()), ("hostname", pa.string()),
      ("git_commit", pa.string()), ("finished_at", pa.string()), ("started_at", pa.string()),
-     # the repeats it was timed with (round-robin over its group, runner/round_robin.py) and the CV of their
+     # the repeats it was timed with (round-robin over its stage, runner/engine/worker.py) and the CV of their
      # p50s (as `lat_cv_pct`); None in older rows, which were timed once
      ("recheck_repeats", pa.int32()), ("recheck_cv_pct", pa.float64()), ("worker_started_at", pa.string()),
      ("worker_ready_at", pa.string()),
-     # each repeat timed in this many slices spread over the task (runner/round_robin.py); None in older rows
+     # each repeat timed in this many slices spread over the stage (runner/engine/worker.py); None in older rows
      ("recheck_slices", pa.int32()),
      # the re-check's own 95% interval of p50 across its slices (runner/intervals.py); None in older rows
      ("recheck_p50_lo_ms", pa.float64()), ("recheck_p50_hi_ms", pa.float64())]

@@ -58,7 +58,7 @@ def test_a_parent_from_an_earlier_invocation_is_prepared_without_a_row():
 def test_recheck_program_reverses_the_order_and_only_times():
     vs = [_v(), _v(precision="fp16"), _v(memory_format="channels_last")]
     steps = program.bench_program(["m"], vs, [(vs[0], vs[1])], slices=2, recheck=True)
-    assert set(_kinds(steps)) == {"load", "prepare", "time", "recheck_rows"}
+    assert set(_kinds(steps)) == {"load", "prepare", "time", "more", "recheck_rows"}
     assert [s.args[0] for s in steps if s.kind == "prepare"] == vs[::-1]
 
 
@@ -91,8 +91,8 @@ def test_assign_balances_longest_first_and_rotates_for_the_recheck():
 def test_rows_pairs_and_rechecks_come_from_the_same_slices():
     bench = BenchSpec(warmup=1, iters=6, repeats=3, slices=2)
     rng = np.random.default_rng(0)
-    slices = [rows.Slice("m", r, rng.normal(2.0, 0.01, 3), rng.normal(2.1, 0.01, 3), "host")
-              for _s in range(2) for r in range(3)]
+    slices = [rows.Slice("m", r, s * 3 + r, rng.normal(2.0, 0.01, 3), rng.normal(2.1, 0.01, 3), "host")
+              for s in range(2) for r in range(3)]
     base = {"variant_id": "m-fp32", "sweep": "t"}
     out, raw = rows.latency_rows(base, slices, bench)
     assert [r["repeat"] for r in out] == [0, 1, 2] and len(raw) == 3 * 6
@@ -108,3 +108,58 @@ def test_rows_pairs_and_rechecks_come_from_the_same_slices():
 def test_step_is_hashable_plain_data():
     s = Step("time", (("a",), 0, "m"), "m", ("a",))
     assert s.timing and not Step("prepare").timing
+
+
+# ---- the actor itself, in this process (no Ray): one timing path from prepare to rows, pairs and profile ----
+
+@pytest.fixture(scope="module")
+def worker():
+    import torch
+
+    from runner.data import synthetic
+    from runner.engine.worker import BenchWorker
+    from runner.train import build_model
+    from variants import TrainSpec
+
+    spec = TrainSpec(key="m", arch="airbench_cifar", arch_args=(("width_mult", 0.125),))
+    model = build_model(spec.arch, dict(spec.arch_args))
+    ckpt = {"arch": spec.arch, "arch_args": dict(spec.arch_args), "state_dict": model.state_dict(),
+            "data_source": "synthetic", "top1_pct": 10.0}
+    vs = [_v(), _v(precision="bf16"), _v(bn_fold=True)]
+    bench = BenchSpec(warmup=1, iters=4, repeats=3, slices=2, eval_batch_size=32)
+    w = BenchWorker("t", bench, {v.variant_id: "h" for v in vs})
+    w.load("m", spec, ckpt, synthetic(n_train=32, n_test=48))
+    torch.manual_seed(0)
+    return w, vs
+
+
+def test_the_actor_times_pairs_checks_and_profiles_from_one_set_of_slices(worker):
+    w, (fp32, bf16, fold) = worker
+    for v in (fp32, bf16, fold):
+        assert w.prepare(v, "m")[0] is None  # held, no row yet
+    ids = tuple(v.variant_id for v in (fp32, bf16, fold))
+    for s in range(2):
+        w.time(ids, s, "m")
+    (want, steps), _ = w.more(ids, "m", 2)
+    assert steps == 0 or set(want) <= set(ids)  # without target_pct it only replaces slow rounds
+    pairs, _ = w.pairs(((fp32.variant_id, bf16.variant_id),), "m")
+    assert len(pairs) == 1 and pairs[0]["rounds"] == len(json.loads(pairs[0]["child_p50s_ms"]))
+    assert pairs[0]["rounds"] == len([x for x in w.live[bf16.variant_id].slices if x.stage == "m"])
+    (out, raw), step = w.finish(fold.variant_id)
+    assert step["kind"] == "check" and [r["repeat"] for r in out] == [0, 1, 2]
+    assert all(r["status"] == "ok" and r["fold_max_rel_err"] < 1e-3 and r["top1_pct"] is not None for r in out)
+    assert out[0]["slices_timed"] == 6 and out[0]["stop_reason"] == "planned" and len(raw) == 3 * 4
+    assert out[0]["lat_p50_lo_ms"] <= out[0]["lat_p50_ms"] * 1.5  # 6 slices: an interval exists
+    prof, _ = w.profile(ids)
+    assert set(prof) == set(ids) and all("breakdown_note" in p for p in prof.values())
+    assert not w.live  # the actor lets its variants go after its last step
+
+
+def test_an_unsupported_variant_is_a_skipped_row_and_drops_out_of_timing(worker):
+    w, _ = worker
+    graph = _v(cuda_graph=True)
+    w.hashes[graph.variant_id] = "h"
+    (rows_, raw), _ = w.prepare(graph, "m")
+    assert rows_[0]["status"] == "skipped" and "CUDA" in rows_[0]["error"] and raw == []
+    assert w.time((graph.variant_id,), 0, "m")[1]["kind"] == "time"
+    assert w.finish(graph.variant_id)[0] is None

@@ -97,7 +97,9 @@ class BenchSpec:
     pairs: bool = True              # keep / drop each optimisation from its parent's and its paired rounds
     recheck: int = 6                # rows re-timed at the end besides the named ones and the chosen (-1 = none, `all`)
     cudnn_autotune: bool = False    # cuDNN's kernel search per process; off: the same kernels in every process
-    slices: int = 5                 # each repeat timed in this many slices, spread over the task (runner/round_robin.py)
+    slices: int = 5                 # each repeat timed in this many slices, round-robin over a model's variants
+    target_pct: float = 0.0         # time more slices until the p50's 95% interval is this narrow (+-%); 0: off
+    max_s: float = 60.0             # ... or a variant's timing has taken this long (runner/intervals.plan_more)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from runner.engine.worker import BenchWorker
 from runner.results import PAIR_SCHEMA, RECHECK_SCHEMA, RESULT_SCHEMA, SAMPLES_SCHEMA
 
 Actor = ray.remote(BenchWorker)
+MAX_EXTRA = 3  # a stage's time steps stop at this many times its planned slices, whatever `more` asks
 
 
 @dataclasses.dataclass
@@ -163,6 +164,11 @@ def _land(ph: Phase, a: Running, ref, step: program.Step, submitted: str, state:
         _write_variant(ph, a, step.args[0].variant_id, *result, state)
     elif step.kind == "finish" and result is not None:
         _write_variant(ph, a, step.args[0], *result, state)
+    elif step.kind == "more":
+        (want, n), (ids, stage, done) = result, step.args
+        if want and n and done < MAX_EXTRA * ph.spec.bench.slices:  # a hard cap: a host slow for good ends too
+            again = [program.Step("time", (want, done + i, stage), stage, want) for i in range(n)]
+            a.todo.extendleft(reversed(again + [program.Step("more", (ids, stage, done + n), stage, step.ids)]))
     elif step.kind == "pairs":
         ph.progress.total -= len(step.ids) - len(result)  # a side skipped or failed: nothing to decide
         for row in result:

@@ -77,6 +77,7 @@ def bench_program(models: list[str], variants: list[Any], pairs: list[tuple[Any,
         steps += [Step("prepare", (p, name, True), name) for p in dict.fromkeys(p for p, _ in own)
                   if p.variant_id in extra and p.variant_id not in {v.variant_id for v in variants}]
         steps += [Step("time", (ids + extra, s, name), name, ids) for s in range(slices)]
+        steps.append(Step("more", (ids + extra, name, slices), name, ids))
         if recheck:
             steps.append(Step("recheck_rows", (ids, name), name, ids))
             continue

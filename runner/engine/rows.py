@@ -59,6 +59,7 @@ class Slice:
     """One slice of one repeat, timed in `stage`: its calls each timed alone (runner/bench.py)."""
     stage: str
     repeat: int
+    round: int
     lat_ms: np.ndarray
     host_ms: np.ndarray
     timer: str
@@ -93,12 +94,17 @@ def latency_rows(base: dict, slices: list[Slice], bench) -> tuple[list[dict], li
 
 
 def _intervals(slices: list[Slice]) -> dict:
-    """The 95% intervals of the row's statistics across slices (runner/intervals.py), when it is there."""
-    try:
-        from runner import intervals
-    except ImportError:
-        return {}
+    """The 95% intervals of the row's statistics across slices (runner/intervals.py)."""
+    from runner import intervals
+
     return intervals.interval_columns([s.lat_ms for s in slices], [s.host_ms for s in slices])
+
+
+def _p50_interval(slices: list[Slice]) -> tuple[float, float]:
+    from runner import intervals
+
+    ci = intervals.unit_ci([float(np.median(s.lat_ms)) for s in slices])
+    return (ci[0], ci[1]) if ci.ok else (float("nan"), float("nan"))
 
 
 def recheck_row(variant_id: str, slices: list[Slice], bench, where: dict) -> dict:
@@ -108,7 +114,9 @@ def recheck_row(variant_id: str, slices: list[Slice], bench, where: dict) -> dic
 
     reps = bench_mod.repeat_rows(repeats_of(slices, bench.repeats), bench.cv_flag_pct)
     med = {c: float(np.median([x[c] for x in reps])) for c in ("lat_p50_ms", "lat_p95_ms", "host_p50_ms")}
+    ci = _p50_interval(slices)
     return {"variant_id": variant_id, **where, "status": "ok", "error": None, "finished_at": stamp(),
+            "recheck_p50_lo_ms": ci[0], "recheck_p50_hi_ms": ci[1],
             "recheck_p50_ms": med["lat_p50_ms"], "recheck_p95_ms": med["lat_p95_ms"],
             "recheck_host_p50_ms": med["host_p50_ms"], "recheck_repeats": len(reps),
             "recheck_cv_pct": reps[0]["lat_cv_pct"], "recheck_slices": bench.slices}

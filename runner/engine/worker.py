@@ -57,6 +57,8 @@ class Live:
     monitors: list = dataclasses.field(default_factory=list)
     extra: dict = dataclasses.field(default_factory=dict)
     error: str | None = None
+    stop_reason: str | None = None   # why its timing stopped when `bench.target_pct` asks for more
+    dropped: int = 0                 # slices of slow host rounds, timed again
 
 
 class BenchWorker:
@@ -121,7 +123,7 @@ class BenchWorker:
             out = R.error_rows(base, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}")
         return (None if aux else out), self._step("prepare", variant.variant_id, t0)
 
-    def time(self, ids: tuple[str, ...], s: int, stage: str) -> tuple[None, dict]:
+    def time(self, ids: tuple[str, ...], s: int, stage: str) -> tuple[None, dict]:  # noqa: C901
         """Slice `s` of every repeat of `ids`, round-robin: for each repeat, each variant in turn (so a slow
         host phase of a second lands in a slice or two of several variants, not in one variant's repeats).
         Each (slice, repeat) is a round; the slices are tagged with `stage` (a parent timed again for its
@@ -129,7 +131,7 @@ class BenchWorker:
         from runner import bench as bench_mod
         t0 = R.stamp()
         b = self.bench
-        iters = R.slice_sizes(b.iters, b.slices)[s]
+        iters = R.slice_sizes(b.iters, b.slices)[s % b.slices]  # an extra slice is as long as a planned one
         warmup = -(-b.warmup // b.slices)
         for r in range(b.repeats):
             for vid in ids:
@@ -139,13 +141,44 @@ class BenchWorker:
                 try:
                     with env.GpuMonitor(self.where.get("gpu_uuid")) as gpu:
                         got = bench_mod.time_repeat(t.fn, t.x, warmup=warmup, iters=iters)
-                    t.slices.append(R.Slice(stage, r, got.lat_ms, got.host_ms, got.timer))
+                    t.slices.append(R.Slice(stage, r, s * b.repeats + r, got.lat_ms, got.host_ms, got.timer))
                     if stage == t.stage:
                         t.monitors.append(gpu)
                 except Exception as e:
                     t.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
                 t.extra["timed_at"] = R.stamp()
-        return None, self._step("time", f"slice {s + 1}/{b.slices} of {len(ids)}", t0)
+        return None, self._step("time", f"slice {s + 1} of {len(ids)}", t0)
+
+    def more(self, ids: tuple[str, ...], stage: str, done: int) -> tuple[tuple[tuple[str, ...], int], dict]:
+        """After a stage's planned slices (`done` time steps so far): drop the rounds that were a host slow
+        phase (every variant slow at once: runner/intervals.slow_rounds) and ask for slices to replace them,
+        then, with `bench.target_pct`, for more until each variant's p50 interval is that narrow or its
+        `bench.max_s` is spent. Returns (the ids to time again, how many more time steps), (.., 0) to stop."""
+        from runner import intervals
+
+        t0, b = R.stamp(), self.bench
+        live = {vid: self.live[vid] for vid in ids if vid in self.live and not self.live[vid].error}
+        own = {vid: [x for x in t.slices if x.stage == stage] for vid, t in live.items()}
+        rounds = sorted({x.round for xs in own.values() for x in xs})
+        p50s = {vid: [next((float(np.median(x.lat_ms)) for x in xs if x.round == r), np.nan) for r in rounds]
+                for vid, xs in own.items()}
+        slow = {r for r, bad in zip(rounds, intervals.slow_rounds(p50s)) if bad} if len(live) > 1 else set()
+        want, steps = [], 0
+        for vid, t in live.items():
+            t.dropped += sum(1 for x in t.slices if x.stage == stage and x.round in slow)
+            t.slices = [x for x in t.slices if not (x.stage == stage and x.round in slow)]
+            kept = [float(np.median(x.lat_ms)) for x in t.slices if x.stage == stage]
+            n_more = min(len(slow) * b.repeats, 2 * b.slices * b.repeats - len(kept)) if slow else 0
+            if b.target_pct > 0:
+                spent = sum(float(x.host_ms.sum()) for x in t.slices if x.stage == stage) / 1000.0
+                extra, reason = intervals.plan_more(kept, b.target_pct, spent_s=spent, max_s=b.max_s,
+                                                    max_slices=3 * b.slices * b.repeats, step=b.repeats)
+                t.stop_reason = reason or t.stop_reason
+                n_more = max(n_more, extra)
+            if n_more > 0:
+                want.append(vid)
+                steps = max(steps, -(-n_more // b.repeats))
+        return (tuple(want), steps), self._step("more", f"{len(want)} of {len(live)} (slow rounds {len(slow)})", t0)
 
     def pairs(self, pairs: tuple[tuple[str, str], ...], stage: str) -> tuple[list[dict], dict]:
         """Keep / drop evidence without timing anything again: parent and child were timed in the same rounds
@@ -157,8 +190,10 @@ class BenchWorker:
             a, b = self.live.get(pid), self.live.get(cid)
             if a is None or b is None or a.error or b.error:
                 continue
-            pa = [float(np.median(x.lat_ms)) for x in a.slices if x.stage == stage]
-            pb = [float(np.median(x.lat_ms)) for x in b.slices if x.stage == stage]
+            ra = {x.round: float(np.median(x.lat_ms)) for x in a.slices if x.stage == stage}
+            rb = {x.round: float(np.median(x.lat_ms)) for x in b.slices if x.stage == stage}
+            both = sorted(set(ra) & set(rb))  # the rounds that timed both sides
+            pa, pb = [ra[r] for r in both], [rb[r] for r in both]
             out.append({"parent_id": pid, "variant_id": cid, "status": "ok", "error": None, "rounds": len(pb),
                         "iters_per_round": len(b.slices[0].lat_ms) if b.slices else None, "started_at": t0,
                         "parent_p50s_ms": json.dumps(pa), "child_p50s_ms": json.dumps(pb), "finished_at": R.stamp(),
@@ -176,8 +211,11 @@ class BenchWorker:
             del self.live[vid]
             return out, self._step("check", vid, t0)
         model_spec, ckpt, data = self.models[t.variant.model]
+        own = [x for x in t.slices if x.stage == t.stage]
         extra = {**t.extra, **env.gpu_summary(t.monitors), **self.floor, "checks_started_at": t0,
-                 "timing_order": "round-robin"}
+                 "timing_order": "round-robin", "slices_timed": len(own) + t.dropped,
+                 "target_pct": self.bench.target_pct or None,
+                 "stop_reason": t.stop_reason or ("max_slices" if self.bench.target_pct else "planned")}
         try:
             extra.update(R.checks(t.model, t.prepared, t.fn, t.x, data, model_spec, self.bench, self.device, t.variant))
         except Exception as e:
@@ -185,7 +223,6 @@ class BenchWorker:
         extra["top1_drift_pts"] = (extra["top1_pct"] - ckpt["top1_pct"]) if extra.get("top1_pct") is not None else None
         error = extra.pop("check_error", None)
         base = {**t.base, **extra, "status": "error" if error else "ok", "error": error, "finished_at": R.stamp()}
-        own = [x for x in t.slices if x.stage == t.stage]
         return R.latency_rows(base, own, self.bench), self._step("check", vid, t0)
 
     def profile(self, ids: tuple[str, ...]) -> tuple[dict[str, dict], dict]:
@@ -216,5 +253,6 @@ class BenchWorker:
                 rows.append({"variant_id": vid, **self.where, "status": "error", "started_at": t.base["started_at"],
                              "error": (t.error or "not timed")[:2000], "finished_at": R.stamp()})
             else:
-                rows.append({**R.recheck_row(vid, t.slices, self.bench, self.where), "started_at": t.base["started_at"]})
+                own = [x for x in t.slices if x.stage == stage]
+                rows.append({**R.recheck_row(vid, own, self.bench, self.where), "started_at": t.base["started_at"]})
         return rows, self._step("recheck", f"{len(rows)} variants", t0)
