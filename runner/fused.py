@@ -7,13 +7,16 @@ Here each conv is one implicit-GEMM kernel that also does its bias (the folded B
 (global max / avg pool, linear, logit scale) runs inside the last conv's kernel, whose programs add their
 channels' share of the logits atomically into a buffer that the first kernel clears. A 4-conv fastnet
 with a whitening stem is 5 kernels. When the last map does not fit one tile, a small head kernel follows.
+At batch 1 the tiles are chosen small enough to give ~TARGET_PROGRAMS programs per kernel; `split_k`
+also splits the K loop of layers with few tiles (the 256-channel 3x3 maps), the last program of a tile
+finishing it (an atomic counter), so no extra kernel.
 
     fn = fused_forward(folded_model, example_x)   # example_x: (B, 3, H, W) on the device, any batch
     logits = fn(x)                                 # fp32 (B, classes)
 
-The network is read from its torch.fx graph (a chain: conv [act] [pool 2x2] ..., adaptive pool 1,
-flatten, linear, optional `* scale`); anything else raises runner.optimize.Unsupported, as do a non-CUDA
-device (unless TRITON_INTERPRET=1, which the CPU tests use) and an unfolded BatchNorm.
+The network is read from its torch.fx graph (a chain: conv [act] [pool 2x2] ..., adaptive pool 1, flatten,
+linear, `* scale`); anything else (an unfolded BatchNorm too) raises runner.optimize.Unsupported, as does a
+device other than CUDA (unless TRITON_INTERPRET=1: the CPU tests run the kernels in Triton's interpreter).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ ACTS = {nn.ReLU: 1, nn.GELU: 2, nn.SiLU: 3}          # 0: none
 POOLS = {nn.MaxPool2d: 1, nn.AvgPool2d: 2, nn.AdaptiveMaxPool2d: 1, nn.AdaptiveAvgPool2d: 2}
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"   # kernels run by Triton's CPU interpreter (tests)
 TARGET_PROGRAMS = 128   # programs per kernel at batch 1 the tile choice aims for (an H200 has 132 SMs)
+_p2 = triton.next_power_of_2
 
 
 @triton.jit
@@ -145,14 +149,6 @@ class _Conv:
     pool: int = 0
 
 
-def _p2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
-
-
-def _describe(node, mod) -> str:
-    return f"{type(mod).__name__} ({node.target})" if mod is not None else f"{node.op} {node.target}"
-
-
 def _parse(model: nn.Module) -> tuple[list[_Conv], int, nn.Linear, float]:
     """The chain of the (folded) network: convs with their act / pool, head pool kind, linear, scale."""
     gm = model if isinstance(model, torch.fx.GraphModule) else torch.fx.symbolic_trace(model)
@@ -161,14 +157,15 @@ def _parse(model: nn.Module) -> tuple[list[_Conv], int, nn.Linear, float]:
     head, fc, scale, stage, prev = 0, None, 1.0, "conv", None
     for node in gm.graph.nodes:
         mod = mods.get(node.target) if node.op == "call_module" else None
+        what = f"{type(mod).__name__} ({node.target})" if mod is not None else f"{node.op} {node.target}"
         if node.op == "placeholder":
             prev = node
             continue
         if node.op == "output":
             break
         if not node.args or node.args[0] is not prev or any(isinstance(a, torch.fx.Node) for a in node.args[1:]):
-            raise Unsupported(f"fused: {_describe(node, mod)} is not a step of one chain of layers")
-        bad = Unsupported(f"fused: cannot fuse {_describe(node, mod)} here (known: conv [relu|gelu|silu] "
+            raise Unsupported(f"fused: {what} is not a step of one chain of layers")
+        bad = Unsupported(f"fused: cannot fuse {what} here (known: conv [relu|gelu|silu] "
                           f"[2x2 max/avg pool] ..., adaptive pool to 1, flatten, linear, * scale; fold BN first)")
         if isinstance(mod, nn.Conv2d) and stage == "conv":
             k, pad = mod.kernel_size, mod.padding
@@ -189,7 +186,8 @@ def _parse(model: nn.Module) -> tuple[list[_Conv], int, nn.Linear, float]:
             if mod.output_size not in (1, (1, 1)):
                 raise bad
             head, stage = POOLS[type(mod)], "flatten"
-        elif stage == "flatten" and (node.target in (torch.flatten, "flatten")) and node.args[1:] == (1,):
+        elif stage == "flatten" and (node.target in (torch.flatten, "flatten") and node.args[1:] == (1,)
+                                     or isinstance(mod, nn.Flatten) and (mod.start_dim, mod.end_dim) == (1, -1)):
             stage = "linear"
         elif isinstance(mod, nn.Linear) and stage == "linear":
             fc, stage = mod, "scale"
@@ -205,8 +203,7 @@ def _parse(model: nn.Module) -> tuple[list[_Conv], int, nn.Linear, float]:
 
 
 def _tiles(P: int, c_out: int, s: int, head: bool, target: int) -> tuple[int, int]:
-    """(pooled pixels, channels) per tile: the largest tiles (GEMM rows, BN <= 64) that still give
-    `target` programs per image, never below the 16 x 16 that tl.dot needs."""
+    """(pooled pixels, channels) per tile: the largest giving `target` programs per image, >= tl.dot's 16x16."""
     bp = max(16 // (s * s), _p2(P)) if head else max(1, 64 // (s * s))
     bn = min(64, max(16, _p2(c_out)))
     while triton.cdiv(P, bp) * triton.cdiv(c_out, bn) < target:
@@ -222,9 +219,8 @@ def _tiles(P: int, c_out: int, s: int, head: bool, target: int) -> tuple[int, in
 def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs: int = TARGET_PROGRAMS,
                   split_k: bool = False, num_warps: int | None = None,
                   num_stages: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A callable running the folded `model` on inputs shaped like `example_x` (any batch) in Triton.
-    `split_k`: a layer with fewer tiles than `target_programs` at batch 1 splits its K loop over up to
-    that many programs (not yet timed on a GPU: the probe compares it). `num_warps`: None = by tile size."""
+    """A callable running the folded `model` on inputs shaped like `example_x` (any batch) in Triton. `split_k`:
+    layers with fewer tiles than `target_programs` split K (the probe times it). `num_warps` None: by tile."""
     dev = example_x.device
     if dev.type != "cuda" and not INTERPRETED:
         raise Unsupported("fused: Triton kernels need a CUDA device")
@@ -240,10 +236,8 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
         if cv.in_channels != c:
             raise Unsupported(f"fused: conv {i} expects {cv.in_channels} channels, gets {c}")
         s = 2 if L.pool else 1
-        in_h, in_w = h, w
-        oh, ow = (h + 2 * pad - ks + 1) // s, (w + 2 * pad - ks + 1) // s
-        last = i == len(convs) - 1
-        fuse_head = last and len(convs) > 1 and _p2(oh * ow) * s * s <= 256
+        in_h, in_w, oh, ow = h, w, (h + 2 * pad - ks + 1) // s, (w + 2 * pad - ks + 1) // s
+        fuse_head = i == len(convs) - 1 and len(convs) > 1 and _p2(oh * ow) * s * s <= 256
         bp, bn = _tiles(oh * ow, c_out, s, fuse_head, target_programs)
         ktot = c * ks * ks
         bk = 64 if ktot >= 256 else 32 if ktot > 16 else 16
@@ -254,8 +248,7 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
         wt = torch.zeros(ktot_pad, co_pad, dtype=torch.float16, device=dev)
         wt[:ktot, :c_out] = cv.weight.detach().permute(2, 3, 1, 0).reshape(ktot, c_out).to(dev, torch.float16)
         bias = torch.zeros(co_pad, dtype=torch.float32, device=dev)
-        if cv.bias is not None:
-            bias[:c_out] = cv.bias.detach().float()
+        bias[:c_out] = 0.0 if cv.bias is None else cv.bias.detach().float()
         layers.append(dict(w=wt, b=bias, H=in_h, W=in_w, OW=ow, P=oh * ow, cin=c, cout=c_out, ks=ks, pad=pad, s=s,
                            pool=L.pool, act=L.act, ktot=ktot_pad, co_pad=co_pad, bp=bp, bn=bn, bk=bk, tiles=tiles,
                            split=split, head=head if fuse_head else 0, zero=False,
@@ -269,8 +262,7 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
     fcw = torch.zeros(rows, ncp, dtype=torch.float32, device=dev)
     fcw[:c, :nc] = fc.weight.detach().float().T
     fcb = torch.zeros(ncp, dtype=torch.float32, device=dev)
-    if fc.bias is not None:
-        fcb[:nc] = fc.bias.detach().float() * scale
+    fcb[:nc] = 0.0 if fc.bias is None else fc.bias.detach().float() * scale
     in_shape = tuple(example_x.shape[1:])
     workspaces: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # split K: zeroed, kept zero
 
@@ -279,8 +271,7 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
             raise ValueError(f"fused forward built for (B, {in_shape}), got {tuple(x.shape)}")
         bsz = x.shape[0]
         out = torch.empty(bsz, nc, dtype=torch.float32, device=dev)
-        src, strides = x, x.stride()          # the image: NCHW or channels_last, read through its strides
-        strides = (strides[0], strides[2], strides[3], strides[1])
+        src, strides = x, [x.stride(d) for d in (0, 2, 3, 1)]  # the image, NCHW or channels_last: by strides
         for i, L in enumerate(layers):
             y = out if L["head"] else torch.empty(bsz, L["P"], L["cout"], dtype=torch.float16, device=dev)
             m_tiles, sp = triton.cdiv(L["P"], L["bp"]), L["split"]

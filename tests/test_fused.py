@@ -3,6 +3,7 @@ fp32 eager model, and the networks / settings it must refuse. Kernel timings com
 (python -m runner.diagnostics.fused_probe), never from here."""
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
@@ -54,9 +55,9 @@ def _net(**kw) -> nn.Module:
 CASES = {
     # whitening stem + pooled blocks: 3 kernels, the head inside the last (atomic logits, cleared by the first)
     "pooled-fused-head": dict(widths=(16, 32), convs_per_block=(1, 1), stem="whiten2x2", stem_width=8),
-    # no pool in the first block, two convs there, relu, a 3x3 stem
-    "unpooled-relu": dict(widths=(16, 16), convs_per_block=(2, 1), pooled=(False, True), stem="conv3x3",
-                          stem_width=8, act="relu"),
+    # no pool in the first block, two convs there, relu, a 3x3 stem; K split over programs (workspace)
+    "unpooled-relu-split-k": dict(widths=(16, 32), convs_per_block=(2, 1), pooled=(False, True),
+                                  stem="conv3x3", stem_width=8, act="relu", split_k=True, side=12),
     # no pooling at all, avg pools, silu: the last map is too big for one tile -> the separate head kernel
     "unpooled-head-kernel": dict(widths=(16,), convs_per_block=(1,), pooled=(False,), stem="conv3x3",
                                  stem_width=8, act="silu", pool="avg", side=18),
@@ -66,17 +67,20 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_logits_match_the_folded_fp32_model(case):
     kw = dict(CASES[case])
-    side = kw.pop("side", SIDE)
+    side, split_k = kw.pop("side", SIDE), kw.pop("split_k", False)
     folded, n = fold_batchnorm(_net(**kw))
     assert n > 0
     x = torch.randn(3, 3, side, side, generator=torch.Generator().manual_seed(1))
-    fn = fused.fused_forward(folded.half(), x[:1].half(), target_programs=4)
+    fn = fused.fused_forward(copy.deepcopy(folded).half(), x[:1].half(), target_programs=8 if split_k else 4,
+                             split_k=split_k)
+    assert max(L["split"] for L in fn.layers) == (2 if split_k else 1)
     expect_head_kernel = case == "unpooled-head-kernel"
     assert (fn.layers[-1]["head"] == 0) == expect_head_kernel
     assert fn.kernels == len(fn.layers) + expect_head_kernel
     with torch.no_grad():
-        ref = folded.float()(x)
-    for xb in (x[:1], x.contiguous(memory_format=torch.channels_last)):  # batch 1 NCHW, batch 3 channels_last
+        ref = folded(x)
+    # batch 1 NCHW (twice: a split K workspace must be left zeroed), batch 3 channels_last
+    for xb in (x[:1], x[:1], x.contiguous(memory_format=torch.channels_last)):
         got = fn(xb.half())
         assert got.shape == (len(xb), 10) and got.dtype == torch.float32
         err = float((got - ref[:len(xb)]).abs().max() / ref[:len(xb)].abs().max())
