@@ -1,12 +1,13 @@
 """GPU check of `compile: fused` (runner/fused.py) against the stock paths, on random-weight fastnets.
 
-    python -m runner.diagnostics.fused_probe [--nets 111,122] [--targets 32,128,512] [--iters 2000]
+    python -m runner.diagnostics.fused_probe [--nets 111,122] [--fused 32,128s,512s] [--iters 2000]
 
 For each net (the latency-first family's widths 64/256/256, whitening stem, GELU; `122` is
 convs_per_block (1, 2, 2)), BN folded, fp16, channels_last, each path in one CUDA graph:
   eager     eager ops captured in a graph (runner.optimize.prepare, compile: none)
   inductor  torch.compile default mode, captured in a graph (compile: default)
-  fused@T   runner/fused.py with T target programs per kernel (T = the default: through prepare())
+  fused@T   runner/fused.py, T target programs per kernel, `s`: split K (fused@128: the default, through
+            runner.optimize.prepare; the others built directly and captured the same way)
 Prints the max relative logit error against the fp32 eager unfolded model (batch 1, and batch 1000 for
 fused), p50 / p95 of CUDA-event batch-1 latency (200 warm-up + `--iters` timed calls, runner.bench), and
 after all timing (profiling slows later launches) kernels per forward and their summed time. Random
@@ -20,6 +21,7 @@ import json
 import os
 
 import torch
+import triton
 
 from models import get_model
 from runner import bench, breakdown
@@ -57,7 +59,8 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", default="111,122")
-    ap.add_argument("--targets", default="32,128,512", help="fused variants: target programs per kernel")
+    ap.add_argument("--fused", default="32,128s,512s",
+                    help="more fused variants: target programs per kernel, + 's' for split K")
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)
     args = ap.parse_args()
@@ -86,16 +89,16 @@ def main() -> None:
             cases.append([net, name, fn, x, e1, eb, agree])
             print(f"built {net} {name}: rel err b1 {e1:.2e}", flush=True)
         folded = fold_batchnorm(model.to(dev))[0].half()
-        for t in (int(s) for s in args.targets.split(",")):
-            if t == TARGET_PROGRAMS:
-                continue
-            fwd = fused_forward(folded, x, target_programs=t)
+        for opt in args.fused.split(","):
+            fwd = fused_forward(folded, x, target_programs=int(opt.rstrip("s")), split_k=opt.endswith("s"))
             fn = _capture_graph(fwd, x.clone(), dev)
             with torch.inference_mode():
                 e1 = rel_err(fn(x), ref_model(x.float()))
-            cases.append([net, f"fused@{t}", fn, x, e1, None, None])
-            print(f"built {net} fused@{t}: rel err b1 {e1:.2e} tiles "
-                  f"{[(L['bp'], L['bn'], L['bk']) for L in fwd.layers]}", flush=True)
+                out = fwd(big.to(dev, torch.float16).contiguous(memory_format=torch.channels_last))
+                eb, agree = rel_err(out, ref_big), float((out.argmax(1) == ref_big.argmax(1)).float().mean())
+            cases.append([net, f"fused@{opt}", fn, x, e1, eb, agree])
+            print(f"built {net} fused@{opt}: rel err b1 {e1:.2e}; tiles (pixels, channels, k, split, warps) "
+                  f"{[(L['bp'], L['bn'], L['bk'], L['split'], L['warps']) for L in fwd.layers]}", flush=True)
     floor = breakdown.launch_floor(dev)
     rows, out = [], []
     for c in cases:  # time everything first ...
@@ -107,7 +110,8 @@ def main() -> None:
                      f"{s['p50']:.1f}", f"{s['p95']:.1f}", f"{e1:.1e}", fmt(eb, ".1e"), fmt(agree, ".4f")])
         out.append(dict(net=net, path=name, p50_us=s["p50"], p95_us=s["p95"], rel_err_b1=e1, rel_err_b1000=eb,
                         top1_agree_b1000=agree, **{k: bd[k] for k in breakdown.BREAKDOWN_FIELDS}))
-    print(f"\n{torch.cuda.get_device_name(dev)}, torch {torch.__version__}; launch floor (graph of one trivial "
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+    print(f"\n{gpu}, torch {torch.__version__}, triton {triton.__version__}; launch floor (graph of one trivial "
           f"kernel) p50 {fmt(floor['floor_p50_us'], '.1f')} / p95 {fmt(floor['floor_p95_us'], '.1f')} us")
     print_table(COLUMNS, rows)
     if os.environ.get("OUT"):
