@@ -23,19 +23,21 @@ def _at(seconds: float) -> str:
 
 def _write_run(path: Path, gpus: int, invocations: list[tuple[float, float]], train: list[tuple],
                bench: list[tuple], config: dict = CONFIG) -> Path:
-    """A sweep folder: sweep.json with its invocations ((start s, wall s), oldest first), training rows
-    (model, gpu, start s, end s) and result rows (variant, gpu, start s, timed s, end s, host wait s)."""
+    """A sweep folder: sweep.json with its invocations ((start s, wall s), oldest first) and a step log of
+    trainings (model, gpu, start s, end s) and timings (variant, gpu, start s, end s)."""
+    from runner.engine.steps import StepLog
+
     path.mkdir(parents=True)
     (start, wall), *older = invocations[::-1]
     sweep = {"name": "default", "config": config, "git_commit": "abc", "data_source": "synthetic",
              "cluster": {"gpus": gpus, "nodes": 1, "gpu_kinds": ["H200"]}, "started_at": _at(start)[:19] + "+00:00",
              "wall_s": wall, "previous_runs": [{"started_at": _at(s)[:19] + "+00:00", "wall_s": w} for s, w in older[::-1]]}
     (path / "sweep.json").write_text(json.dumps(sweep))
-    pd.DataFrame([{"model": m, "status": "ok", "gpu_uuid": g, "ray_node_id": "n1", "pid": 1,
-                   "started_at": _at(s), "finished_at": _at(e)} for m, g, s, e in train]).to_parquet(path / "training.parquet")
-    pd.DataFrame([{"variant_id": v, "repeat": 0, "status": "ok", "gpu_uuid": g, "ray_node_id": "n1", "hostname": "vm",
-                   "pid": 2, "started_at": _at(s), "timed_at": _at(t), "checks_started_at": _at(t),
-                   "finished_at": _at(e), "host_wait_s": w} for v, g, s, t, e, w in bench]).to_parquet(path / "results.parquet")
+    log = StepLog(path)
+    for kind, rows in (("train", train), ("time", bench)):
+        for name, gpu, s, e in rows:
+            log.add({"kind": kind, "name": name, "start": _at(s), "end": _at(e), "gpu_uuid": gpu, "hostname": "vm",
+                     "node": "n1", "pid": 1}, submitted=_at(s), landed=_at(e))
     return path
 
 
@@ -43,18 +45,18 @@ def _write_run(path: Path, gpus: int, invocations: list[tuple[float, float]], tr
 def two_runs(tmp_path):
     # one GPU, cut after 100 s and resumed 1000 s later for 50 s more
     one = _write_run(tmp_path / "one-gpu", 1, [(0, 100), (1000, 50)],
-                     train=[("a", "GPU-a", 5, 60)], bench=[("a-fp16", "GPU-a", 1010, 1020, 1030, 2.0)])
+                     train=[("a", "GPU-a", 5, 60)], bench=[("a-fp16", "GPU-a", 1010, 1020)])
     # two GPUs, one invocation of 80 s
     two = _write_run(tmp_path / "two-gpus", 2, [(0, 80)],
                      train=[("a", "GPU-a", 2, 50), ("b", "GPU-b", 2, 70)],
-                     bench=[("a-fp16", "GPU-b", 71, 75, 78, 1.5)])
+                     bench=[("a-fp16", "GPU-b", 71, 75)])
     return one, two
 
 
 def test_wall_time_sums_invocations_and_tasks_sit_on_one_clock(two_runs):
     one = scaling.load_run(two_runs[0])
     assert one.wall_s == 150 and len(one.invocations) == 2
-    bench = one.tasks[one.tasks["kind"] == "bench"].iloc[0]
+    bench = one.tasks[one.tasks["kind"] == "time"].iloc[0]
     # started 10 s into the second invocation, which begins where the first one's 100 s end
     assert bench["x0"] == pytest.approx(110) and bench["x1"] == pytest.approx(120)
     train = one.tasks[one.tasks["kind"] == "train"].iloc[0]
@@ -72,8 +74,8 @@ def test_speed_up_and_efficiency_against_the_fewest_gpus(two_runs):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[5:9] == ["80", "1.88x", "0.53", "94%"]  # 150 / 80; 80 / 150; 1.875 / 2
     assert any("share their sweep settings" in line for line in lines)
-    waits = next(line for line in lines if line.startswith("| `one-gpu`") and "%" in line and "x |" not in line)
-    assert "| 2 |" in waits  # the timings' wait for the host, summed
+    busy = next(line for line in lines if line.startswith("| `one-gpu`") and "%" in line and "x |" not in line)
+    assert busy.endswith("| 43% |")  # 55 s training + 10 s timing of 150 s wall
 
 
 def test_runs_of_different_sweeps_are_called_unfair(tmp_path, two_runs):
@@ -96,10 +98,10 @@ def test_a_folder_that_is_not_a_sweep_is_named(tmp_path, two_runs, capsys):
     assert "empty: no sweep.json" in capsys.readouterr().err
 
 
-def test_the_published_two_node_run_reads_whole():
-    """The real two-node sweep (reports/h200x2-default): cut after 508 s, resumed for 390 s."""
-    run = scaling.load_run(ROOT / "reports" / "h200x2-default")
-    assert run.wall_s == 898 and run.gpus == 2 and len(run.invocations) == 2
-    assert run.tasks["lane"].nunique() == 2  # two GPUs, though the resumed call's Ray nodes had new ids
-    assert (run.tasks["x0"] < 508).any() and (run.tasks["x0"] > 508).any()  # tasks of both invocations
+def test_the_published_one_gpu_run_reads_whole():
+    """The actor engine's run (reports/h200-1gpu-engine): three invocations, steps in the first two."""
+    run = scaling.load_run(ROOT / "reports" / "h200-1gpu-engine")
+    assert round(run.wall_s) == 806 and run.gpus == 1 and len(run.invocations) == 3
+    assert run.tasks["lane"].nunique() == 1 and {"train", "time", "check"} <= set(run.tasks["kind"])
+    assert (run.tasks["x0"] < 443).any() and (run.tasks["x0"] > 443).any()  # steps of both invocations
     assert run.tasks["x1"].max() <= run.wall_s + 1
