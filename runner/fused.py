@@ -1,15 +1,13 @@
 """`compile: fused`: the BN-folded fastnet run as this project's own Triton kernels, one per convolution.
 
-Why: at batch 1 on an H200 the inductor path of a 4-conv fastnet is 14 kernels (~41 us p95) against a
-one-kernel CUDA-graph floor of ~12 us; the time is kernel count and per-kernel fixed cost (issue 24).
-Here each conv is one implicit-GEMM kernel that also does its bias (the folded BN), activation and the
-2x2 pool that follows it, reading and writing channels-last fp16 maps with fp32 accumulation; the head
-(global max / avg pool, linear, logit scale) runs inside the last conv's kernel, whose programs add their
-channels' share of the logits atomically into a buffer that the first kernel clears. A 4-conv fastnet
-with a whitening stem is 5 kernels. When the last map does not fit one tile, a small head kernel follows.
-At batch 1 the tiles are chosen small enough to give ~TARGET_PROGRAMS programs per kernel; `split_k`
-also splits the K loop of layers with few tiles (the 256-channel 3x3 maps), the last program of a tile
-finishing it (an atomic counter), so no extra kernel.
+Why: at batch 1 on an H200, inductor runs a 4-conv fastnet as 14 kernels (~41 us p95); a one-kernel CUDA
+graph is ~12 us: the time is kernel count and per-kernel fixed cost (issue 24). Here each conv is one
+implicit-GEMM kernel that also applies its bias (the folded BN), activation and following 2x2 pool, on
+channels-last fp16 maps with fp32 accumulation; the head (global pool, linear, scale) runs in the last conv's
+kernel, its programs adding their channels' logits atomically into a buffer the first kernel clears (a small
+head kernel when the last map is over one tile). A 4-conv fastnet with its stem: 5 kernels, 4 with
+`fuse_stem`. Tiles give ~TARGET_PROGRAMS programs per kernel at batch 1; `split_k` also splits the K loop
+(the last program of a tile, by an atomic counter, finishes it: no extra kernel).
 
     fn = fused_forward(folded_model, example_x)   # example_x: (B, 3, H, W) on the device, any batch
     logits = fn(x)                                 # fp32 (B, classes)
@@ -22,7 +20,6 @@ from __future__ import annotations
 
 import operator
 import os
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -51,8 +48,9 @@ def _act(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, ws_ptr, cnt_ptr, scale,
-                 H, W, OW, P, M_TILES, sxb, sxh, sxw, sxc,
+def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, ws_ptr, cnt_ptr, sw_ptr, sb_ptr, scale,
+                 H, W, OW, P, M_TILES, sxb, sxh, sxw, sxc, IH, IW, STEM_K: tl.constexpr, STEM_PAD: tl.constexpr,
+                 STEM_ACT: tl.constexpr, STEM_E: tl.constexpr,
                  C_IN: tl.constexpr, C_OUT: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
                  S: tl.constexpr, POOL: tl.constexpr, ACT: tl.constexpr, KTOT: tl.constexpr,
                  CO_PAD: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
@@ -60,7 +58,8 @@ def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, ws_ptr, cn
     """One tile: BP pooled pixels x BN output channels of one image, over K slice program_id(2) of SPLIT.
     GEMM rows are the S*S conv outputs of each pooled pixel (row r: pool offset r // BP, pixel r % BP),
     K = (ky, kx, c_in). Split K: slices add into a zeroed fp32 workspace; the last to arrive (a counter)
-    runs the epilogue and zeroes workspace and counter again for the next call."""
+    runs the epilogue and zeroes workspace and counter again for the next call. STEM_K > 0: x is the
+    IH x IW image and this conv's input, the stem conv's output, is computed per tap (BK = C_IN)."""
     pid, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, pid_m = pid // M_TILES, pid % M_TILES
     BM: tl.constexpr = S * S * BP
@@ -73,11 +72,22 @@ def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, ws_ptr, cn
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in range(pid_k * (KTOT // SPLIT), (pid_k + 1) * (KTOT // SPLIT), BK):
         k = k0 + tl.arange(0, BK)
-        t, c = k // C_IN, k % C_IN
-        iy = cy[:, None] + (t // KS)[None, :]
-        ix = cx[:, None] + (t % KS)[None, :]
-        ok = (p < P)[:, None] & (k < C_IN * KS * KS)[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        a = tl.load(x_img + iy * sxh + ix * sxw + c[None, :] * sxc, mask=ok, other=0.0).to(tl.float16)
+        if STEM_K > 0:  # the stem's output at this tap: its 3-channel patch (STEM_E wide) times its weights
+            sy, sx, e = cy + (k0 // C_IN) // KS, cx + (k0 // C_IN) % KS, tl.arange(0, STEM_E)
+            py = sy[:, None] + ((e // STEM_K) % STEM_K)[None, :] - STEM_PAD
+            px = sx[:, None] + (e % STEM_K)[None, :] - STEM_PAD
+            ok = (e < 3 * STEM_K * STEM_K)[None, :] & (py >= 0) & (py < IH) & (px >= 0) & (px < IW)
+            a = tl.load(x_img + py * sxh + px * sxw + (e // (STEM_K * STEM_K))[None, :] * sxc, mask=ok, other=0.0)
+            a = tl.dot(a.to(tl.float16), tl.load(sw_ptr + e[:, None] * BK + tl.arange(0, BK)[None, :]))
+            a = _act(a + tl.load(sb_ptr + tl.arange(0, BK))[None, :], STEM_ACT)
+            inside = (p < P) & (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)   # else this conv's zero padding
+            a = tl.where(inside[:, None], a, 0.0).to(tl.float16)
+        else:
+            t, c = k // C_IN, k % C_IN
+            iy = cy[:, None] + (t // KS)[None, :]
+            ix = cx[:, None] + (t % KS)[None, :]
+            ok = (p < P)[:, None] & (k < C_IN * KS * KS)[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            a = tl.load(x_img + iy * sxh + ix * sxw + c[None, :] * sxc, mask=ok, other=0.0).to(tl.float16)
         w = tl.load(w_ptr + k[:, None] * CO_PAD + n[None, :])
         acc = tl.dot(a, w, acc)
     last = pid_k == SPLIT - 1
@@ -112,20 +122,16 @@ def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, ws_ptr, cn
             y = y_ptr + (b.to(tl.int64) * P + q[:, None]) * C_OUT + n[None, :]
             tl.store(y, v.to(tl.float16), mask=(q < P)[:, None] & (n < C_OUT)[None, :])
         if ZERO:  # the first kernel sets the logits to the linear's bias; the last one adds into them
-            if (pid_m == 0) & (pid_n == 0):
-                tl.store(out_ptr + b * NC + j, tl.load(fb_ptr + j), mask=j < NC)
+            tl.store(out_ptr + b * NC + j, tl.load(fb_ptr + j), mask=(j < NC) & (pid_m == 0) & (pid_n == 0))
 
 
 @triton.jit
-def _head_kernel(y_ptr, fc_ptr, fb_ptr, out_ptr, scale, P,
-                 C: tl.constexpr, CP: tl.constexpr, HEAD: tl.constexpr, NC: tl.constexpr,
-                 NCP: tl.constexpr, BPX: tl.constexpr):
+def _head_kernel(y_ptr, fc_ptr, fb_ptr, out_ptr, scale, P, C: tl.constexpr, CP: tl.constexpr, HEAD: tl.constexpr,
+                 NC: tl.constexpr, NCP: tl.constexpr, BPX: tl.constexpr):
     """Global pool + linear of one image, for a last map too large for one conv tile."""
     b = tl.program_id(0)
     c = tl.arange(0, CP)
-    f = tl.zeros([CP], tl.float32)
-    if HEAD == 1:
-        f = tl.full([CP], float("-inf"), tl.float32)
+    f = tl.full([CP], float("-inf") if HEAD == 1 else 0.0, tl.float32)
     for p0 in range(0, P, BPX):
         p = p0 + tl.arange(0, BPX)
         ok = (p < P)[:, None] & (c < C)[None, :]
@@ -134,26 +140,17 @@ def _head_kernel(y_ptr, fc_ptr, fb_ptr, out_ptr, scale, P,
             f = tl.maximum(f, tl.max(tl.where(ok, v.to(tl.float32), float("-inf")), axis=0))
         else:
             f = f + tl.sum(v.to(tl.float32), axis=0)
-    if HEAD == 2:
-        f = f / P
-    f = tl.where(c < C, f, 0.0)
+    f = tl.where(c < C, f / (P if HEAD == 2 else 1), 0.0)
     j = tl.arange(0, NCP)
     logits = tl.sum(f[:, None] * tl.load(fc_ptr + c[:, None] * NCP + j[None, :]), axis=0) * scale
     tl.store(out_ptr + b * NC + j, logits + tl.load(fb_ptr + j), mask=j < NC)
 
 
-@dataclass
-class _Conv:
-    conv: nn.Conv2d
-    act: int = 0
-    pool: int = 0
-
-
-def _parse(model: nn.Module) -> tuple[list[_Conv], int, nn.Linear, float]:
-    """The chain of the (folded) network: convs with their act / pool, head pool kind, linear, scale."""
+def _parse(model: nn.Module) -> tuple[list[list], int, nn.Linear, float]:
+    """The chain of the (folded) network: [conv, act, pool] per conv, head pool kind, linear, scale."""
     gm = model if isinstance(model, torch.fx.GraphModule) else torch.fx.symbolic_trace(model)
     mods = dict(gm.named_modules())
-    convs: list[_Conv] = []
+    convs: list[list] = []
     head, fc, scale, stage, prev = 0, None, 1.0, "conv", None
     for node in gm.graph.nodes:
         mod = mods.get(node.target) if node.op == "call_module" else None
@@ -172,16 +169,16 @@ def _parse(model: nn.Module) -> tuple[list[_Conv], int, nn.Linear, float]:
             if (mod.groups != 1 or mod.stride != (1, 1) or mod.dilation != (1, 1) or k[0] != k[1]
                     or not isinstance(pad, tuple) or pad[0] != pad[1] or mod.padding_mode != "zeros"):
                 raise Unsupported(f"fused: conv {node.target} is not square, stride 1, ungrouped, zero-padded")
-            convs.append(_Conv(mod))
-        elif type(mod) in ACTS and convs and stage == "conv" and not convs[-1].act and not convs[-1].pool:
+            convs.append([mod, 0, 0])
+        elif type(mod) in ACTS and convs and stage == "conv" and convs[-1][1:] == [0, 0]:
             if isinstance(mod, nn.GELU) and mod.approximate != "none":
                 raise bad
-            convs[-1].act = ACTS[type(mod)]
-        elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)) and convs and stage == "conv" and not convs[-1].pool:
+            convs[-1][1] = ACTS[type(mod)]
+        elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)) and convs and stage == "conv" and not convs[-1][2]:
             if not (mod.kernel_size in (2, (2, 2)) and mod.stride in (2, (2, 2)) and mod.padding in (0, (0, 0))
                     and not mod.ceil_mode and getattr(mod, "dilation", 1) in (1, (1, 1))):
                 raise Unsupported(f"fused: pool {node.target} is not a plain 2x2 / stride 2 pool")
-            convs[-1].pool = POOLS[type(mod)]
+            convs[-1][2] = POOLS[type(mod)]
         elif isinstance(mod, (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)) and convs and stage == "conv":
             if mod.output_size not in (1, (1, 1)):
                 raise bad
@@ -217,77 +214,81 @@ def _tiles(P: int, c_out: int, s: int, head: bool, target: int) -> tuple[int, in
 
 
 def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs: int = TARGET_PROGRAMS,
-                  split_k: bool = False, num_warps: int | None = None,
+                  split_k: bool = False, fuse_stem: bool = False, num_warps: int | None = None,
                   num_stages: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
     """A callable running the folded `model` on inputs shaped like `example_x` (any batch) in Triton. `split_k`:
-    layers with fewer tiles than `target_programs` split K (the probe times it). `num_warps` None: by tile."""
-    dev = example_x.device
-    if dev.type != "cuda" and not INTERPRETED:
-        raise Unsupported("fused: Triton kernels need a CUDA device")
-    if example_x.dim() != 4:
-        raise Unsupported(f"fused: expects (B, C, H, W) images, got shape {tuple(example_x.shape)}")
+    layers with fewer tiles than `target_programs` split K; `fuse_stem`: a small first conv (3 x k x k <= 32
+    inputs, <= 64 channels, no pool) runs inside the second one's kernel. `num_warps` None: by tile size."""
+    dev, f16 = example_x.device, torch.float16
+    if dev.type != "cuda" and not INTERPRETED or example_x.dim() != 4:
+        raise Unsupported(f"fused: Triton kernels need a CUDA device and (B, C, H, W) images, got {example_x.shape} "
+                          f"on {dev.type}")
     convs, head, fc, scale = _parse(model)
     _, c, h, w = example_x.shape
-    nc, ncp = fc.out_features, max(16, _p2(fc.out_features))
+    nc, ncp, ih, iw, st = fc.out_features, max(16, _p2(fc.out_features)), h, w, convs[0][0]
+    no_stem = dict(STEM_K=0, STEM_PAD=0, STEM_ACT=0, STEM_E=16)
+    stem = dict(sw=None, sb=None, k=no_stem)
+    if fuse_stem and len(convs) > 2 and not convs[0][2] and c * st.kernel_size[0] ** 2 <= 32 and st.out_channels <= 64:
+        (_, stem_act, _), k0, p0, cp = convs.pop(0), st.kernel_size[0], st.padding[0], max(16, _p2(st.out_channels))
+        e0, co0 = c * k0 * k0, st.out_channels
+        sw, sb = torch.zeros(max(16, _p2(e0)), cp, dtype=f16, device=dev), torch.zeros(cp, device=dev)
+        sw[:e0, :co0] = st.weight.detach().reshape(co0, e0).T.to(sw)
+        sb[:co0] = 0.0 if st.bias is None else st.bias.detach().float()
+        stem = dict(sw=sw, sb=sb, k=dict(STEM_K=k0, STEM_PAD=p0, STEM_ACT=stem_act, STEM_E=len(sw)))
+        h, w, c = h + 2 * p0 - k0 + 1, w + 2 * p0 - k0 + 1, co0
     layers = []
-    for i, L in enumerate(convs):
-        cv = L.conv
-        ks, pad, c_out = cv.kernel_size[0], cv.padding[0], cv.out_channels
+    for i, (cv, act, pool) in enumerate(convs):
+        ks, pad, c_out, s = cv.kernel_size[0], cv.padding[0], cv.out_channels, 2 if pool else 1
         if cv.in_channels != c:
             raise Unsupported(f"fused: conv {i} expects {cv.in_channels} channels, gets {c}")
-        s = 2 if L.pool else 1
-        in_h, in_w, oh, ow = h, w, (h + 2 * pad - ks + 1) // s, (w + 2 * pad - ks + 1) // s
+        oh, ow = (h + 2 * pad - ks + 1) // s, (w + 2 * pad - ks + 1) // s
         fuse_head = i == len(convs) - 1 and len(convs) > 1 and _p2(oh * ow) * s * s <= 256
         bp, bn = _tiles(oh * ow, c_out, s, fuse_head, target_programs)
-        ktot = c * ks * ks
-        bk = 64 if ktot >= 256 else 32 if ktot > 16 else 16
+        in_stem = i == 0 and stem["sw"] is not None
+        cin = stem["sw"].shape[1] if in_stem else c       # a fused stem's width, padded: one tap per BK
+        ktot = cin * ks * ks
+        bk = cin if in_stem else 64 if ktot >= 256 else 32 if ktot > 16 else 16
         tiles, iters, split = triton.cdiv(oh * ow, bp) * triton.cdiv(c_out, bn), triton.cdiv(ktot, bk), 1
         while split_k and tiles * split * 2 <= target_programs and iters // (split * 2) >= 2:
             split *= 2
         ktot_pad, co_pad = triton.cdiv(ktot, bk * split) * bk * split, triton.cdiv(c_out, bn) * bn
-        wt = torch.zeros(ktot_pad, co_pad, dtype=torch.float16, device=dev)
-        wt[:ktot, :c_out] = cv.weight.detach().permute(2, 3, 1, 0).reshape(ktot, c_out).to(dev, torch.float16)
-        bias = torch.zeros(co_pad, dtype=torch.float32, device=dev)
+        wt, bias = torch.zeros(ktot_pad, co_pad, dtype=f16, device=dev), torch.zeros(co_pad, device=dev)
+        wt[:ktot].view(ks, ks, cin, co_pad)[:, :, :c, :c_out] = cv.weight.detach().permute(2, 3, 1, 0).to(wt)
         bias[:c_out] = 0.0 if cv.bias is None else cv.bias.detach().float()
-        layers.append(dict(w=wt, b=bias, H=in_h, W=in_w, OW=ow, P=oh * ow, cin=c, cout=c_out, ks=ks, pad=pad, s=s,
-                           pool=L.pool, act=L.act, ktot=ktot_pad, co_pad=co_pad, bp=bp, bn=bn, bk=bk, tiles=tiles,
-                           split=split, head=head if fuse_head else 0, zero=False,
-                           warps=num_warps or max(1, min(4, s * s * bp * bn // 256))))
+        sw, sb = (stem["sw"], stem["sb"]) if in_stem else (bias, bias)
+        k = dict(stem["k"] if in_stem else no_stem, C_IN=cin, C_OUT=c_out,
+                 KS=ks, PAD=pad, S=s, POOL=pool, ACT=act, KTOT=ktot_pad, CO_PAD=co_pad, BP=bp, BN=bn, BK=bk,
+                 HEAD=head if fuse_head else 0, ZERO=False, NC=nc, NCP=ncp)
+        layers.append(dict(w=wt, b=bias, sw=sw, sb=sb, H=h, W=w, OW=ow, P=oh * ow, cout=c_out, bp=bp, bn=bn, bk=bk,
+                           tiles=tiles, split=split, k=k, warps=num_warps or max(1, min(4, s * s * bp * bn // 256))))
         h, w, c = oh, ow, c_out
     if fc.in_features != c:
         raise Unsupported(f"fused: linear expects {fc.in_features} features, the last conv gives {c}")
-    fused_head = layers[-1]["head"] != 0
-    layers[0]["zero"] = fused_head  # only the fused head adds into the logits the first kernel clears
-    rows = max(_p2(c), layers[-1]["co_pad"])
-    fcw = torch.zeros(rows, ncp, dtype=torch.float32, device=dev)
+    fused_head = layers[-1]["k"]["HEAD"] != 0
+    layers[0]["k"]["ZERO"] = fused_head  # only the fused head adds into the logits the first kernel clears
+    fcw = torch.zeros(max(_p2(c), layers[-1]["k"]["CO_PAD"]), ncp, device=dev)
     fcw[:c, :nc] = fc.weight.detach().float().T
-    fcb = torch.zeros(ncp, dtype=torch.float32, device=dev)
+    fcb = torch.zeros(ncp, device=dev)
     fcb[:nc] = 0.0 if fc.bias is None else fc.bias.detach().float() * scale
-    in_shape = tuple(example_x.shape[1:])
-    workspaces: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # split K: zeroed, kept zero
+    in_shape, workspaces = tuple(example_x.shape[1:]), {}  # split K's workspaces: zeroed once, left zeroed
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != in_shape:
             raise ValueError(f"fused forward built for (B, {in_shape}), got {tuple(x.shape)}")
-        bsz = x.shape[0]
-        out = torch.empty(bsz, nc, dtype=torch.float32, device=dev)
+        bsz, out = x.shape[0], torch.empty(x.shape[0], nc, dtype=torch.float32, device=dev)
         src, strides = x, [x.stride(d) for d in (0, 2, 3, 1)]  # the image, NCHW or channels_last: by strides
         for i, L in enumerate(layers):
-            y = out if L["head"] else torch.empty(bsz, L["P"], L["cout"], dtype=torch.float16, device=dev)
+            y = out if L["k"]["HEAD"] else torch.empty(bsz, L["P"], L["cout"], dtype=f16, device=dev)
             m_tiles, sp = triton.cdiv(L["P"], L["bp"]), L["split"]
             while sp > 1 and bsz * L["tiles"] * sp > target_programs:
                 sp //= 2
-            ws, cnt = out, out
-            if sp > 1:
-                if (i, bsz) not in workspaces:
-                    workspaces[i, bsz] = (torch.zeros(bsz * L["tiles"] * L["s"] ** 2 * L["bp"] * L["bn"], device=dev),
-                                          torch.zeros(bsz * L["tiles"], dtype=torch.int32, device=dev))
-                ws, cnt = workspaces[i, bsz]
-            _conv_kernel[(bsz * m_tiles, L["co_pad"] // L["bn"], sp)](
-                src, L["w"], L["b"], y, fcw, fcb, out, ws, cnt, scale, L["H"], L["W"], L["OW"], L["P"], m_tiles,
-                *strides, C_IN=L["cin"], C_OUT=L["cout"], KS=L["ks"], PAD=L["pad"], S=L["s"], POOL=L["pool"],
-                ACT=L["act"], KTOT=L["ktot"], CO_PAD=L["co_pad"], BP=L["bp"], BN=L["bn"], BK=L["bk"], SPLIT=sp,
-                HEAD=L["head"], ZERO=L["zero"], NC=nc, NCP=ncp, num_warps=L["warps"], num_stages=num_stages)
+            if sp > 1 and (i, bsz) not in workspaces:
+                workspaces[i, bsz] = (torch.zeros(bsz * L["tiles"] * L["k"]["S"] ** 2 * L["bp"] * L["bn"], device=dev),
+                                      torch.zeros(bsz * L["tiles"], dtype=torch.int32, device=dev))
+            ws, cnt = workspaces[i, bsz] if sp > 1 else (out, out)
+            _conv_kernel[(bsz * m_tiles, L["k"]["CO_PAD"] // L["bn"], sp)](
+                src, L["w"], L["b"], y, fcw, fcb, out, ws, cnt, L["sw"], L["sb"], scale, L["H"], L["W"], L["OW"],
+                L["P"], m_tiles, *strides, ih, iw, **L["k"], SPLIT=sp, num_warps=L["warps"], num_stages=num_stages)
             src, strides = y, (L["P"] * L["cout"], L["OW"] * L["cout"], L["cout"], 1)
         if not fused_head:
             _head_kernel[(bsz,)](src, fcw, fcb, out, scale, layers[-1]["P"], C=c, CP=_p2(c), HEAD=head, NC=nc,

@@ -55,6 +55,9 @@ def _net(**kw) -> nn.Module:
 CASES = {
     # whitening stem + pooled blocks: 3 kernels, the head inside the last (atomic logits, cleared by the first)
     "pooled-fused-head": dict(widths=(16, 32), convs_per_block=(1, 1), stem="whiten2x2", stem_width=8),
+    # the same with the stem computed inside the first block's conv: 2 kernels
+    "pooled-fused-stem": dict(widths=(16, 32), convs_per_block=(1, 1), stem="whiten2x2", stem_width=8,
+                              fuse_stem=True),
     # no pool in the first block, two convs there, relu, a 3x3 stem; K split over programs (workspace)
     "unpooled-relu-split-k": dict(widths=(16, 32), convs_per_block=(2, 1), pooled=(False, True),
                                   stem="conv3x3", stem_width=8, act="relu", split_k=True, side=12),
@@ -67,15 +70,16 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_logits_match_the_folded_fp32_model(case):
     kw = dict(CASES[case])
-    side, split_k = kw.pop("side", SIDE), kw.pop("split_k", False)
+    side, split_k, fuse_stem = kw.pop("side", SIDE), kw.pop("split_k", False), kw.pop("fuse_stem", False)
     folded, n = fold_batchnorm(_net(**kw))
     assert n > 0
     x = torch.randn(3, 3, side, side, generator=torch.Generator().manual_seed(1))
     fn = fused.fused_forward(copy.deepcopy(folded).half(), x[:1].half(), target_programs=8 if split_k else 4,
-                             split_k=split_k)
+                             split_k=split_k, fuse_stem=fuse_stem)
+    assert len(fn.layers) == 1 + sum(kw["convs_per_block"]) - fuse_stem  # the stem, the blocks' convs
     assert max(L["split"] for L in fn.layers) == (2 if split_k else 1)
     expect_head_kernel = case == "unpooled-head-kernel"
-    assert (fn.layers[-1]["head"] == 0) == expect_head_kernel
+    assert (fn.layers[-1]["k"]["HEAD"] == 0) == expect_head_kernel
     assert fn.kernels == len(fn.layers) + expect_head_kernel
     with torch.no_grad():
         ref = folded(x)
