@@ -31,7 +31,7 @@ BENCH_RANGES: dict[str, tuple[float, float, bool]] = {
     "cv_flag_pct": (0, float("inf"), False),
     "recheck": (-1, 10000, True),
     "slices": (1, 1000, True),
-    "target_pct": (0, 100, False),
+    "target_pct": (0, 100, True),
     "max_s": (0, 86400, False),
 }
 
