@@ -83,12 +83,12 @@ def test_fused_logits_match_the_folded_fp32_model(case):
     assert fn.kernels == len(fn.layers) + expect_head_kernel
     with torch.no_grad():
         ref = folded(x)
-    # batch 1 NCHW (twice: a split K workspace must be left zeroed), batch 3 channels_last
-    for xb in (x[:1], x[:1], x.contiguous(memory_format=torch.channels_last)):
+    # batch 1 NCHW (twice with split K: its workspace must be left zeroed), batch 3 channels_last
+    for xb in [x[:1]] * (1 + split_k) + [x.contiguous(memory_format=torch.channels_last)]:
         got = fn(xb.half())
         assert got.shape == (len(xb), 10) and got.dtype == torch.float32
         err = float((got - ref[:len(xb)]).abs().max() / ref[:len(xb)].abs().max())
-        assert err < 1e-2, f"{case} batch {len(xb)}: relative logit error {err:.2e}"
+        assert err < 5e-3, f"{case} batch {len(xb)}: relative logit error {err:.2e}"
     assert torch.equal(got.argmax(1), ref.argmax(1))
 
 

@@ -1,13 +1,14 @@
 """GPU check of `compile: fused` (runner/fused.py) against the stock paths, on random-weight fastnets.
 
-    python -m runner.diagnostics.fused_probe [--nets 111,122] [--fused 32,128s,512s] [--iters 2000]
+    python -m runner.diagnostics.fused_probe [--nets 111,122] [--fused 32,128s,128f,128sf] [--iters 2000]
 
 For each net (the latency-first family's widths 64/256/256, whitening stem, GELU; `122` is
 convs_per_block (1, 2, 2)), BN folded, fp16, channels_last, each path in one CUDA graph:
   eager     eager ops captured in a graph (runner.optimize.prepare, compile: none)
   inductor  torch.compile default mode, captured in a graph (compile: default)
-  fused@T   runner/fused.py, T target programs per kernel, `s`: split K (fused@128: the default, through
-            runner.optimize.prepare; the others built directly and captured the same way)
+  fused@T   runner/fused.py, T target programs per kernel, `s`: split K, `f`: the stem fused into the next
+            conv (fused@128: the defaults, through runner.optimize.prepare; the others built directly, captured
+            the same way)
 Prints the max relative logit error against the fp32 eager unfolded model (batch 1, and batch 1000 for
 fused), p50 / p95 of CUDA-event batch-1 latency (200 warm-up + `--iters` timed calls, runner.bench), and
 after all timing (profiling slows later launches) kernels per forward and their summed time. Random
@@ -59,8 +60,8 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", default="111,122")
-    ap.add_argument("--fused", default="32,128s,512s",
-                    help="more fused variants: target programs per kernel, + 's' for split K")
+    ap.add_argument("--fused", default="32,128s,128f,128sf,512sf",
+                    help="more fused variants: target programs per kernel, + 's' split K, + 'f' fused stem")
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)
     args = ap.parse_args()
@@ -90,15 +91,17 @@ def main() -> None:
             print(f"built {net} {name}: rel err b1 {e1:.2e}", flush=True)
         folded = fold_batchnorm(model.to(dev))[0].half()
         for opt in args.fused.split(","):
-            fwd = fused_forward(folded, x, target_programs=int(opt.rstrip("s")), split_k=opt.endswith("s"))
+            fwd = fused_forward(folded, x, target_programs=int(opt.rstrip("sf")), split_k="s" in opt,
+                                fuse_stem="f" in opt)
             fn = _capture_graph(fwd, x.clone(), dev)
             with torch.inference_mode():
                 e1 = rel_err(fn(x), ref_model(x.float()))
                 out = fwd(big.to(dev, torch.float16).contiguous(memory_format=torch.channels_last))
                 eb, agree = rel_err(out, ref_big), float((out.argmax(1) == ref_big.argmax(1)).float().mean())
             cases.append([net, f"fused@{opt}", fn, x, e1, eb, agree])
-            print(f"built {net} fused@{opt}: rel err b1 {e1:.2e}; tiles (pixels, channels, k, split, warps) "
-                  f"{[(L['bp'], L['bn'], L['bk'], L['split'], L['warps']) for L in fwd.layers]}", flush=True)
+            tiles = [(L["bp"], L["bn"], L["bk"], L["split"], L["warps"]) for L in fwd.layers]
+            print(f"built {net} fused@{opt}: {fwd.kernels} kernels, rel err b1 {e1:.2e}; tiles (pixels, channels, k, "
+                  f"split, warps) {tiles}", flush=True)
     floor = breakdown.launch_floor(dev)
     rows, out = [], []
     for c in cases:  # time everything first ...
