@@ -5,7 +5,7 @@ graph is ~12 us: the time is kernel count and per-kernel fixed cost (issue 24). 
 implicit-GEMM kernel that also applies its bias (the folded BN), activation and following 2x2 pool, on
 channels-last fp16 maps with fp32 accumulation; the head (global pool, linear, scale) runs in the last conv's
 kernel, its programs adding their channels' logits atomically into a buffer the first kernel clears (a small
-head kernel when the last map is over one tile). A 4-conv fastnet with its stem: 5 kernels, 4 with
+head kernel when the last map is over one tile). A 4-conv fastnet (stem + 3 blocks): 4 kernels, 3 with
 `fuse_stem`. Tiles give ~TARGET_PROGRAMS programs per kernel at batch 1; `split_k` also splits the K loop
 (the last program of a tile, by an atomic counter, finishes it: no extra kernel).
 
@@ -50,16 +50,14 @@ def _act(x, ACT: tl.constexpr):
 @triton.jit
 def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, ws_ptr, cnt_ptr, sw_ptr, sb_ptr, scale,
                  H, W, OW, P, M_TILES, sxb, sxh, sxw, sxc, IH, IW, STEM_K: tl.constexpr, STEM_PAD: tl.constexpr,
-                 STEM_ACT: tl.constexpr, STEM_E: tl.constexpr,
-                 C_IN: tl.constexpr, C_OUT: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr,
-                 S: tl.constexpr, POOL: tl.constexpr, ACT: tl.constexpr, KTOT: tl.constexpr,
-                 CO_PAD: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr,
-                 HEAD: tl.constexpr, ZERO: tl.constexpr, NC: tl.constexpr, NCP: tl.constexpr):
-    """One tile: BP pooled pixels x BN output channels of one image, over K slice program_id(2) of SPLIT.
-    GEMM rows are the S*S conv outputs of each pooled pixel (row r: pool offset r // BP, pixel r % BP),
-    K = (ky, kx, c_in). Split K: slices add into a zeroed fp32 workspace; the last to arrive (a counter)
-    runs the epilogue and zeroes workspace and counter again for the next call. STEM_K > 0: x is the
-    IH x IW image and this conv's input, the stem conv's output, is computed per tap (BK = C_IN)."""
+                 STEM_ACT: tl.constexpr, STEM_E: tl.constexpr, C_IN: tl.constexpr, C_OUT: tl.constexpr,
+                 KS: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr, POOL: tl.constexpr, ACT: tl.constexpr,
+                 KTOT: tl.constexpr, CO_PAD: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 SPLIT: tl.constexpr, HEAD: tl.constexpr, ZERO: tl.constexpr, NC: tl.constexpr, NCP: tl.constexpr):
+    """One tile: BP pooled pixels x BN output channels of one image, K slice program_id(2) of SPLIT. Rows: the
+    S*S conv outputs of each pooled pixel (row r: pool offset r // BP, pixel r % BP); K = (ky, kx, c_in). Split
+    K: slices add into a zeroed fp32 workspace; the last to arrive (a counter) runs the epilogue and zeroes
+    workspace and counter. STEM_K > 0: x is the IH x IW image; the stem's output is computed per tap."""
     pid, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, pid_m = pid // M_TILES, pid % M_TILES
     BM: tl.constexpr = S * S * BP
@@ -80,12 +78,16 @@ def _conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, fc_ptr, fb_ptr, out_ptr, ws_ptr, cn
             a = tl.load(x_img + py * sxh + px * sxw + (e // (STEM_K * STEM_K))[None, :] * sxc, mask=ok, other=0.0)
             a = tl.dot(a.to(tl.float16), tl.load(sw_ptr + e[:, None] * BK + tl.arange(0, BK)[None, :]))
             a = _act(a + tl.load(sb_ptr + tl.arange(0, BK))[None, :], STEM_ACT)
-            inside = (p < P) & (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)   # else this conv's zero padding
+            inside = (p < P) & (k0 // C_IN < KS * KS) & (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)  # else: padding
             a = tl.where(inside[:, None], a, 0.0).to(tl.float16)
-        else:
+        elif C_IN % BK == 0:  # one tap per step: a mask per row, contiguous channels (vector loads)
+            t, c = k0 // C_IN, k0 % C_IN + tl.arange(0, BK)
+            iy, ix = cy + t // KS, cx + t % KS
+            ok = ((p < P) & (t < KS * KS) & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W))[:, None]
+            a = tl.load(x_img + (iy * sxh + ix * sxw)[:, None] + c[None, :] * sxc, mask=ok, other=0.0).to(tl.float16)
+        else:  # taps and channels mixed in a step (few input channels: the stem)
             t, c = k // C_IN, k % C_IN
-            iy = cy[:, None] + (t // KS)[None, :]
-            ix = cx[:, None] + (t % KS)[None, :]
+            iy, ix = cy[:, None] + (t // KS)[None, :], cx[:, None] + (t % KS)[None, :]
             ok = (p < P)[:, None] & (k < C_IN * KS * KS)[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
             a = tl.load(x_img + iy * sxh + ix * sxw + c[None, :] * sxc, mask=ok, other=0.0).to(tl.float16)
         w = tl.load(w_ptr + k[:, None] * CO_PAD + n[None, :])
@@ -155,11 +157,9 @@ def _parse(model: nn.Module) -> tuple[list[list], int, nn.Linear, float]:
     for node in gm.graph.nodes:
         mod = mods.get(node.target) if node.op == "call_module" else None
         what = f"{type(mod).__name__} ({node.target})" if mod is not None else f"{node.op} {node.target}"
-        if node.op == "placeholder":
+        if node.op in ("placeholder", "output"):  # the output is the last node
             prev = node
             continue
-        if node.op == "output":
-            break
         if not node.args or node.args[0] is not prev or any(isinstance(a, torch.fx.Node) for a in node.args[1:]):
             raise Unsupported(f"fused: {what} is not a step of one chain of layers")
         bad = Unsupported(f"fused: cannot fuse {what} here (known: conv [relu|gelu|silu] "
@@ -224,8 +224,7 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
         raise Unsupported(f"fused: Triton kernels need a CUDA device and (B, C, H, W) images, got {example_x.shape} "
                           f"on {dev.type}")
     convs, head, fc, scale = _parse(model)
-    _, c, h, w = example_x.shape
-    nc, ncp, ih, iw, st = fc.out_features, max(16, _p2(fc.out_features)), h, w, convs[0][0]
+    (_, c, h, w), nc, ncp, st = example_x.shape, fc.out_features, max(16, _p2(fc.out_features)), convs[0][0]
     no_stem = dict(STEM_K=0, STEM_PAD=0, STEM_ACT=0, STEM_E=16)
     stem = dict(sw=None, sb=None, k=no_stem)
     if fuse_stem and len(convs) > 2 and not convs[0][2] and c * st.kernel_size[0] ** 2 <= 32 and st.out_channels <= 64:
@@ -236,7 +235,7 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
         sb[:co0] = 0.0 if st.bias is None else st.bias.detach().float()
         stem = dict(sw=sw, sb=sb, k=dict(STEM_K=k0, STEM_PAD=p0, STEM_ACT=stem_act, STEM_E=len(sw)))
         h, w, c = h + 2 * p0 - k0 + 1, w + 2 * p0 - k0 + 1, co0
-    layers = []
+    layers: list[dict] = []
     for i, (cv, act, pool) in enumerate(convs):
         ks, pad, c_out, s = cv.kernel_size[0], cv.padding[0], cv.out_channels, 2 if pool else 1
         if cv.in_channels != c:
@@ -246,8 +245,8 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
         bp, bn = _tiles(oh * ow, c_out, s, fuse_head, target_programs)
         in_stem = i == 0 and stem["sw"] is not None
         cin = stem["sw"].shape[1] if in_stem else c       # a fused stem's width, padded: one tap per BK
-        ktot = cin * ks * ks
-        bk = cin if in_stem else 64 if ktot >= 256 else 32 if ktot > 16 else 16
+        ktot, low = cin * ks * ks, cin & -cin               # low: the largest power of 2 dividing cin
+        bk = cin if in_stem else min(64, low) if low >= 16 else 64 if ktot >= 256 else 32 if ktot > 16 else 16
         tiles, iters, split = triton.cdiv(oh * ow, bp) * triton.cdiv(c_out, bn), triton.cdiv(ktot, bk), 1
         while split_k and tiles * split * 2 <= target_programs and iters // (split * 2) >= 2:
             split *= 2
@@ -283,12 +282,13 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
             while sp > 1 and bsz * L["tiles"] * sp > target_programs:
                 sp //= 2
             if sp > 1 and (i, bsz) not in workspaces:
-                workspaces[i, bsz] = (torch.zeros(bsz * L["tiles"] * L["k"]["S"] ** 2 * L["bp"] * L["bn"], device=dev),
-                                      torch.zeros(bsz * L["tiles"], dtype=torch.int32, device=dev))
+                n_ws = bsz * L["tiles"]
+                workspaces[i, bsz] = (torch.zeros(n_ws * L["k"]["S"] ** 2 * L["bp"] * L["bn"], device=dev),
+                                      torch.zeros(n_ws, dtype=torch.int32, device=dev))
             ws, cnt = workspaces[i, bsz] if sp > 1 else (out, out)
             _conv_kernel[(bsz * m_tiles, L["k"]["CO_PAD"] // L["bn"], sp)](
                 src, L["w"], L["b"], y, fcw, fcb, out, ws, cnt, L["sw"], L["sb"], scale, L["H"], L["W"], L["OW"],
-                L["P"], m_tiles, *strides, ih, iw, **L["k"], SPLIT=sp, num_warps=L["warps"], num_stages=num_stages)
+                L["P"], m_tiles, *strides, *in_shape[1:], **L["k"], SPLIT=sp, num_warps=L["warps"], num_stages=num_stages)
             src, strides = y, (L["P"] * L["cout"], L["OW"] * L["cout"], L["cout"], 1)
         if not fused_head:
             _head_kernel[(bsz,)](src, fcw, fcb, out, scale, layers[-1]["P"], C=c, CP=_p2(c), HEAD=head, NC=nc,

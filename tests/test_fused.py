@@ -77,7 +77,7 @@ def test_fused_logits_match_the_folded_fp32_model(case):
     fn = fused.fused_forward(copy.deepcopy(folded).half(), x[:1].half(), target_programs=8 if split_k else 4,
                              split_k=split_k, fuse_stem=fuse_stem)
     assert len(fn.layers) == 1 + sum(kw["convs_per_block"]) - fuse_stem  # the stem, the blocks' convs
-    assert max(L["split"] for L in fn.layers) == (2 if split_k else 1)
+    assert (max(L["split"] for L in fn.layers) > 1) == split_k
     expect_head_kernel = case == "unpooled-head-kernel"
     assert (fn.layers[-1]["k"]["HEAD"] == 0) == expect_head_kernel
     assert fn.kernels == len(fn.layers) + expect_head_kernel
