@@ -68,46 +68,57 @@ def main() -> None:
     dev = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     big = torch.randn(1000, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    cases = []  # (net, path, graphed fn, its static input, rel err b1, rel err b1000, top1 agreement)
+    cases, rows, out = [], [], []  # cases: [net, path, graphed fn, static input, errors..., stats]
+    floor = breakdown.launch_floor(dev)
+
+    def add(net: str, name: str, build) -> None:
+        """Build one path (an exception becomes an ERROR row, never the end of the probe) and time it now."""
+        try:
+            fn, x, e1, eb, agree, note = build()
+            s = bench.stats(bench.time_repeat(fn, x, warmup=args.warmup, iters=args.iters).lat_ms * 1e3)
+        except Exception as e:  # noqa: BLE001 - a probe reports, it does not stop at the first broken path
+            rows.append(f"{net:<5} {name:<10} ERROR {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+            print(rows[-1], flush=True)
+            return
+        cases.append([net, name, fn, x, e1, eb, agree, s])
+        print(f"{net} {name}: p50 {s['p50']:.1f} / p95 {s['p95']:.1f} us, rel err b1 {e1:.2e}{note}", flush=True)
+
     for net in args.nets.split(","):
-        cpb = tuple(int(ch) for ch in net)
-        model = random_fastnet(cpb)
+        model = random_fastnet(tuple(int(ch) for ch in net))
         ref_model = model.float().to(dev)
         with torch.inference_mode():
             ref_big = ref_model(big.to(dev))
-        for compile_ in ("none", "default", "fused"):
+
+        def check(fn, x, fwd_big):
+            with torch.inference_mode():
+                e1 = rel_err(fn(x), ref_model(x.float()))
+                if fwd_big is None:
+                    return e1, None, None
+                got = fwd_big(big.to(dev, torch.float16).contiguous(memory_format=torch.channels_last))
+                return e1, rel_err(got, ref_big), float((got.argmax(1) == ref_big.argmax(1)).float().mean())
+
+        def stock(compile_):
             v = Variant(model=f"fast{net}", precision="fp16", memory_format="channels_last", compile=compile_,
                         cuda_graph=True, bn_fold=True)
             prep = prepare(model, v, dev)
-            fn, x, _ = prep.callable_for(1)
-            name = {"none": "eager", "default": "inductor", "fused": f"fused@{TARGET_PROGRAMS}"}[compile_]
-            with torch.inference_mode():
-                e1 = rel_err(fn(x), ref_model(x.float()))
-                eb = agree = None
-                if compile_ == "fused":  # the accuracy pass's batch, through the same (un-graphed) kernels
-                    out = prep.forward(prep.cast_input(big))
-                    eb, agree = rel_err(out, ref_big), float((out.argmax(1) == ref_big.argmax(1)).float().mean())
-            cases.append([net, name, fn, x, e1, eb, agree])
-            print(f"built {net} {name}: rel err b1 {e1:.2e}", flush=True)
-        folded = fold_batchnorm(model.to(dev))[0].half()
-        for opt in args.fused.split(","):
+            fn, x, _ = prep.callable_for(1)  # fused: the accuracy pass's batch through the same kernels
+            return (fn, x, *check(fn, x, prep.forward if compile_ == "fused" else None), "")
+
+        def own(opt):
+            x = torch.randn(1, 3, 32, 32, device=dev).half().contiguous(memory_format=torch.channels_last)
             fwd = fused_forward(folded, x, target_programs=int(opt.rstrip("sf")), split_k="s" in opt,
                                 fuse_stem="f" in opt)
-            fn = _capture_graph(fwd, x.clone(), dev)
-            with torch.inference_mode():
-                e1 = rel_err(fn(x), ref_model(x.float()))
-                out = fwd(big.to(dev, torch.float16).contiguous(memory_format=torch.channels_last))
-                eb, agree = rel_err(out, ref_big), float((out.argmax(1) == ref_big.argmax(1)).float().mean())
-            cases.append([net, f"fused@{opt}", fn, x, e1, eb, agree])
+            fn = _capture_graph(fwd, x, dev)
             tiles = [(L["bp"], L["bn"], L["bk"], L["split"], L["warps"]) for L in fwd.layers]
-            print(f"built {net} fused@{opt}: {fwd.kernels} kernels, rel err b1 {e1:.2e}; tiles (pixels, channels, k, "
-                  f"split, warps) {tiles}", flush=True)
-    floor = breakdown.launch_floor(dev)
-    rows, out = [], []
-    for c in cases:  # time everything first ...
-        s = bench.stats(bench.time_repeat(c[2], c[3], warmup=args.warmup, iters=args.iters).lat_ms * 1e3)
-        c.append(s)
-    for net, name, fn, x, e1, eb, agree, s in cases:  # ... then profile (it slows later launches)
+            return (fn, x, *check(fn, x, fwd), f"; {fwd.kernels} kernels, tiles (pixels, channels, k, split, "
+                    f"warps) {tiles}")
+
+        for compile_, name in (("none", "eager"), ("default", "inductor"), ("fused", f"fused@{TARGET_PROGRAMS}")):
+            add(net, name, lambda: stock(compile_))
+        folded = fold_batchnorm(model)[0].half()
+        for opt in args.fused.split(","):
+            add(net, f"fused@{opt}", lambda: own(opt))
+    for net, name, fn, x, e1, eb, agree, s in cases:  # profile after all timing (it slows later launches)
         bd = breakdown.kernel_breakdown(fn, x, replays=20, wall_us=s["p50"])
         rows.append([net, name, fmt(bd["kernels_per_forward"], ".0f"), fmt(bd["kernel_us_per_forward"], ".1f"),
                      f"{s['p50']:.1f}", f"{s['p95']:.1f}", f"{e1:.1e}", fmt(eb, ".1e"), fmt(agree, ".4f")])
@@ -119,7 +130,7 @@ def main() -> None:
     print_table(COLUMNS, rows)
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "fused_probe.json"), "w") as f:
-            json.dump(dict(floor=floor, rows=out), f, indent=1)
+            json.dump(dict(floor=floor, rows=out, errors=[r for r in rows if isinstance(r, str)]), f, indent=1)
 
 
 if __name__ == "__main__":
