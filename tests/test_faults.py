@@ -378,7 +378,7 @@ def test_task_error_cause_of_plain_exceptions():
 
 FAULT_SWEEP = """
 sweep: fault
-bench: {warmup: 2, iters: 150, repeats: 3, eval_batch_size: 64}
+bench: {warmup: 2, iters: 30, repeats: 3, eval_batch_size: 64}
 models:
   tiny:
     arch: airbench_cifar
@@ -406,19 +406,38 @@ def _start(root: Path) -> subprocess.Popen:
 
 def _run_until(proc: subprocess.Popen, marker: str | None, signals: list[int], timeout: float = 240):
     """Read the sweep's output; once a line matches the regex `marker`, send `signals` (0.5 s apart).
+    The deadline holds whether or not the sweep prints: lines are read by a thread, and past `timeout`
+    the sweep gets a SIGINT (it merges what landed) and, 60 s later, a SIGKILL.
     Returns (exit code, output, the driver's child processes seen while it ran)."""
+    import queue
+    import threading
+
     lines, children, sent = [], set(), False
+    q: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [q.put(line) for line in proc.stdout] + [q.put(None)], daemon=True).start()
     deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        lines.append(line)
+    while True:
+        try:
+            line = q.get(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except queue.Empty:
+            line = ""
+        if line is None:
+            break
+        if line:
+            lines.append(line)
         children |= _descendants(proc.pid)
-        if marker and not sent and re.search(marker, line):
+        if marker and not sent and line and re.search(marker, line):
             for s in signals:
                 proc.send_signal(s)
                 time.sleep(0.5)
             sent = True
         if time.monotonic() > deadline:
-            proc.kill()
+            lines.append(f"[test: no end after {timeout:.0f} s: SIGINT]\n")
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
             break
     return proc.wait(timeout=60), "".join(lines), children
 
