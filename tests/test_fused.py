@@ -60,7 +60,7 @@ CASES = {
                               fuse_stem=True),
     # no pool in the first block, two convs there, relu, a 3x3 stem; K split over programs (workspace)
     "unpooled-relu-split-k": dict(widths=(16, 32), convs_per_block=(2, 1), pooled=(False, True),
-                                  stem="conv3x3", stem_width=8, act="relu", split_k=True, side=12),
+                                  stem="conv3x3", stem_width=8, act="relu", split_k=True, side=10),
     # no pooling at all, avg pools, silu: the last map is too big for one tile -> the separate head kernel
     "unpooled-head-kernel": dict(widths=(16,), convs_per_block=(1,), pooled=(False,), stem="conv3x3",
                                  stem_width=8, act="silu", pool="avg", side=18),
@@ -130,3 +130,20 @@ def test_the_compile_axis_skips_fused_without_fold_fp16_or_gpu():
     with pytest.raises(Unsupported, match="fused"):
         prepare(_net(**CASES["pooled-fused-head"]), ok, cpu)
     assert ok.variant_id == "m-fp16-cl-fused-graph-fold"
+
+
+def test_prepare_builds_the_fused_path_and_keeps_tta(monkeypatch):
+    """The hook in runner.optimize.prepare (here on CPU: the device check patched out, no graph capture)."""
+    import functools
+
+    import runner.optimize as optimize
+    monkeypatch.setattr(optimize, "unsupported_reason", lambda v, d: None)
+    monkeypatch.setattr(fused, "fused_forward", functools.partial(fused.fused_forward, target_programs=1))
+    net = _net(**CASES["pooled-fused-head"])
+    v = Variant(model="m", precision="fp16", memory_format="channels_last", compile="fused", bn_fold=True, tta="flip")
+    prep = prepare(net, v, torch.device("cpu"))
+    x = prep.cast_input(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        ref = optimize.with_tta(fold_batchnorm(net)[0], "flip")(x.float())
+        got = prep.forward(x)
+    assert got.shape == (1, 10) and float((got - ref).abs().max() / ref.abs().max()) < 5e-3
