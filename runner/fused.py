@@ -217,8 +217,8 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
                   split_k: bool = False, fuse_stem: bool = False, num_warps: int | None = None,
                   num_stages: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
     """A callable running the folded `model` on inputs shaped like `example_x` (any batch) in Triton. `split_k`:
-    layers with fewer tiles than `target_programs` split K; `fuse_stem`: a small first conv (3 x k x k <= 32
-    inputs, <= 64 channels, no pool) runs inside the second one's kernel. `num_warps` None: by tile size."""
+    layers with fewer tiles than `target_programs` split K; `fuse_stem`: a small first conv (3 channels in,
+    k <= 3, <= 64 out, no pool) runs inside the second one's kernel. `num_warps` None: by tile size."""
     dev, f16 = example_x.device, torch.float16
     if dev.type != "cuda" and not INTERPRETED or example_x.dim() != 4:
         raise Unsupported(f"fused: Triton kernels need a CUDA device and (B, C, H, W) images, got {example_x.shape} "
@@ -227,7 +227,7 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
     (_, c, h, w), nc, ncp, st = example_x.shape, fc.out_features, max(16, _p2(fc.out_features)), convs[0][0]
     no_stem = dict(STEM_K=0, STEM_PAD=0, STEM_ACT=0, STEM_E=16)
     stem = dict(sw=None, sb=None, k=no_stem)
-    if fuse_stem and len(convs) > 2 and not convs[0][2] and c * st.kernel_size[0] ** 2 <= 32 and st.out_channels <= 64:
+    if fuse_stem and len(convs) > 2 and not convs[0][2] and c == 3 and st.kernel_size[0] <= 3 and st.out_channels <= 64:
         (_, stem_act, _), k0, p0, cp = convs.pop(0), st.kernel_size[0], st.padding[0], max(16, _p2(st.out_channels))
         e0, co0 = c * k0 * k0, st.out_channels
         sw, sb = torch.zeros(max(16, _p2(e0)), cp, dtype=f16, device=dev), torch.zeros(cp, device=dev)
