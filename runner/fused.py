@@ -287,8 +287,8 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
                                       torch.zeros(n_ws, dtype=torch.int32, device=dev))
             ws, cnt = workspaces[i, bsz] if sp > 1 else (out, out)
             _conv_kernel[(bsz * m_tiles, L["k"]["CO_PAD"] // L["bn"], sp)](
-                src, L["w"], L["b"], y, fcw, fcb, out, ws, cnt, L["sw"], L["sb"], scale, L["H"], L["W"], L["OW"],
-                L["P"], m_tiles, *strides, *in_shape[1:], **L["k"], SPLIT=sp, num_warps=L["warps"], num_stages=num_stages)
+                src, L["w"], L["b"], y, fcw, fcb, out, ws, cnt, L["sw"], L["sb"], scale, L["H"], L["W"], L["OW"], L["P"],
+                m_tiles, *strides, *in_shape[1:], **L["k"], SPLIT=sp, num_warps=L["warps"], num_stages=num_stages)
             src, strides = y, (L["P"] * L["cout"], L["OW"] * L["cout"], L["cout"], 1)
         if not fused_head:
             _head_kernel[(bsz,)](src, fcw, fcb, out, scale, layers[-1]["P"], C=c, CP=_p2(c), HEAD=head, NC=nc,
