@@ -225,8 +225,7 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
                           f"on {dev.type}")
     convs, head, fc, scale = _parse(model)
     (_, c, h, w), nc, ncp, st = example_x.shape, fc.out_features, max(16, _p2(fc.out_features)), convs[0][0]
-    no_stem = dict(STEM_K=0, STEM_PAD=0, STEM_ACT=0, STEM_E=16)
-    stem = dict(sw=None, sb=None, k=no_stem)
+    no_stem, stem = dict(STEM_K=0, STEM_PAD=0, STEM_ACT=0, STEM_E=16), dict(sw=None, sb=None)
     if fuse_stem and len(convs) > 2 and not convs[0][2] and c == 3 and st.kernel_size[0] <= 3 and st.out_channels <= 64:
         (_, stem_act, _), k0, p0, cp = convs.pop(0), st.kernel_size[0], st.padding[0], max(16, _p2(st.out_channels))
         e0, co0 = c * k0 * k0, st.out_channels
@@ -287,8 +286,9 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
                                       torch.zeros(n_ws, dtype=torch.int32, device=dev))
             ws, cnt = workspaces[i, bsz] if sp > 1 else (out, out)
             _conv_kernel[(bsz * m_tiles, L["k"]["CO_PAD"] // L["bn"], sp)](
-                src, L["w"], L["b"], y, fcw, fcb, out, ws, cnt, L["sw"], L["sb"], scale, L["H"], L["W"], L["OW"], L["P"],
-                m_tiles, *strides, *in_shape[1:], **L["k"], SPLIT=sp, num_warps=L["warps"], num_stages=num_stages)
+                src, L["w"], L["b"], y, fcw, fcb, out, ws, cnt, L["sw"], L["sb"], scale, L["H"], L["W"], L["OW"],
+                L["P"], m_tiles, *strides, *in_shape[1:], **L["k"], SPLIT=sp, num_warps=L["warps"],
+                num_stages=num_stages)
             src, strides = y, (L["P"] * L["cout"], L["OW"] * L["cout"], L["cout"], 1)
         if not fused_head:
             _head_kernel[(bsz,)](src, fcw, fcb, out, scale, layers[-1]["P"], C=c, CP=_p2(c), HEAD=head, NC=nc,
