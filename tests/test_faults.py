@@ -389,7 +389,7 @@ models:
     recipe: {epochs: 1, batch_size: 4096, test_subset: 64}
 grid:
   - models: [tiny]
-    precision: [fp32, bf16]
+    precision: [fp32]          # bf16 convolutions on this CPU: 150-170 ms a call against 4-14 ms in fp32
     memory_format: [contiguous, channels_last]
     bn_fold: [off, on]
   - models: [broken]

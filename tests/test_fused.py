@@ -12,28 +12,32 @@ import pytest
 import torch
 import torch.nn as nn
 
-# Triton picks interpreter or compiler when a kernel is decorated, i.e. when runner.fused is imported (re-
-# imported here if another test imported it first), and checks the switch again at each launch: it is set
-# for the import and, by the fixture below, during each test of this module only.
-_saved = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-try:
-    fused = importlib.reload(sys.modules["runner.fused"]) if "runner.fused" in sys.modules \
-        else importlib.import_module("runner.fused")
-finally:
-    if _saved is None:
-        os.environ.pop("TRITON_INTERPRET")
-    else:
-        os.environ["TRITON_INTERPRET"] = _saved
+# Triton picks interpreter or compiler when a kernel is decorated and reads the switch again at each launch,
+# and other tests of a suite import Triton (through inductor) first: process-wide state. So in a suite this
+# module runs itself in a fresh process with TRITON_INTERPRET=1 set from the start (the one test below),
+# and its tests proper run only there.
+IN_OWN_PROCESS = os.environ.get("RUNNER_FUSED_TESTS") == "1"
+if not IN_OWN_PROCESS:
+    def test_fused_kernels_in_their_own_process():
+        import subprocess
+
+        env = {**os.environ, "RUNNER_FUSED_TESTS": "1", "TRITON_INTERPRET": "1"}
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                               __file__], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        assert " passed" in done.stdout and "skipped" not in done.stdout.splitlines()[-1]
+else:
+    import runner.fused as fused  # noqa: F401  (TRITON_INTERPRET=1 was set before Triton was imported)
 
 from models import get_model  # noqa: E402
 from runner.optimize import Unsupported, fold_batchnorm, prepare, unsupported_reason  # noqa: E402
 from variants import Variant  # noqa: E402
 
 
-
 @pytest.fixture(autouse=True)
-def _interpret(monkeypatch):
+def _interpret(monkeypatch, request):
+    if not IN_OWN_PROCESS and request.node.name != "test_fused_kernels_in_their_own_process":
+        pytest.skip("runs in its own process (test_fused_kernels_in_their_own_process)")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 

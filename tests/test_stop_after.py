@@ -47,7 +47,7 @@ models:
     recipe: {epochs: 1, batch_size: 64, lr: 0.05, train_subset: 128, test_subset: 64}
 grid:
   - models: [tiny]
-    precision: [fp32, bf16]
+    memory_format: [contiguous, channels_last]
 """
 
 
@@ -68,7 +68,7 @@ def test_a_stopped_sweep_says_so_and_the_same_command_finishes_it(tmp_path, caps
 
     assert main(args) == 0
     rows = pd.read_parquet(run_dir / "results.parquet")
-    assert set(rows["variant_id"]) == {"tiny-fp32-nchw-eager", "tiny-bf16-nchw-eager"}
+    assert set(rows["variant_id"]) == {"tiny-fp32-nchw-eager", "tiny-fp32-cl-eager"}
     assert (rows["status"] == "ok").all() and not rows.duplicated(["variant_id", "repeat"]).any()
     sweep = json.loads((run_dir / "sweep.json").read_text())
     assert sweep["interrupted"] is False and [r["interrupted"] for r in sweep["previous_runs"]] == [True]
