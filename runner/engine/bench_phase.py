@@ -109,7 +109,7 @@ def _drive(ph: Phase, actors: list[Running]) -> None:
             ref, step, submitted = a.inflight
             a.inflight = None
             gate.ended(a.host, step.kind)
-            if step.kind == "hello":  # its host decides the actor's next steps: landed at once
+            if step.kind in ("hello", "more"):  # they decide the actor's next steps: landed at once (tiny)
                 _land(ph, a, ref, step, submitted, state)
                 continue
             deferred.append((a, ref, step, submitted))
