@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from models import get_model
 from models.fastnet import has_whitening_stem, init_whitening
-from runner.data import Cifar, DeviceBatches
+from runner.batches import DeviceBatches
+from runner.data import Cifar
 from runner.evaluate import accuracy
 from variants import TrainSpec
 

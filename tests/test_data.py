@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from runner import data as data_mod
-from runner.data import CLASSES, MEAN, STD, DataError, DeviceBatches, augment, cutout, load, normalizer, synthetic
+from runner.batches import DeviceBatches, augment, cutout
+from runner.data import CLASSES, MEAN, STD, DataError, load, normalizer, synthetic
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runner.data import DeviceBatches, synthetic
+from runner.batches import DeviceBatches
+from runner.data import synthetic
 from runner.evaluate import accuracy
 from runner.train import build_model, distill_loss, make_optimizer, model_from_checkpoint, one_cycle, train
 from variants import Recipe, TrainSpec
