@@ -7,7 +7,8 @@ channels-last fp16 maps with fp32 accumulation; the head (global pool, linear, s
 kernel, its programs adding their channels' logits atomically into a buffer the first kernel clears (a small
 head kernel when the last map is over one tile). A 4-conv fastnet (stem + 3 blocks): 4 kernels, 3 with
 `fuse_stem`. Tiles give ~TARGET_PROGRAMS programs per kernel at batch 1; `split_k` also splits the K loop
-(the last program of a tile, by an atomic counter, finishes it: no extra kernel).
+(the last program of a tile, by an atomic counter, finishes it: no extra kernel). The defaults (512, split K,
+fused stem) were the fastest in reports/h200-fused/ (runner.diagnostics.fused_probe on one H200).
 
     fn = fused_forward(folded_model, example_x)   # example_x: (B, 3, H, W) on the device, any batch
     logits = fn(x)                                 # fp32 (B, classes)
@@ -32,7 +33,7 @@ from runner.optimize import Unsupported
 ACTS = {nn.ReLU: 1, nn.GELU: 2, nn.SiLU: 3}          # 0: none
 POOLS = {nn.MaxPool2d: 1, nn.AvgPool2d: 2, nn.AdaptiveMaxPool2d: 1, nn.AdaptiveAvgPool2d: 2}
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"   # kernels run by Triton's CPU interpreter (tests)
-TARGET_PROGRAMS = 128   # programs per kernel at batch 1 the tile choice aims for (an H200 has 132 SMs)
+TARGET_PROGRAMS = 512   # programs per kernel at batch 1 the tile choice aims for (~4 per SM of an H200's 132)
 _p2 = triton.next_power_of_2
 
 
@@ -214,7 +215,7 @@ def _tiles(P: int, c_out: int, s: int, head: bool, target: int) -> tuple[int, in
 
 
 def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs: int = TARGET_PROGRAMS,
-                  split_k: bool = False, fuse_stem: bool = False, num_warps: int | None = None,
+                  split_k: bool = True, fuse_stem: bool = True, num_warps: int | None = None,
                   num_stages: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
     """A callable running the folded `model` on inputs shaped like `example_x` (any batch) in Triton. `split_k`:
     layers with fewer tiles than `target_programs` split K; `fuse_stem`: a small first conv (3 channels in,

@@ -1,14 +1,14 @@
 """GPU check of `compile: fused` (runner/fused.py) against the stock paths, on random-weight fastnets.
 
-    python -m runner.diagnostics.fused_probe [--nets 111,122] [--fused 32,128s,128f,128sf] [--iters 2000]
+    python -m runner.diagnostics.fused_probe [--nets 111,122] [--fused 128,128s,128sf,512s] [--iters 2000]
 
 For each net (the latency-first family's widths 64/256/256, whitening stem, GELU; `122` is
 convs_per_block (1, 2, 2)), BN folded, fp16, channels_last, each path in one CUDA graph:
   eager     eager ops captured in a graph (runner.optimize.prepare, compile: none)
   inductor  torch.compile default mode, captured in a graph (compile: default)
   fused@T   runner/fused.py, T target programs per kernel, `s`: split K, `f`: the stem fused into the next
-            conv (fused@128: the defaults, through runner.optimize.prepare; the others built directly, captured
-            the same way)
+            conv (fused@512: the defaults, split K and fused stem, through runner.optimize.prepare; the others
+            built directly, captured the same way)
 Prints the max relative logit error against the fp32 eager unfolded model (batch 1, and batch 1000 for
 fused), p50 / p95 of CUDA-event batch-1 latency (200 warm-up + `--iters` timed calls, runner.bench), and
 after all timing (profiling slows later launches) kernels per forward and their summed time. Random
@@ -60,7 +60,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", default="111,122")
-    ap.add_argument("--fused", default="32,128s,128f,128sf,512sf",
+    ap.add_argument("--fused", default="128,128s,128sf,512s",
                     help="more fused variants: target programs per kernel, + 's' split K, + 'f' fused stem")
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)
