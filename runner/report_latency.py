@@ -1,8 +1,8 @@
 """Report sections for the latency-first search: the Pareto front, the targets, and why each row is slow.
 
-The front is drawn over every ok variant (accuracy vs CUDA-event p95); the targets are the issue's
-(>= 85% top-1 at p95 <= 50 us, >= 90% at p95 <= 70 us on one H200): each is met by a named row or missed
-by a measured distance. The breakdown (runner/breakdown.py) gives kernels per forward, their summed time,
+The front is drawn over every ok variant (accuracy vs CUDA-event p95); the targets are issue 24's
+(>= 85% top-1 at p95 <= 25 us, >= 90% at <= 40 us, >= 93% at <= 100 us on one H200, the host-clock p95
+within 1.5x of the event one): each is met by a named row or missed by a measured distance. The breakdown (runner/breakdown.py) gives kernels per forward, their summed time,
 the gap between them and the launch floor measured in the same task, so a reader sees why a row is slow.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pandas as pd
 from runner.pareto import pareto_front, plot_pareto
 from runner.report_tables import ci_note, with_ci
 
-TARGETS = ((85.0, 50.0), (90.0, 70.0))   # (top-1 % at least, event p95 us at most), batch 1
+TARGETS = ((85.0, 25.0), (90.0, 40.0), (93.0, 100.0))   # (top-1 % at least, event p95 us at most), batch 1
+HOST_RATIO = 1.5   # a target row's host-clock p95 at most this times its event p95 (what a caller waits)
 DASH = "—"
 
 
@@ -53,8 +54,11 @@ def targets_lines(ok: pd.DataFrame) -> list[str]:
             hi = best.get("lat_p95_hi_ms")
             unsure = "" if hi is None or pd.isna(hi) or hi * 1000 <= p95_us else \
                 f"; not certainly: its 95% interval reaches {hi * 1000:.1f} us"
+            ratio = best.get("host_p95_ms", float("nan")) / best["lat_p95_ms"]
+            host = "" if pd.isna(ratio) else f"; host-clock p95 {ratio:.2f}x the event one" + (
+                "" if ratio <= HOST_RATIO else f", **over {HOST_RATIO:g}x**: met on events only")
             lines.append(f"- >= {acc:g}% at p95 <= {p95_us:g} us: **met** by `{best['variant_id']}` "
-                         f"({best['top1_pct']:.2f}%, p95 {with_ci(best, 'lat_p95_ms', 1, 1000.0)} us{unsure})")
+                         f"({best['top1_pct']:.2f}%, p95 {with_ci(best, 'lat_p95_ms', 1, 1000.0)} us{unsure}{host})")
             continue
         fast = ok[ok["lat_p95_ms"] * 1000 <= p95_us]
         acc_best = fast.sort_values("top1_pct").iloc[-1] if not fast.empty else None
