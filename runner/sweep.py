@@ -56,8 +56,10 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
                        "excludes": [".git", ".devkit", ".data", ".venv", "runs", "reports", "*.pt"]}
     # No address means a cluster of our own ("local"): ray.init(address=None) silently joins any cluster that
     # `ray start` left on this machine (a sweep joined a 2-node test cluster so), with a one-node runtime_env.
+    # RUNNER_DASHBOARD=0 leaves the dashboard out: on a 2-core machine its start costs a core for seconds
+    # (the test suite starts a dozen local clusters).
     ctx = ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env=runtime_env,
-                   include_dashboard=True, log_to_driver=True, logging_level="WARNING", **guard.local_ray_args(address))
+                   include_dashboard=os.environ.get("RUNNER_DASHBOARD", "1") != "0", log_to_driver=True, logging_level="WARNING", **guard.local_ray_args(address))
     reaper.watch_local_cluster()  # a cluster we started goes with this driver, even after a SIGKILL
     guard.reclaim_signals()  # ray.init replaced our SIGTERM handler with its own sys.exit(15)
     res = ray.cluster_resources()
