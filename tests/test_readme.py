@@ -1,9 +1,9 @@
-"""README.md renders as intended (CommonMark + GFM tables, via markdown-it-py) and its commands are real.
+"""README.md and docs/*.md render as intended (CommonMark + GFM tables, via markdown-it-py); their commands are real.
 
 Running the documented sweeps here would take minutes, so instead every `python -m runner ...` command
-the README shows (in code blocks and inline code) is parsed by the real argument parser, the files it
-names must exist, and commands that feed one another (train-bench -> train-summary, a sweep's folder ->
-report / export) must fit together.
+the README or a docs page shows (in code blocks and inline code) is parsed by the real argument parser, the
+files it names must exist, and commands that feed one another (train-bench -> train-summary, a sweep's
+folder -> report / export) must fit together.
 """
 from __future__ import annotations
 
@@ -21,44 +21,49 @@ from variants import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-SECTIONS = ["Quick start (CPU, a few minutes)", "Tests", "The full sweep on GPUs", "On a cluster",
-            "The Ray dashboard", "Where results go", "Data", "Declaring variants", "Training",
-            "How latency is measured", "Export: take the chosen model away", "Command line", "Published results",
-            "Layout"]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README, *DOCS]
+SECTIONS = ["Quick start (CPU, a few minutes)", "Tests", "The full sweep on GPUs", "How latency is measured",
+            "On a cluster", "The Ray dashboard", "Where results go", "Data", "Declaring variants", "Command line",
+            "Published results", "Layout"]
+MAX_LINE = 120
 CLOSING_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*$")
+page_ids = [p.relative_to(ROOT).as_posix() for p in PAGES]
 
 
-@lru_cache(maxsize=1)
-def tokens():
-    return MarkdownIt("commonmark").enable("table").parse(README.read_text())
+@lru_cache(maxsize=None)
+def tokens(page: Path = README):
+    return MarkdownIt("commonmark").enable("table").parse(page.read_text())
 
 
-def lines() -> list[str]:
-    return README.read_text().splitlines()
+def lines(page: Path = README) -> list[str]:
+    return page.read_text().splitlines()
 
 
-def headings(level: str = "h2") -> list[str]:
-    t = tokens()
+def headings(level: str = "h2", page: Path = README) -> list[str]:
+    t = tokens(page)
     return [t[i + 1].content for i, tok in enumerate(t) if tok.type == "heading_open" and tok.tag == level]
 
 
-def inline_children():
-    for tok in tokens():
+def inline_children(page: Path = README):
+    for tok in tokens(page):
         if tok.type == "inline":
             yield from tok.children or []
 
 
-def test_every_code_fence_closes_on_its_own_line():
-    fences = [t for t in tokens() if t.type == "fence"]
-    assert len(fences) >= 8
-    src = lines()
+@pytest.mark.parametrize("page", PAGES, ids=page_ids)
+def test_every_code_fence_closes_on_its_own_line(page):
+    fences = [t for t in tokens(page) if t.type == "fence"]
+    if page == README:
+        assert len(fences) >= 8
+    src = lines(page)
     for f in fences:
         start, end = f.map
         assert end <= len(src) and CLOSING_FENCE.match(src[end - 1]), \
-            f"code block opened on README line {start + 1} does not close (it runs to line {end})"
+            f"code block opened on {page.name} line {start + 1} does not close (it runs to line {end})"
         # A line that starts like a fence but goes on with text does not close it: it is swallowed.
         assert not any(line.lstrip().startswith("```") for line in f.content.splitlines()), \
-            f"code block at line {start + 1} contains a fence line with text after it"
+            f"code block at {page.name} line {start + 1} contains a fence line with text after it"
 
 
 def test_expected_sections_are_headings():
@@ -67,42 +72,68 @@ def test_expected_sections_are_headings():
     assert not missing, f"not rendered as headings: {missing}"
 
 
-def test_no_raw_html_and_tables_keep_their_columns():
-    html = [t.content for t in tokens() if t.type == "html_block"] + \
-           [c.content for c in inline_children() if c.type == "html_inline"]
-    assert not html, f"text that renders as HTML (an unquoted <word>?): {html}"
-    src = lines()
-    for t in (t for t in tokens() if t.type == "table_open"):
+def test_every_docs_page_has_a_title_and_is_linked_from_the_readme():
+    assert DOCS, "docs/ holds the explanations the README links to"
+    linked = {c.attrs["href"].split("#")[0] for c in inline_children() if c.type == "link_open"}
+    for page in DOCS:
+        assert len(headings("h1", page)) == 1, f"{page.name}: one title"
+        assert f"docs/{page.name}" in linked, f"README does not link docs/{page.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_ids)
+def test_lines_are_short(page):
+    long = [(i + 1, len(line)) for i, line in enumerate(lines(page)) if len(line) > MAX_LINE]
+    assert not long, f"{page.name}: lines over {MAX_LINE} characters (line, length): {long}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_ids)
+def test_no_raw_html_and_tables_keep_their_columns(page):
+    html = [t.content for t in tokens(page) if t.type == "html_block"] + \
+           [c.content for c in inline_children(page) if c.type == "html_inline"]
+    assert not html, f"{page.name}: text that renders as HTML (an unquoted <word>?): {html}"
+    src = lines(page)
+    for t in (t for t in tokens(page) if t.type == "table_open"):
         rows = src[t.map[0]:t.map[1]]
         # GFM splits a cell at every unescaped |, even inside `code`: extra cells are silently dropped.
         counts = {len(re.findall(r"(?<!\\)\|", r)) for r in rows}
-        assert len(counts) == 1, f"table at line {t.map[0] + 1} has rows with different cell counts: {rows}"
+        assert len(counts) == 1, \
+            f"{page.name}: table at line {t.map[0] + 1} has rows with different cell counts: {rows}"
 
 
 def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
 
 
-def test_links_point_at_real_files_and_headings():
-    anchors = {_slug(h) for h in headings("h2") + headings("h3")}
-    for c in inline_children():
+def _anchors(page: Path) -> set[str]:
+    return {_slug(h) for level in ("h1", "h2", "h3") for h in headings(level, page)}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_ids)
+def test_links_point_at_real_files_and_headings(page):
+    for c in inline_children(page):
         if c.type != "link_open":
             continue
         href = c.attrs["href"]
-        if href.startswith("#"):
-            assert href[1:] in anchors, f"link to missing section {href}"
-        elif not re.match(r"[a-z]+://", href):
-            assert (ROOT / href).exists(), f"link to missing file {href}"
+        if re.match(r"[a-z]+://", href):
+            continue
+        path, _, anchor = href.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        assert target.exists(), f"{page.name}: link to missing file {href}"
+        if anchor and target.suffix == ".md":
+            assert anchor in _anchors(target), f"{page.name}: link to missing section {href}"
 
 
 # ---- the commands -------------------------------------------------------------------------------------
 
 def commands() -> list[list[str]]:
-    """argv after `runner` of every `python -m runner ...` / `cifar-runner ...` in code blocks and spans."""
-    texts = [t.content for t in tokens() if t.type == "fence" and t.info in ("", "bash", "sh", "shell")]
-    texts += [c.content for c in inline_children() if c.type == "code_inline"]
+    """argv after `runner` of every `python -m runner ...` / `cifar-runner ...` in the pages' code blocks and spans."""
+    texts = []
+    for page in PAGES:
+        texts += [t.content for t in tokens(page) if t.type == "fence" and t.info in ("", "bash", "sh", "shell")]
+        texts += [c.content for c in inline_children(page) if c.type == "code_inline"]
     found = []
     for text in texts:
+        text = re.sub(r"\\\n", " ", text)  # a command continued with a backslash is one command
         for line in text.splitlines():
             for part in line.split("&&"):
                 try:
@@ -135,7 +166,7 @@ def parsed():
         try:
             out.append((argv, parser.parse_args(argv)))
         except SystemExit:
-            pytest.fail(f"README command `python -m runner {' '.join(argv)}` does not parse")
+            pytest.fail(f"documented command `python -m runner {' '.join(argv)}` does not parse")
     return out
 
 
@@ -160,10 +191,10 @@ def test_commands_fit_together():
     cmds = parsed()
     bench_outs = [args.out for _, args in cmds if args.verb == "train-bench"]
     for argv, args in cmds:
-        if args.verb == "train-summary":  # its inputs must be files a README train-bench writes
+        if args.verb == "train-summary":  # its inputs must be files a documented train-bench writes
             for pattern in args.parquet:
                 assert any(fnmatch.fnmatch(o, pattern) for o in bench_outs), \
-                    f"`{' '.join(argv)}`: no train-bench command in README writes {pattern}"
+                    f"`{' '.join(argv)}`: no documented train-bench command writes {pattern}"
     sweeps = {load_sweep(p).name: load_sweep(p) for p in (ROOT / "variants").glob("*.yaml")}
     for argv, args in cmds:
         run = getattr(args, "run", None) or getattr(args, "run_dir", None)
