@@ -4,7 +4,6 @@ Used via `models.get_model("mobilenet_v3_small_cifar")` from `runner/train.py`.
 """
 
 import torch.nn as nn
-from torchvision.models import mobilenet_v3_small
 
 from models.registry import register_model
 
@@ -18,6 +17,8 @@ def _set_stride_1(conv: nn.Conv2d, what: str) -> None:
 
 @register_model
 def mobilenet_v3_small_cifar(*, num_classes: int = 10, dropout: float = 0.2, **kw) -> nn.Module:
+    from torchvision.models import mobilenet_v3_small  # here, not at import: torchvision costs ~2 s a process
+
     model = mobilenet_v3_small(weights=None, num_classes=num_classes, dropout=dropout, **kw)
     # With ImageNet strides (total 32) a 32x32 input ends as a 1x1 map. Measured
     # reference (H200): torchvision's unadapted light nets reached ~76-78% in

@@ -4,7 +4,6 @@ Used via `models.get_model("resnet18_cifar")` from `runner/train.py`.
 """
 
 import torch.nn as nn
-from torchvision.models import resnet18
 
 from models.registry import register_model
 
@@ -12,6 +11,8 @@ from models.registry import register_model
 @register_model
 def resnet18_cifar(*, num_classes: int = 10, **kw) -> nn.Module:
     # Extra kwargs go to torchvision's ResNet (e.g. zero_init_residual); unknown ones raise.
+    from torchvision.models import resnet18  # here, not at import: torchvision costs ~2 s a process
+
     model = resnet18(weights=None, num_classes=num_classes, **kw)
     # Adapted stem: the ImageNet 7x7/2 conv + 3x3/2 max-pool would shrink a 32x32
     # image to 8x8 before the first block and lose most of the accuracy. A 3x3/1

@@ -6,7 +6,6 @@ Used via `models.get_model("shufflenet_v2_x1_0_cifar")` from `runner/train.py`.
 from typing import Callable
 
 import torch.nn as nn
-from torchvision.models import shufflenet_v2_x0_5, shufflenet_v2_x1_0
 
 from models.registry import register_model
 
@@ -28,9 +27,11 @@ def _adapt(builder: Callable[..., nn.Module], num_classes: int, **kw) -> nn.Modu
 
 @register_model
 def shufflenet_v2_x1_0_cifar(*, num_classes: int = 10, **kw) -> nn.Module:
+    from torchvision.models import shufflenet_v2_x1_0  # here, not at import: torchvision costs ~2 s a process
     return _adapt(shufflenet_v2_x1_0, num_classes, **kw)
 
 
 @register_model
 def shufflenet_v2_x0_5_cifar(*, num_classes: int = 10, **kw) -> nn.Module:
+    from torchvision.models import shufflenet_v2_x0_5
     return _adapt(shufflenet_v2_x0_5, num_classes, **kw)

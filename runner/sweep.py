@@ -91,7 +91,9 @@ def worker_probe() -> str:
 def _probe_workers(timeout_s: float = 180.0) -> None:
     """Fail in minutes, with a reason, when workers cannot start (Ray retries a crashing worker forever)."""
     try:
-        ray.get(ray.remote(num_cpus=0, max_calls=1)(worker_probe).options(name="probe").remote(), timeout=timeout_s)
+        # No max_calls: the probed worker (ray, torch and the project imported) stays and takes the first
+        # training, which is still the first task it runs; a worker's start is ~5 s on a small CPU.
+        ray.get(ray.remote(num_cpus=0)(worker_probe).options(name="probe").remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         raise WorkerStartError(
             f"no Ray worker could run a task within {timeout_s:.0f} s. Workers must be able to import ray, "

@@ -1,12 +1,51 @@
-"""Process-wide state a test may leave behind, restored after every test so the suite passes in any order.
+"""Shared by the whole suite: process-wide state restored after every test, and one small sweep per session.
 
-`runner.breakdown` remembers that this process ran torch.profiler and `runner.bench` then refuses to time
-(every later launch reads slow: reports/h200-inflation/). On a GPU machine the breakdown tests profile for
-real, so without this every later timing test in the session would fail there (issue 22).
+- `runner.breakdown` remembers that this process ran torch.profiler, and `runner.bench` then refuses to time
+  (every later launch reads slow: reports/h200-inflation/). On a GPU machine the breakdown tests profile for
+  real, so without the reset every later timing test in the session would fail there (issue 22).
+- The suite starts a dozen local Ray clusters; RUNNER_DASHBOARD=0 leaves the dashboard out of each (its start
+  costs a core for seconds on a 2-core machine). test_reaper, which checks the dashboard's port, turns it on.
+- `tiny_sweep`: one real sweep (local Ray, synthetic data, 1 epoch) that the end-to-end and export tests
+  read; a test that changes the folder works on a copy (`copy_of`).
 """
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
+
+os.environ.setdefault("RUNNER_DASHBOARD", "0")
+
+TINY_SWEEP = """
+sweep: e2e
+data: {source: synthetic}
+bench: {warmup: 3, iters: 20, repeats: 3, eval_batch_size: 64}
+models:
+  tiny:
+    arch: airbench_cifar
+    arch_args: {width_mult: 0.25}
+    recipe: {epochs: 1, batch_size: 64, lr: 0.05, train_subset: 256, test_subset: 128}
+  tiny_kd:
+    arch: airbench_cifar
+    arch_args: {width_mult: 0.25}
+    teacher: tiny
+    recipe: {epochs: 1, batch_size: 64, lr: 0.05, train_subset: 256, test_subset: 128}
+  broken:                       # more images per batch than the data has: training fails inside its task
+    arch: shufflenet_v2_x0_5_cifar
+    recipe: {epochs: 1, batch_size: 4096, test_subset: 128}
+grid:                           # fp32 only: bf16 convolutions take 150-170 ms a call on a 2-core CPU
+  - models: [tiny]
+    memory_format: [contiguous, channels_last]
+  - models: [tiny]
+    bn_fold: [on]
+  - models: [tiny]
+    cuda_graph: [on]            # no GPU here: a skipped row with the reason
+named:
+  B2: {model: tiny, precision: fp32, label: "tiny fp32"}
+  D1: {model: tiny_kd, precision: fp32, label: "distilled"}
+  B1: {model: broken, precision: fp32}
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +54,26 @@ def _forget_profiling():
     from runner import breakdown
 
     breakdown._profiled = False
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory):
+    """(spec, data, run folder, report path, the sweep's log lines) of TINY_SWEEP, run once per session."""
+    from runner.data import load
+    from runner.sweep import run_sweep
+    from variants import load_sweep
+
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "e2e.yaml").write_text(TINY_SWEEP)
+    spec, data = load_sweep(root / "e2e.yaml"), load("synthetic")  # what `export` loads for it too
+    lines: list[str] = []
+    report = run_sweep(spec, data, root / "runs" / "e2e", log=lines.append)
+    return spec, data, root / "runs" / "e2e", report, lines
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """copy_of(folder): a copy of a run folder in this test's tmp_path, for a test that writes into it."""
+    def copy(folder):
+        return shutil.copytree(folder, tmp_path / folder.name)
+    return copy

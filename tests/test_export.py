@@ -1,8 +1,9 @@
-"""`python -m runner export` end to end: a tiny sweep (real local Ray, synthetic data, 1 epoch), export,
-then the exported files loaded in a process that cannot import this project give the same logits."""
+"""`python -m runner export` end to end: the session's tiny sweep (real local Ray, synthetic data, 1 epoch),
+export, then the exported files loaded in a process that cannot import this project give the same logits."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,24 +15,9 @@ import torch
 from runner.cli import main
 from runner.data import load, normalizer
 from runner.export import eval_model
-from runner.sweep import run_sweep
-from variants import load_sweep
 
 pytestmark = pytest.mark.slow
 
-SWEEP = """
-sweep: exp
-data: {source: synthetic}
-bench: {warmup: 2, iters: 10, repeats: 2, eval_batch_size: 64}
-models:
-  tiny:
-    arch: airbench_cifar
-    arch_args: {width_mult: 0.25}
-    recipe: {epochs: 1, batch_size: 64, lr: 0.05, train_subset: 256, test_subset: 128}
-grid:
-  - precision: [fp32]
-    bn_fold: [off, on]
-"""
 FOLD = "tiny-fp32-nchw-eager-fold"
 
 # Runs with the repo off sys.path and an import hook that fails any import of the project's packages
@@ -55,18 +41,17 @@ ISOLATED = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    (root / "exp.yaml").write_text(SWEEP)
-    run_sweep(load_sweep(root / "exp.yaml"), load("synthetic"), root / "runs" / "exp", log=lambda _: None)
-    return root / "runs" / "exp"
+@pytest.fixture
+def run_dir(tiny_sweep, copy_of):
+    """A copy of the session's sweep (tests/conftest.py: tiny fp32, folded and not, ...): export writes into it."""
+    return copy_of(tiny_sweep[2])
 
 
 def test_export_chosen_model_and_remeasure(run_dir, capsys):
     assert main(["export", "--run", str(run_dir)]) == 0
-    assert "exported tiny-fp32-nchw-eager" in capsys.readouterr().out
+    chosen = re.search(r"exported (\S+)", capsys.readouterr().out).group(1)
     out = next((run_dir / "export").iterdir())
+    assert json.loads((out / "export.json").read_text())["variant_id"] == chosen
     # exactly these: the ONNX file holds its weights (no model.onnx.data beside it to lose on the way)
     assert {p.name for p in out.iterdir()} == {"model.pt2", "model.onnx", "state_dict.pt", "export.json", "export.md"}
     info = json.loads((out / "export.json").read_text())

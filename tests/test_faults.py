@@ -378,7 +378,7 @@ def test_task_error_cause_of_plain_exceptions():
 
 FAULT_SWEEP = """
 sweep: fault
-bench: {warmup: 2, iters: 30, repeats: 3, eval_batch_size: 64}
+bench: {warmup: 2, iters: 10, repeats: 3, eval_batch_size: 64}
 models:
   tiny:
     arch: airbench_cifar

@@ -28,8 +28,8 @@ models:
     recipe: {epochs: 1, batch_size: 64, lr: 0.05, train_subset: 128, test_subset: 64}
 grid:
   - models: [tiny]
-    precision: [fp32, bf16]
-    memory_format: [contiguous, channels_last]
+    memory_format: [contiguous, channels_last]   # fp32 only: bf16 convolutions take 150-170 ms a call here
+    bn_fold: [off, on]
   - models: [tiny_kd]
 """
 
@@ -57,7 +57,7 @@ def test_sweep_through_address_lands_every_row_from_both_nodes(cluster, tmp_path
     assert "Ray cluster: 2 node(s)" in text
     run_dir = out / "multinode"
     res = pd.read_parquet(run_dir / "results.parquet")
-    planned = {"tiny-fp32-nchw-eager", "tiny-fp32-cl-eager", "tiny-bf16-nchw-eager", "tiny-bf16-cl-eager",
+    planned = {"tiny-fp32-nchw-eager", "tiny-fp32-cl-eager", "tiny-fp32-nchw-eager-fold", "tiny-fp32-cl-eager-fold",
                "tiny_kd-fp32-nchw-eager"}
     assert set(res["variant_id"]) == planned
     assert (res["status"] == "ok").all(), res[res["status"] != "ok"][["variant_id", "error"]]

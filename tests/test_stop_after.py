@@ -72,12 +72,3 @@ def test_a_stopped_sweep_says_so_and_the_same_command_finishes_it(tmp_path, caps
     assert (rows["status"] == "ok").all() and not rows.duplicated(["variant_id", "repeat"]).any()
     sweep = json.loads((run_dir / "sweep.json").read_text())
     assert sweep["interrupted"] is False and [r["interrupted"] for r in sweep["previous_runs"]] == [True]
-
-    # As if the sweep had stopped in its re-check phase: nothing is left to measure, yet the re-checks run.
-    for part in (run_dir / "rechecks").glob("*.parquet"):
-        part.unlink()
-    capsys.readouterr()
-    assert main(args) == 0
-    text = capsys.readouterr().out
-    assert "0 to run" in text and text.count("ok      recheck:") == 2
-    assert set(pd.read_parquet(run_dir / "rechecks.parquet")["variant_id"]) == set(rows["variant_id"])

@@ -11,51 +11,15 @@ import pandas as pd
 import pytest
 
 from runner import timeline
-from runner.data import synthetic
 from runner.sweep import run_sweep
-from variants import load_sweep
 
 pytestmark = pytest.mark.slow
 
-SWEEP = """
-sweep: e2e
-bench: {warmup: 3, iters: 20, repeats: 3, eval_batch_size: 64}
-models:
-  tiny:
-    arch: airbench_cifar
-    arch_args: {width_mult: 0.25}
-    recipe: {epochs: 1, batch_size: 64, lr: 0.05, train_subset: 256, test_subset: 128}
-  tiny_kd:
-    arch: airbench_cifar
-    arch_args: {width_mult: 0.25}
-    teacher: tiny
-    recipe: {epochs: 1, batch_size: 64, lr: 0.05, train_subset: 256, test_subset: 128}
-  broken:                       # more images per batch than the data has: training fails inside its task
-    arch: shufflenet_v2_x0_5_cifar
-    recipe: {epochs: 1, batch_size: 4096, test_subset: 128}
-grid:
-  - models: [tiny]
-    precision: [fp32, bf16]
-    bn_fold: [off, on]
-  - models: [tiny]
-    cuda_graph: [on]            # no GPU here: a skipped row with the reason
-named:
-  B2: {model: tiny, precision: fp32, label: "tiny fp32"}
-  D1: {model: tiny_kd, precision: fp32, label: "distilled"}
-  B1: {model: broken, precision: fp32}
-"""
 
-
-@pytest.fixture(scope="module")
-def sweep_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    cfg = root / "e2e.yaml"
-    cfg.write_text(SWEEP)
-    spec = load_sweep(cfg)
-    data = synthetic(n_train=256, n_test=128)
-    lines: list[str] = []
-    report = run_sweep(spec, data, root / "runs" / "e2e", log=lines.append)
-    return spec, data, root / "runs" / "e2e", report, lines
+@pytest.fixture
+def sweep_run(tiny_sweep):
+    """The session's sweep (tests/conftest.py: TINY_SWEEP): a real local Ray cluster, synthetic data."""
+    return tiny_sweep
 
 
 def test_every_variant_ends_as_a_row(sweep_run):
@@ -114,9 +78,6 @@ def test_ok_rows_carry_measurements_and_provenance(sweep_run):
     assert (ok["timer"] == "host").all() and (ok["device"] == "cpu").all()
     assert ok["torch_version"].notna().all() and ok["git_commit"].notna().all()
     assert ok["data_source"].str.startswith(data.source).all()  # plus the recipe's subset, when one is used
-    # bf16 stores half the bytes of fp32 (all but BN's int64 step counters, a few bytes).
-    size = ok.groupby("variant_id")["size_mb"].first()
-    assert size["tiny-bf16-nchw-eager"] == pytest.approx(size["tiny-fp32-nchw-eager"] / 2, rel=1e-3)
     samples = pd.read_parquet(run_dir / "samples" / "tiny-fp32-nchw-eager.parquet")
     row = ok[ok["variant_id"] == "tiny-fp32-nchw-eager"]
     # every call of every kept slice (4 calls each); a slow round's slices are replaced, so at least 5 per repeat
@@ -154,11 +115,19 @@ def test_steps_account_for_the_work_and_timings_run_alone(sweep_run):
     assert (run_dir / "timeline.png").exists() and "## Where the time went" in text and "| time |" in text
 
 
-def test_rerun_resumes_and_keeps_finished_rows(sweep_run):
-    spec, data, run_dir, _, _ = sweep_run
+def test_rerun_resumes_and_keeps_finished_rows(sweep_run, copy_of):
+    """Finished rows are kept as they are; re-checks missing (as if the sweep had stopped in its re-check
+    phase) are run, with nothing else to measure."""
+    spec, data, shared, _, _ = sweep_run
+    run_dir = copy_of(shared)
     before = pd.read_parquet(run_dir / "results.parquet")
+    checked = set(pd.read_parquet(run_dir / "rechecks.parquet")["variant_id"])
+    for part in (run_dir / "rechecks").glob("*.parquet"):
+        part.unlink()
     lines: list[str] = []
     run_sweep(spec, data, run_dir, log=lines.append)
+    assert sum(" ok      recheck:" in l for l in lines) == len(checked) >= 2
+    assert set(pd.read_parquet(run_dir / "rechecks.parquet")["variant_id"]) == checked
     after = pd.read_parquet(run_dir / "results.parquet")
     done = (before["status"].isin(["ok", "skipped"])).groupby(before["variant_id"]).all().sum()
     assert any(f"resuming: {done} variant(s) already measured" in l for l in lines)
@@ -170,19 +139,23 @@ def test_rerun_resumes_and_keeps_finished_rows(sweep_run):
 
 
 def test_rows_from_other_code_are_measured_again(sweep_run, monkeypatch):
-    """Resume keys carry a digest of the project's code: a row measured by other code does not count."""
+    """Resume keys carry a digest of the project's code: a row measured by other code does not count as done
+    (the same comparison run_sweep makes before it submits anything)."""
+    from runner import env, sweep
     spec, data, run_dir, _, _ = sweep_run
-    from runner import env
-    real = env.code_digest()
-    before = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
-    assert set(before["code_digest"]) == {real}  # the digest of the code the workers ran
-    monkeypatch.setattr(env, "code_digest", lambda: "0123456789ab")  # the driver now runs "other" code
-    lines: list[str] = []
-    run_sweep(spec, data, run_dir, log=lines.append)
-    assert not any(l.startswith("resuming:") for l in lines)
-    after = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
-    assert set(after["variant_id"]) == set(before["variant_id"])
-    assert (after.groupby("variant_id")["finished_at"].first() > before.groupby("variant_id")["finished_at"].first()).all()
+    ok = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
+    assert set(ok["code_digest"]) == {env.code_digest()}  # the digest of the code the workers ran
+    done = sweep._finished_rows(run_dir, {"gpus": 0})
+
+    def finished(code: str) -> set[str]:
+        return {v.variant_id for v in spec.variants
+                if done.get(v.variant_id) == sweep.variant_hash(v, spec.model(v.model), spec.bench, data.source, code)}
+
+    assert set(ok["variant_id"]) <= finished(env.code_digest())
+    assert finished("0123456789ab") == set()  # other code: every variant is measured again
+    assert sweep._finished_rows(run_dir, {"gpus": 1, "gpu_kinds": ["H200"]}).keys() <= \
+        {v for v, s in pd.read_parquet(run_dir / "results.parquet").groupby("variant_id")["status"].first().items()
+         if s == "skipped"}  # a CPU row does not stand for a GPU one
 
 
 def test_report_has_the_trust_sections(sweep_run):
@@ -196,8 +169,8 @@ def test_report_has_the_trust_sections(sweep_run):
     ok = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
     assert (ok["timing_order"] == "round-robin").all()
     pairs = pd.read_parquet(run_dir / "pairs.parquet")
-    # bf16 and fold are the two optimisations with a measured parent in the sweep file above
-    assert {"tiny-bf16-nchw-eager", "tiny-fp32-nchw-eager-fold"} <= set(pairs["variant_id"])
+    # channels_last and fold are the two optimisations with a measured parent in the sweep file
+    assert {"tiny-fp32-cl-eager", "tiny-fp32-nchw-eager-fold"} <= set(pairs["variant_id"])
     assert (pairs["status"] == "ok").all()
     rechecks = pd.read_parquet(run_dir / "rechecks.parquet")
     assert {"tiny-fp32-nchw-eager", "tiny_kd-fp32-nchw-eager"} <= set(rechecks["variant_id"])  # the named rows
