@@ -111,7 +111,7 @@ def _wait_until(check, timeout: float) -> bool:
 
 def _start_sweep(root: Path) -> subprocess.Popen:
     (root / "reap.yaml").write_text(SWEEP)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "RUNNER_DASHBOARD": "1"}  # its port
     env.pop("RAY_ADDRESS", None)  # a local cluster of its own, the case the reaper is for
     return subprocess.Popen([sys.executable, "-m", "runner", "sweep", "--config", str(root / "reap.yaml"),
                              "--data", "synthetic", "--out", str(root / "runs")], cwd=root, env=env,
