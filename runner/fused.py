@@ -7,8 +7,7 @@ channels-last fp16 maps with fp32 accumulation; the head (global pool, linear, s
 kernel, its programs adding their channels' logits atomically into a buffer the first kernel clears (a small
 head kernel when the last map is over one tile). A 4-conv fastnet (stem + 3 blocks): 4 kernels, 3 with
 `fuse_stem`. Tiles give ~TARGET_PROGRAMS programs per kernel at batch 1; `split_k` also splits the K loop
-(the last program of a tile, by an atomic counter, finishes it: no extra kernel). The defaults (512, split K,
-fused stem) were the fastest in reports/h200-fused/ (runner.diagnostics.fused_probe on one H200).
+(the last program of a tile, by an atomic counter, finishes it). Defaults: the fastest in reports/h200-fused/.
 
     fn = fused_forward(folded_model, example_x)   # example_x: (B, 3, H, W) on the device, any batch
     logits = fn(x)                                 # fp32 (B, classes)
