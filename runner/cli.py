@@ -27,6 +27,27 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Every option's help ends with its default; descriptions keep their line breaks."""
 
 
+def _at_least(low: int):
+    """An argparse type: a whole number >= `low`, refused at parse time with the flag's value named."""
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text}: give a number >= {low}")
+        return value
+    return count
+
+
+def _seeds(text: str) -> str:
+    """Comma-separated whole numbers (kept as text: runner.train_bench.parse_seeds reads it)."""
+    bad = [s for s in text.split(",") if s.strip() and not s.strip().lstrip("-").isdigit()]
+    if bad or not text.strip(","):
+        raise argparse.ArgumentTypeError(f"'{text}': give comma-separated whole numbers, e.g. 0,1,2")
+    return text
+
+
 # The options several verbs take, defined once. A verb's code is imported only when that verb runs, so
 # `list` and `--help` stay fast. flag -> add_argument keywords. A verb may override the default and help (e.g. what --out names).
 SHARED: dict[str, dict[str, Any]] = {
@@ -37,10 +58,10 @@ SHARED: dict[str, dict[str, Any]] = {
     "--address": dict(metavar="ADDR", help="join a running Ray cluster ('auto' on a cluster node, or "
                                            "host:port); None starts a local Ray on this machine"),
     "--out": dict(default="runs", metavar="DIR", help="parent folder: results go to DIR/<sweep>/"),
-    "--max-epochs": dict(type=int, metavar="N", help="cap every model's epochs (the report then says the run "
-                                                     "is shortened); None keeps the recipes' epochs"),
-    "--bench-iters": dict(type=int, metavar="N", help="cap warm-up and timed iterations per repeat (marks the "
-                                                      "run shortened); None keeps the sweep file's"),
+    "--max-epochs": dict(type=_at_least(1), metavar="N", help="cap every model's epochs (the report then says "
+                                                              "the run is shortened); None keeps the recipes'"),
+    "--bench-iters": dict(type=_at_least(1), metavar="N", help="cap warm-up and timed iterations per repeat "
+                                                               "(marks the run shortened); None keeps the file's"),
     "--device": dict(metavar="DEV", help="torch device such as cuda:0 or cpu; None means cuda when "
                                          "available, else cpu"),
 }
@@ -106,7 +127,7 @@ def _training_verbs(sub) -> None:
               "every training.")
     shared(p, "--config")
     p.add_argument("--models", metavar="KEYS", help="comma-separated model keys of the sweep file; None: all")
-    p.add_argument("--seeds", help="comma-separated seeds; repeat one (0,0) to check run-to-run "
+    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds; repeat one (0,0) to check run-to-run "
                                    "reproducibility; None: the sweep file's seed")
     p.add_argument("--teacher-seed", type=int, metavar="N",
                    help="train each teacher once with this seed; None: once per student seed")
@@ -147,9 +168,9 @@ def _diagnostic_verbs(sub) -> None:
               "check our batch-1 timer against an independent one",
               "Time three untrained variants with our bench, then with an independent timer (triton's "
               "do_bench on a GPU, else torch.utils.benchmark), then ours again; agreement is within 10%.")
-    p.add_argument("--iters", type=int, default=1000, help="timed iterations per repeat of our bench")
-    p.add_argument("--warmup", type=int, default=200, help="warm-up iterations per repeat of our bench")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of our bench")
+    p.add_argument("--iters", type=_at_least(1), default=1000, help="timed iterations per repeat of our bench")
+    p.add_argument("--warmup", type=_at_least(0), default=200, help="warm-up iterations per repeat of our bench")
+    p.add_argument("--repeats", type=_at_least(1), default=3, help="repeats of our bench")
     p.add_argument("--timer", choices=("auto", "triton", "torch"), default="auto",
                    help="independent timer: auto = triton on CUDA when installed, else torch's Timer")
     p.add_argument("--indep-warmup-ms", type=float, default=100.0, help="do_bench warm-up budget (ms)")
@@ -164,8 +185,8 @@ def _diagnostic_verbs(sub) -> None:
               "Bench alone, with a second process loading the same GPU, and after: NVML must list the "
               "other process (gpu_exclusive False) and host latency must rise.")
     p.add_argument("--seconds", type=float, default=20.0, help="how long the second process keeps the GPU busy")
-    p.add_argument("--warmup", type=int, default=50, help="warm-up iterations of each bench")
-    p.add_argument("--iters", type=int, default=300, help="timed iterations of each bench")
+    p.add_argument("--warmup", type=_at_least(0), default=50, help="warm-up iterations of each bench")
+    p.add_argument("--iters", type=_at_least(1), default=300, help="timed iterations of each bench")
     p.add_argument("--device-index", type=int, default=0, help="CUDA device index (both processes use it)")
     shared(p, "--out", default="runs/exclusivity.json", metavar="FILE", help="JSON report to write")
 

@@ -162,8 +162,8 @@ def probe_address(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> st
                              f"with `ray start --head`, or leave --address out to start a local one.") from None
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise GuardError(f"--address {address!r}: expected host:port, 'auto', or ray://host:port")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:  # a port out of range: OverflowError
+        raise GuardError(f"--address {address!r}: expected host:port (port 1-65535), 'auto', or ray://host:port")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:

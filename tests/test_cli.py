@@ -158,3 +158,28 @@ def test_train_never_writes_over_a_sweeps_checkpoint(tmp_path, capsys):
     ckpt = torch.load(own, weights_only=True)
     assert ckpt["key"] == "tiny" and ckpt["epochs"] == 1
     assert str(own) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["crosscheck", "--iters", "0"], "argument --iters: 0: give a number >= 1"),
+    (["crosscheck", "--warmup", "-1"], "argument --warmup: -1: give a number >= 0"),
+    (["crosscheck", "--repeats", "two"], "argument --repeats: 'two' is not a whole number"),
+    (["exclusivity", "--iters", "0"], "argument --iters: 0: give a number >= 1"),
+    (["sweep", "--max-epochs", "0"], "argument --max-epochs: 0: give a number >= 1"),
+    (["sweep", "--bench-iters", "1.5"], "argument --bench-iters: '1.5' is not a whole number"),
+    (["train-bench", "--seeds", "a,b"], "argument --seeds: 'a,b': give comma-separated whole numbers"),
+    (["train-bench", "--seeds", ","], "argument --seeds: ',': give comma-separated whole numbers"),
+])
+def test_numeric_flags_are_refused_at_parse_time(argv, words, capsys):
+    """Issue 27: a count of 0 or a word where a number belongs ends in argparse's one-line usage error (exit
+    2), before any verb's code runs; `crosscheck --iters 0` used to run and report DISAGREE."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and words in err and "Traceback" not in err, err
+
+
+def test_valid_seeds_still_reach_the_verb():
+    from runner.cli import build_parser
+    args = build_parser().parse_args(["train-bench", "--seeds", "0,1,-2"])
+    assert args.seeds == "0,1,-2"

@@ -170,6 +170,7 @@ def _free_port() -> int:
     ("127.0.0.1:{port}", "no Ray cluster answers at 127.0.0.1:{port}"),
     ("ray://127.0.0.1:{port}", "no Ray cluster answers at 127.0.0.1:{port}"),
     ("not-an-address", "expected host:port"),
+    ("127.0.0.1:99999", "expected host:port (port 1-65535)"),   # was an OverflowError traceback (issue 27)
 ])
 def test_dead_address_fails_in_seconds(address, words, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
