@@ -93,3 +93,9 @@ def test_export_refuses_unknown_variant_and_missing_run(run_dir, tmp_path, capsy
     assert "no variant 'nope'" in err and FOLD in err
     assert main(["export", "--run", str(tmp_path)]) == 2
     assert "results.parquet" in capsys.readouterr().err
+    # issue 27: a variant that did not end ok was exported with exit 0; now one line and exit 2
+    for vid, status in (("broken-fp32-nchw-eager", "error"), ("tiny-fp32-nchw-eager-graph", "skipped")):
+        assert main(["export", "--run", str(run_dir), "--variant", vid]) == 2
+        err = capsys.readouterr().err
+        assert f"variant '{vid}' ended as '{status}'" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (run_dir / "export").exists()
