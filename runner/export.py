@@ -46,9 +46,9 @@ def pick(run_dir: Path, variant_id: str | None) -> tuple[pd.Series, str]:
                               + ", ".join(summary["variant_id"]))
         row = hit.iloc[0]
         if row["status"] != "ok":  # an errored or skipped variant has no measured model to stand for
-            why = str(row.get("error") or "").splitlines()[:1]
+            why = str(row.get("error") or "").partition("\n")[0][:200]
             raise LookupError(f"variant '{variant_id}' ended as '{row['status']}' in the sweep"
-                              + (f" ({why[0][:200]})" if why else "") + ": nothing measured to export")
+                              + (f" ({why})" if why else "") + ": nothing measured to export")
         return row, "named with --variant"
     sweep_json = run_dir / "sweep.json"
     bar = float(json.loads(sweep_json.read_text()).get("accuracy_bar_pct", 85.0)) if sweep_json.exists() else 85.0

@@ -58,8 +58,10 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
     # `ray start` left on this machine (a sweep joined a 2-node test cluster so), with a one-node runtime_env.
     # RUNNER_DASHBOARD=0 leaves the dashboard out: on a 2-core machine its start costs a core for seconds
     # (the test suite starts a dozen local clusters).
+    dashboard = os.environ.get("RUNNER_DASHBOARD", "1") != "0"
     ctx = ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env=runtime_env,
-                   include_dashboard=os.environ.get("RUNNER_DASHBOARD", "1") != "0", log_to_driver=True, logging_level="WARNING", **guard.local_ray_args(address))
+                   include_dashboard=dashboard, log_to_driver=True, logging_level="WARNING",
+                   **guard.local_ray_args(address))
     reaper.watch_local_cluster()  # a cluster we started goes with this driver, even after a SIGKILL
     guard.reclaim_signals()  # ray.init replaced our SIGTERM handler with its own sys.exit(15)
     res = ray.cluster_resources()
@@ -91,8 +93,8 @@ def worker_probe() -> str:
 def _probe_workers(timeout_s: float = 180.0) -> None:
     """Fail in minutes, with a reason, when workers cannot start (Ray retries a crashing worker forever)."""
     try:
-        # No max_calls: the probed worker (ray, torch and the project imported) stays and takes the first
-        # training, which is still the first task it runs; a worker's start is ~5 s on a small CPU.
+        # No max_calls: the probed worker (ray, torch and the project imported) stays idle, so Ray may lease
+        # it for the first training (still the first real task it runs). Whether it does was not checked.
         ray.get(ray.remote(num_cpus=0)(worker_probe).options(name="probe").remote(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         raise WorkerStartError(
