@@ -145,8 +145,8 @@ def _training_verbs(sub) -> None:
 def _export_verb(sub) -> None:
     p = _verb(sub, "export", "runner.export:run", "export a model of a finished sweep (torch.export + ONNX)",
               "Write the sweep's chosen model (lowest host-clock p95 at or above the accuracy bar, else the most "
-              "accurate), or --variant, as model.pt2 + model.onnx + state_dict.pt + export.json, and check "
-              "the exported files' accuracy on the test set (CPU).")
+              "accurate, the fastest of equals), or --variant, as model.pt2 + model.onnx + state_dict.pt + "
+              "export.json, and check the exported files' accuracy on the test set (CPU).")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a finished sweep folder, e.g. runs/quick")
     p.add_argument("--variant", metavar="ID", help="variant id to export; None: the chosen model")
     shared(p, "--out", default=None, help="folder to write; None: RUN_DIR/export/<variant_id>")

@@ -141,17 +141,26 @@ def _compare(r: pd.Series, parent: pd.Series, axis: str, v: list[float], pv: lis
 
 # ---------------------------------------------------------------- the chosen model
 
+# Stated in the report and by `export`, so a reader knows why this model and not another.
+RULE = ("accuracy bar first, then latency: the lowest host-clock p95 (CUDA-event p95 where no host time exists) "
+        "among ok variants at or above the bar; when none reaches it, the most accurate, and among equally "
+        "accurate ones the fastest")
+
+
 def choose(summary: pd.DataFrame, bar_pct: float) -> dict[str, Any]:
     """The ok variant with top-1 >= bar_pct that a caller waits least for: the lowest host-clock p95
     (CUDA-event p95 where no host time exists), with what it beat. `runner_up_overlaps`: True when the
-    runner-up's 95% interval of that p95 overlaps the chosen one's (not distinguishable), None unknown."""
+    runner-up's 95% interval of that p95 overlaps the chosen one's (not distinguishable), None unknown.
+    `most_accurate` (the fallback when none passes): the highest top-1, the fastest of those tied on it."""
     ok = summary[(summary["status"] == "ok")].dropna(subset=["lat_p95_ms"])
     ok = ok.assign(_rank=ok.apply(agreement.rank_latency, axis=1)) if not ok.empty else ok.assign(_rank=[])
-    passing = ok[ok["top1_pct"] >= bar_pct].sort_values("_rank", kind="stable")
+    # A tie on latency goes to the more accurate one; a tie on accuracy to the faster one.
+    passing = ok[ok["top1_pct"] >= bar_pct].sort_values(["_rank", "top1_pct"], ascending=[True, False], kind="stable")
     out: dict[str, Any] = {"chosen": None, "runner_up": None, "faster_under_bar": None, "most_accurate": None,
                            "runner_up_overlaps": None}
-    if not ok.dropna(subset=["top1_pct"]).empty:
-        out["most_accurate"] = ok.sort_values("top1_pct", ascending=False, kind="stable").iloc[0]
+    rated = ok.dropna(subset=["top1_pct"])
+    if not rated.empty:
+        out["most_accurate"] = rated.sort_values(["top1_pct", "_rank"], ascending=[False, True], kind="stable").iloc[0]
     if passing.empty:
         return out
     chosen = passing.iloc[0]

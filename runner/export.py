@@ -3,9 +3,10 @@
     python -m runner export --run runs/<sweep> [--variant ID] [--out DIR] [--data SOURCE]
 
 The model is the sweep's chosen one (lowest host-clock p95 among ok variants at or above the accuracy
-bar, as in the report; the most accurate one when none reaches it) or `--variant`. What is exported is the fp32 eval
-model of that variant's checkpoint, with its BatchNorms folded when the variant folds them: precision,
-memory format, compile mode and CUDA graph are deployment choices of the runtime that loads the file.
+bar, as in the report; the most accurate one, the fastest of equals, when none reaches it) or `--variant`.
+What is exported is the fp32 eval model of that variant's checkpoint, with its BatchNorms folded when the
+variant folds them: precision, memory format, compile mode and CUDA graph are deployment choices of the
+runtime that loads the file.
 The folder (default runs/<sweep>/export/<variant_id>/) holds:
 
     model.pt2       torch.export program (dynamic batch); torch.export.load(...).module()(x)
@@ -56,7 +57,7 @@ def pick(run_dir: Path, variant_id: str | None) -> tuple[pd.Series, str]:
     if best["chosen"] is not None:
         return best["chosen"], f"lowest host-clock p95 among ok variants with top-1 >= {bar:g}%"
     if best["most_accurate"] is not None:
-        return best["most_accurate"], f"most accurate ok variant (none reached {bar:g}%)"
+        return best["most_accurate"], f"most accurate ok variant, the fastest of those tied (none reached {bar:g}%)"
     raise LookupError(f"no ok variant with an accuracy in {run_dir / 'results.parquet'}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from runner import report_trust
-from runner.decisions import MAX_ACC_DROP_PTS, choose
+from runner.decisions import MAX_ACC_DROP_PTS, RULE, choose
 from runner.report_format import (DASH, _distinct, _first_line, _flag, _is_true, _missing, _num, _ok, _txt,
                                   markdown_table)
 
@@ -53,15 +53,15 @@ def ci_note(frame: pd.DataFrame) -> str:
 
 
 def _chosen_section(summary: pd.DataFrame, decisions: pd.DataFrame, bar: float) -> list[str]:
-    lines = ["## Chosen model", ""]
+    lines = ["## Chosen model", "", f"Rule: {RULE}.", ""]
     pick = choose(summary, bar)
     c = pick["chosen"]
     if c is None:
         lines.append(f"**No variant reached the {bar:.1f}% accuracy bar.**")
         m = pick["most_accurate"]
         if m is not None:
-            lines.append(f"The most accurate one is {_name(m)}: {_num(m['top1_pct'])}% top-1, "
-                         f"p95 {_num(m['lat_p95_ms'], 3)} ms.")
+            lines.append(f"The most accurate one (the fastest of those tied on top-1; what `export` writes) is "
+                         f"{_name(m)}: {_num(m['top1_pct'])}% top-1, p95 {_num(m['lat_p95_ms'], 3)} ms.")
         else:
             lines.append("No variant finished with an accuracy.")
         return lines + [""]
