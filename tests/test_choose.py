@@ -13,7 +13,8 @@ from runner.results import summarize, write_rows
 
 def _row(vid: str, top1: float, p95: float, rep: int = 0) -> dict:
     return dict(sweep="unit", variant_id=vid, brief_id=None, label=vid, model="mbv3", arch="mbv3", precision="fp32",
-                memory_format="contiguous", compile="none", cuda_graph=False, bn_fold=False, status="ok", repeat=rep, top1_pct=top1,
+                memory_format="contiguous", compile="none", cuda_graph=False, bn_fold=False, status="ok", repeat=rep,
+                top1_pct=top1,
                 lat_mean_ms=p95 * 0.9, lat_p50_ms=p95 * 0.8, lat_p95_ms=p95, host_p50_ms=p95 * 0.8, host_p95_ms=p95,
                 device="cpu", timer="host", size_mb=6.0, config_json="{}")
 
