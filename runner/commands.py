@@ -27,10 +27,15 @@ def _shortened_note(spec, args) -> str:
     return ("shortened run: " + "; ".join(parts)) if parts else ""
 
 
-def _data(spec, args):
-    from runner.data import load
-    source = args.data or spec.data.source
-    return load(source, spec.data.root)
+def _data(spec, args, run_dir: Path):
+    """--data; else the data run_dir's sweep used while the sweep file still names what it named then (a
+    resume or `train` beside an image-folder sweep needs no --data again, nor a download); else the file's."""
+    from runner.data import load, recorded
+    rec = None if args.data else recorded(run_dir)
+    if rec and rec.get("sweep_file") == spec.data.source:
+        print(f"data: {rec['source']}, as the sweep in {run_dir} used (sweep.json); --data to change it")
+        return load(rec["source"], rec.get("root"))
+    return load(args.data or spec.data.source, spec.data.root)
 
 
 def cmd_sweep(args) -> int:
@@ -42,7 +47,7 @@ def cmd_sweep(args) -> int:
     guard.probe_address(args.address)  # a cluster that is not there fails here, in seconds
     run_dir = guard.run_folder(args.out, spec.name)
     note = _shortened_note(spec, args)
-    data = _data(spec, args)
+    data = _data(spec, args, run_dir)
     print(f"sweep '{spec.name}': {len(spec.models)} model(s) to train, {len(spec.variants)} variant(s) to measure")
     print(f"data: {data.source}")
     with guard.sweep_lock(run_dir):  # one sweep per run folder; Ctrl-C / SIGTERM shut down cleanly
@@ -122,7 +127,7 @@ def cmd_train(args) -> int:
         print(f"error: '{m.key}' is distilled from '{m.teacher}'; run it inside a sweep", file=sys.stderr)
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt = train(m, _data(spec, args), device)
+    ckpt = train(m, _data(spec, args, Path(args.out) / spec.name), device)
     out = train_checkpoint_path(Path(args.out), spec.name, m.key)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, out.with_suffix(".tmp"))

@@ -13,7 +13,9 @@ zero-copy), so workers on other nodes need no data of their own.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import lzma
 import os
 import shutil
@@ -45,6 +47,10 @@ class Cifar:
     test_x: np.ndarray
     test_y: np.ndarray
     source: str           # human-readable: name, where from, checksum of the decoded arrays
+    # What load() was given (cifar10, synthetic, a folder made absolute) and its root: a run folder
+    # records them, so export / train / a resume reload the same data from any working directory.
+    origin: str = ""
+    root: str | None = None
 
     def subset(self, train: int = 0, test: int = 0) -> "Cifar":
         """A fixed random subset (same images every call): image folders are stored class by class,
@@ -52,8 +58,9 @@ class Cifar:
         if not train and not test:
             return self
         tr, te = _pick(len(self.train_y), train), _pick(len(self.test_y), test)
-        return Cifar(self.train_x[tr], self.train_y[tr], self.test_x[te], self.test_y[te],
-                     f"{self.source} [subset train={train or 'all'} test={test or 'all'}]")
+        return dataclasses.replace(self, train_x=self.train_x[tr], train_y=self.train_y[tr],
+                                   test_x=self.test_x[te], test_y=self.test_y[te],
+                                   source=f"{self.source} [subset train={train or 'all'} test={test or 'all'}]")
 
 
 def _pick(n: int, k: int) -> np.ndarray | slice:
@@ -68,10 +75,25 @@ def cache_dir() -> Path:
 
 def load(source: str = "cifar10", root: str | None = None) -> Cifar:
     if source == "synthetic":
-        return synthetic()
+        return dataclasses.replace(synthetic(), origin=source)
     if source == "cifar10":
-        return _load_official(Path(root) if root else cache_dir() / "torchvision")
-    return _load_folder(Path(source).expanduser())
+        return dataclasses.replace(_load_official(Path(root) if root else cache_dir() / "torchvision"),
+                                   origin=source, root=root)
+    path = Path(source).expanduser()
+    return dataclasses.replace(_load_folder(path), origin=str(path.resolve()))
+
+
+def recorded(run_dir: Path) -> dict | None:
+    """{source, root, sweep_file} of the data the sweep in run_dir used (sweep.json's `data`, runner/sweep.py);
+    from a folder older than that record, resolved_config.json's data section; None where neither is."""
+    for name in ("sweep.json", "resolved_config.json"):
+        try:
+            rec = json.loads((Path(run_dir) / name).read_text()).get("data")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(rec, dict) and rec.get("source"):
+            return rec
+    return None
 
 
 def synthetic(n_train: int = 512, n_test: int = 256, seed: int = 0) -> Cifar:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from runner.data import CLASSES, MEAN, STD, DataError, load, normalizer
+from runner.data import CLASSES, MEAN, STD, DataError, load, normalizer, recorded
 from runner.results import summarize
 
 EVAL_BATCH = 500
@@ -133,10 +133,9 @@ def remeasure(out: Path, reference: torch.nn.Module, x: torch.Tensor, y: np.ndar
 
 def sweep_test_set(run_dir: Path, ckpt: dict, model_cfg: dict, data_arg: str | None) -> tuple[torch.Tensor, np.ndarray, str]:
     """The test images the sweep evaluated this model on (normalized), refusing data that is not the same."""
-    resolved = run_dir / "resolved_config.json"
-    cfg = json.loads(resolved.read_text()) if resolved.exists() else {}
-    source = data_arg or cfg.get("data", {}).get("source", "cifar10")
-    data = load(source, cfg.get("data", {}).get("root"))
+    rec = recorded(run_dir) or {}  # the data the sweep used (sweep.json): no --data, no download needed
+    source = data_arg or rec.get("source", "cifar10")
+    data = load(source, rec.get("root"))
     if not str(ckpt.get("data_source", "")).startswith(data.source):
         raise DataError(f"the checkpoint was trained on '{ckpt.get('data_source')}', but --data {source} is "
                         f"'{data.source}': pass the --data the sweep ran with")

@@ -112,7 +112,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh:
         _set_aside(run_dir, log)
-    (run_dir / "resolved_config.json").write_text(json.dumps(spec.to_dict(), indent=2, default=str))
+    (run_dir / "resolved_config.json").write_text(json.dumps(_resolved(spec, data), indent=2, default=str))
     code = env.code_digest()
     hashes = {v.variant_id: variant_hash(v, spec.model(v.model), spec.bench, data.source, code)
               for v in spec.variants}
@@ -143,7 +143,8 @@ def _write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortene
     meta = {"name": spec.name, "source_file": spec.source_file, "shortened": bool(shortened_note),
             "interrupted": interrupted,
             "shortened_note": shortened_note, "data_source": data.source, "started_at": started,
-            "finished_at": now(), "cluster": cluster, "config": spec.to_dict(), "accuracy_bar_pct": 85.0,
+            "finished_at": now(), "cluster": cluster, "config": _resolved(spec, data), "accuracy_bar_pct": 85.0,
+            "data": {**_resolved(spec, data)["data"], "sweep_file": spec.data.source},
             "git_commit": env.git_commit(), "code_digest": code}
     prev = run_dir / "sweep.json"
     try:
@@ -155,6 +156,15 @@ def _write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortene
             {k: old.get(k) for k in ("started_at", "finished_at", "wall_s", "interrupted")}]
     meta["wall_s"] = (datetime.fromisoformat(meta["finished_at"]) - datetime.fromisoformat(started)).total_seconds()
     prev.write_text(json.dumps(meta, indent=2, default=str))
+
+
+def _resolved(spec: SweepSpec, data: Cifar) -> dict[str, Any]:
+    """The sweep file as run: its data section names the data this invocation loaded (--data or the file's),
+    which export, train and a resume reload when no --data is given (runner/data.recorded)."""
+    out = spec.to_dict()
+    if data.origin:
+        out["data"] = {"source": data.origin, "root": data.root}
+    return out
 
 
 def _set_aside(run_dir: Path, log: Callable[[str], None]) -> None:
