@@ -3,6 +3,7 @@
 - `runner.breakdown` remembers that this process ran torch.profiler, and `runner.bench` then refuses to time
   (every later launch reads slow: reports/h200-inflation/). On a GPU machine the breakdown tests profile for
   real, so without the reset every later timing test in the session would fail there (issue 22).
+- PYTHONPATH: the checkout first, then whatever the environment had (below).
 - The suite starts a dozen local Ray clusters; RUNNER_DASHBOARD=0 leaves the dashboard out of each (its start
   costs a core for seconds on a 2-core machine). test_reaper, which checks the dashboard's port, turns it on.
 - `tiny_sweep`: one real sweep (local Ray, synthetic data, 1 epoch) that the end-to-end and export tests
@@ -16,6 +17,11 @@ import shutil
 import pytest
 
 os.environ.setdefault("RUNNER_DASHBOARD", "0")
+# Child processes (`python -m runner ...`) import the project from this checkout and keep what the environment
+# already had on the path: on the lent GPU machine Ray itself comes through PYTHONPATH (the kit in /tmp/site),
+# so a test that replaced it started sweeps that could not import ray (issue 22).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p)
 
 TINY_SWEEP = """
 sweep: e2e
@@ -40,7 +46,7 @@ grid:                           # fp32 only: bf16 convolutions take 150-170 ms a
   - models: [tiny]
     bn_fold: [on]
   - models: [tiny]
-    cuda_graph: [on]            # no GPU here: a skipped row with the reason
+    cuda_graph: [on]            # on a CPU: a skipped row with its reason
 named:
   B2: {model: tiny, precision: fp32, label: "tiny fp32"}
   D1: {model: tiny_kd, precision: fp32, label: "distilled"}

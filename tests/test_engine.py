@@ -140,15 +140,21 @@ def test_the_actor_times_pairs_checks_and_profiles_from_one_set_of_slices(worker
     ids = tuple(v.variant_id for v in (fp32, bf16, fold))
     for s in range(2):
         w.time(ids, s, "m")
-    (want, steps), _ = w.more(ids, "m", 2)
-    assert steps == 0 or set(want) <= set(ids)  # without target_pct it only replaces slow rounds
+    done, (want, steps) = 2, w.more(ids, "m", 2)[0]
+    while steps and done < 8:  # as the driver does: a slow host round (it happens on any host) is timed again
+        assert set(want) <= set(ids)  # without target_pct `more` only replaces slow rounds
+        for s in range(done, done + steps):
+            w.time(want, s, "m")
+        done, (want, steps) = done + steps, w.more(ids, "m", done + steps)[0]
     pairs, _ = w.pairs(((fp32.variant_id, bf16.variant_id),), "m")
     assert len(pairs) == 1 and pairs[0]["rounds"] == len(json.loads(pairs[0]["child_p50s_ms"]))
     assert pairs[0]["rounds"] == len([x for x in w.live[bf16.variant_id].slices if x.stage == "m"])
     (out, raw), step = w.finish(fold.variant_id)
     assert step["kind"] == "check" and [r["repeat"] for r in out] == [0, 1, 2]
     assert all(r["status"] == "ok" and r["fold_max_rel_err"] < 1e-3 and r["top1_pct"] is not None for r in out)
-    assert out[0]["slices_timed"] == 6 and out[0]["stop_reason"] == "planned" and len(raw) == 3 * 4
+    kept = sum(r["timing_slices"] for r in out)  # 2 slices x 3 repeats, more where a slow round was replaced
+    assert kept >= 6 and out[0]["slices_timed"] >= kept and out[0]["stop_reason"] == "planned"
+    assert len(raw) == kept * 2  # every call of every kept slice: 4 iters in 2 slices
     assert out[0]["lat_p50_lo_ms"] <= out[0]["lat_p50_ms"] * 1.5  # 6 slices: an interval exists
     prof, _ = w.profile(ids)
     assert set(prof) == set(ids) and all("breakdown_note" in p for p in prof.values())

@@ -398,7 +398,7 @@ grid:
 
 
 def _start(root: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "runner", "sweep", "--config", str(root / "fault.yaml"),
                              "--data", "synthetic", "--out", str(root / "runs")], cwd=root, env=env,

@@ -1,6 +1,6 @@
-"""compile: fused (runner/fused.py) on CPU: its Triton kernels run by Triton's interpreter against the folded
-fp32 eager model, and the networks / settings it must refuse. Kernel timings come from the GPU probe
-(python -m runner.diagnostics.fused_probe), never from here."""
+"""compile: fused (runner/fused.py) against the folded fp32 eager model: its Triton kernels compiled and run on
+a GPU where there is one, else run by Triton's interpreter on the CPU; and the networks / settings it must
+refuse. Kernel timings come from the GPU probe (python -m runner.diagnostics.fused_probe), never from here."""
 from __future__ import annotations
 
 import copy
@@ -14,20 +14,23 @@ import torch.nn as nn
 
 # Triton picks interpreter or compiler when a kernel is decorated and reads the switch again at each launch,
 # and other tests of a suite import Triton (through inductor) first: process-wide state. So in a suite this
-# module runs itself in a fresh process with TRITON_INTERPRET=1 set from the start (the one test below),
-# and its tests proper run only there.
+# module runs itself in a fresh process with TRITON_INTERPRET set from the start (the one test below), and
+# its tests proper run only there. On a GPU the kernels are compiled and run for real (the interpreter of
+# the Triton that torch 2.11 ships also fails on them: "only 0-dimensional arrays can be converted").
 IN_OWN_PROCESS = os.environ.get("RUNNER_FUSED_TESTS") == "1"
+GPU = torch.cuda.is_available()
+DEV = torch.device("cuda" if GPU else "cpu")
 if not IN_OWN_PROCESS:
     def test_fused_kernels_in_their_own_process():
         import subprocess
 
-        env = {**os.environ, "RUNNER_FUSED_TESTS": "1", "TRITON_INTERPRET": "1"}
+        env = {**os.environ, "RUNNER_FUSED_TESTS": "1", "TRITON_INTERPRET": "0" if GPU else "1"}
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                                __file__], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
         assert " passed" in done.stdout and "skipped" not in done.stdout.splitlines()[-1]
 else:
-    import runner.fused as fused  # noqa: F401  (TRITON_INTERPRET=1 was set before Triton was imported)
+    import runner.fused as fused  # noqa: F401  (TRITON_INTERPRET was set before Triton was imported)
 
 from models import get_model  # noqa: E402
 from runner.optimize import Unsupported, fold_batchnorm, prepare, unsupported_reason  # noqa: E402
@@ -38,7 +41,7 @@ from variants import Variant  # noqa: E402
 def _interpret(monkeypatch, request):
     if not IN_OWN_PROCESS and request.node.name != "test_fused_kernels_in_their_own_process":
         pytest.skip("runs in its own process (test_fused_kernels_in_their_own_process)")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "0" if GPU else "1")
 
 
 SIDE = 16  # small images and widths keep the interpreter fast (each program is Python)
@@ -78,7 +81,8 @@ def test_fused_logits_match_the_folded_fp32_model(case):
     folded, n = fold_batchnorm(_net(**kw))
     assert n > 0
     x = torch.randn(3, 3, side, side, generator=torch.Generator().manual_seed(1))
-    fn = fused.fused_forward(copy.deepcopy(folded).half(), x[:1].half(), target_programs=8 if split_k else 4,
+    fn = fused.fused_forward(copy.deepcopy(folded).half().to(DEV), x[:1].half().to(DEV),
+                             target_programs=8 if split_k else 4,
                              split_k=split_k, fuse_stem=fuse_stem)
     assert len(fn.layers) == 1 + sum(kw["convs_per_block"]) - fuse_stem  # the stem, the blocks' convs
     assert (max(L["split"] for L in fn.layers) > 1) == split_k
@@ -89,7 +93,7 @@ def test_fused_logits_match_the_folded_fp32_model(case):
         ref = folded(x)
     # batch 1 NCHW (twice with split K: its workspace must be left zeroed), batch 3 channels_last
     for xb in [x[:1]] * (1 + split_k) + [x.contiguous(memory_format=torch.channels_last)]:
-        got = fn(xb.half())
+        got = fn(xb.half().to(DEV)).cpu()
         assert got.shape == (len(xb), 10) and got.dtype == torch.float32
         err = float((got - ref[:len(xb)]).abs().max() / ref[:len(xb)].abs().max())
         assert err < 5e-3, f"{case} batch {len(xb)}: relative logit error {err:.2e}"
@@ -137,17 +141,18 @@ def test_the_compile_axis_skips_fused_without_fold_fp16_or_gpu():
 
 
 def test_prepare_builds_the_fused_path_and_keeps_tta(monkeypatch):
-    """The hook in runner.optimize.prepare (here on CPU: the device check patched out, no graph capture)."""
+    """The hook in runner.optimize.prepare (on a CPU with the device check patched out; no graph capture)."""
     import functools
 
     import runner.optimize as optimize
-    monkeypatch.setattr(optimize, "unsupported_reason", lambda v, d: None)
+    if not GPU:
+        monkeypatch.setattr(optimize, "unsupported_reason", lambda v, d: None)
     monkeypatch.setattr(fused, "fused_forward", functools.partial(fused.fused_forward, target_programs=1))
     net = _net(**CASES["pooled-fused-head"])
     v = Variant(model="m", precision="fp16", memory_format="channels_last", compile="fused", bn_fold=True, tta="flip")
-    prep = prepare(net, v, torch.device("cpu"))
-    x = prep.cast_input(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
+    prep = prepare(copy.deepcopy(net), v, DEV)
+    x = prep.cast_input(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(DEV))
     with torch.no_grad():
-        ref = optimize.with_tta(fold_batchnorm(net)[0], "flip")(x.float())
-        got = prep.forward(x)
+        ref = optimize.with_tta(fold_batchnorm(net)[0], "flip")(x.float().cpu())
+        got = prep.forward(x).float().cpu()
     assert got.shape == (1, 10) and float((got - ref).abs().max() / ref.abs().max()) < 5e-3

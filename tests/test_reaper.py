@@ -111,7 +111,7 @@ def _wait_until(check, timeout: float) -> bool:
 
 def _start_sweep(root: Path) -> subprocess.Popen:
     (root / "reap.yaml").write_text(SWEEP)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "RUNNER_DASHBOARD": "1"}  # its port
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RUNNER_DASHBOARD": "1"}  # its port
     env.pop("RAY_ADDRESS", None)  # a local cluster of its own, the case the reaper is for
     return subprocess.Popen([sys.executable, "-m", "runner", "sweep", "--config", str(root / "reap.yaml"),
                              "--data", "synthetic", "--out", str(root / "runs")], cwd=root, env=env,
@@ -224,7 +224,7 @@ def test_driver_that_joined_a_cluster_never_stops_it(tmp_path):
     start_ray(address), SIGKILLed: the head's processes are all still running a few seconds later."""
     # Ray 2.60's ray.init turns token authentication on for a cluster it starts (the token in ~/.ray):
     # the joiner must be told to present it, as a user of such a cluster is
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "token"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen([sys.executable, "-c", HEAD], cwd=tmp_path, env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

@@ -1,4 +1,5 @@
-"""One sweep end to end through a real local Ray cluster, on small synthetic data (CPU).
+"""One sweep end to end through a real local Ray cluster, on small synthetic data (CPU, or the GPU where there is
+one: the same assertions, with what differs by device said where it differs).
 
 Checks the spine: YAML -> Ray train / distill / bench tasks -> Parquet rows as they land -> merged files
 -> report; a model that fails to train becomes error rows while the rest goes on; a second run resumes.
@@ -9,11 +10,13 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 
 from runner import timeline
 from runner.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
+GPU = torch.cuda.is_available()  # the sweep runs on the GPU when there is one: graphs run, CUDA events time
 
 
 @pytest.fixture
@@ -29,7 +32,7 @@ def test_every_variant_ends_as_a_row(sweep_run):
     status = df.groupby("variant_id")["status"].first()
     assert status["tiny-fp32-nchw-eager"] == "ok"
     assert status["tiny_kd-fp32-nchw-eager"] == "ok"
-    assert status["tiny-fp32-nchw-eager-graph"] == "skipped"
+    assert status["tiny-fp32-nchw-eager-graph"] == ("ok" if GPU else "skipped")  # no CUDA graph on a CPU
     broken = df[df["model"] == "broken"].iloc[0]
     assert broken["status"] == "error"
     assert "training of model 'broken' failed" in broken["error"] and "batch_size 4096 is larger" in broken["error"]
@@ -75,7 +78,7 @@ def test_ok_rows_carry_measurements_and_provenance(sweep_run):
     for col in ["lat_mean_ms", "lat_p50_ms", "lat_p95_ms", "host_p50_ms", "size_mb", "top1_pct"]:
         assert (ok[col] > 0).all(), col
     assert (ok["lat_p95_ms"] >= ok["lat_p50_ms"]).all()
-    assert (ok["timer"] == "host").all() and (ok["device"] == "cpu").all()
+    assert (ok["timer"] == ("cuda_event" if GPU else "host")).all() and (ok["device"] == ("cuda" if GPU else "cpu")).all()
     assert ok["torch_version"].notna().all() and ok["git_commit"].notna().all()
     assert ok["data_source"].str.startswith(data.source).all()  # plus the recipe's subset, when one is used
     samples = pd.read_parquet(run_dir / "samples" / "tiny-fp32-nchw-eager.parquet")
@@ -94,7 +97,7 @@ def test_training_rows_and_merged_outputs(sweep_run):
     csv = pd.read_csv(run_dir / "final_table.csv")
     assert "tiny-fp32-nchw-eager" in set(csv["variant_id"])
     text = report.read_text()
-    assert "| B2 |" in text and "| D1 |" in text and "CPU only" in text
+    assert "| B2 |" in text and "| D1 |" in text and ("NVIDIA" if GPU else "CPU only") in text
     assert "3 repeats each, spread round-robin over the re-checked variants of a group, each repeat in 5 slices" in text
 
 
@@ -145,7 +148,9 @@ def test_rows_from_other_code_are_measured_again(sweep_run, monkeypatch):
     spec, data, run_dir, _, _ = sweep_run
     ok = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
     assert set(ok["code_digest"]) == {env.code_digest()}  # the digest of the code the workers ran
-    done = sweep._finished_rows(run_dir, {"gpus": 0})
+    here = {"gpus": 1, "gpu_kinds": [torch.cuda.get_device_name(0)]} if GPU else {"gpus": 0}
+    elsewhere = {"gpus": 0} if GPU else {"gpus": 1, "gpu_kinds": ["H200"]}
+    done = sweep._finished_rows(run_dir, here)
 
     def finished(code: str) -> set[str]:
         return {v.variant_id for v in spec.variants
@@ -153,9 +158,9 @@ def test_rows_from_other_code_are_measured_again(sweep_run, monkeypatch):
 
     assert set(ok["variant_id"]) <= finished(env.code_digest())
     assert finished("0123456789ab") == set()  # other code: every variant is measured again
-    assert sweep._finished_rows(run_dir, {"gpus": 1, "gpu_kinds": ["H200"]}).keys() <= \
+    assert sweep._finished_rows(run_dir, elsewhere).keys() <= \
         {v for v, s in pd.read_parquet(run_dir / "results.parquet").groupby("variant_id")["status"].first().items()
-         if s == "skipped"}  # a CPU row does not stand for a GPU one
+         if s == "skipped"}  # a CPU row does not stand for a GPU one, nor a GPU row for a CPU one
 
 
 def test_report_has_the_trust_sections(sweep_run):
