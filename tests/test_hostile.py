@@ -70,7 +70,8 @@ BOMBS = {
                       "compile: [none, none, none, none, none, none, none, none, none, none, none]}]\n", None),
     "huge-arch-grid": ("models: {f: {arch: fastnet_cifar, arch_grid: {"   # 24,000 models, each built on the meta device
                        f"stem_width: {list(range(8, 28))}, kernel_size: [1, 3, 5, 7, 9, 11], "
-                       f"logit_scale: {[i / 100 for i in range(1, 21)]}, widths: {[[w] * 3 for w in range(8, 18)]}}}}}}}\n",
+                       f"logit_scale: {[i / 100 for i in range(1, 21)]}, "
+                       f"widths: {[[w] * 3 for w in range(8, 18)]}}}}}}}\n",
                        "more than 20,000 models"),
 }
 
@@ -125,8 +126,8 @@ KEYS = ["sweep", "seed", "data", "bench", "train", "models", "grid", "exclude", 
         "bn_fold", "tta", "per_gpu", "width_mult", "m", "B1", "airbench_cifar", "<<", "x" * 120, "a/b", "ü"]
 SCALARS = ["fp32", "bf16", "fp16", "channels_last", "contiguous", "none", "default", "on", "off", "flip",
            "airbench_cifar", "resnet18_cifar", "synthetic", "m", "~", "null", ".nan", "-.inf", "0x1F", "1e400",
-           "true", "2**70", "-1", "0", "1", "64", "0.05", "99999999999999999999999", '"a\\nb"', "'..'",
-           "!!binary aGVsbG8=", "!!python/object:os.system x", "2001-12-14", "!!set {a, b}", '"\\x00"']
+           "true", "2**70", "-1", "0", "1", "64", "0.05", "99999999999999999999999", '"a\\nb"', "'..'", "2001-12-14"]
+TAGGED = ["!!binary aGVsbG8=", "!!python/object:os.system x", "!!set {a, b}", "!!str 5", "!!int x", "!!float 1"]
 
 
 class _Gen:
@@ -139,6 +140,8 @@ class _Gen:
     def scalar(self) -> str:
         r = self.r
         pick = r.random()
+        if pick < 0.02:
+            return r.choice(TAGGED)
         if pick < 0.6:
             return r.choice(SCALARS)
         if pick < 0.8:
@@ -161,7 +164,7 @@ class _Gen:
         elif r.random() < 0.5:
             text = "[" + ", ".join(self.node(depth - 1) for _ in range(r.randint(0, 6))) + "]"
         else:
-            text = "{" + ", ".join(f"{r.choice(KEYS)}: {self.node(depth - 1)}" for _ in range(r.randint(0, 6))) + "}"
+            text = "{" + ", ".join(f"{k}: {self.node(depth - 1)}" for k in r.sample(KEYS, r.randint(0, 6))) + "}"
         if anchor and anchor[1:-1] not in self.anchors:
             self.anchors.append(anchor[1:-1])
         return anchor + text
@@ -184,9 +187,10 @@ class _Gen:
     def document(self, base: dict) -> str:
         """A real sweep file, mutated; now and then a bomb (deep nesting, aliases that expand 9**n times)."""
         r, self.anchors = self.r, []
-        text = self.mutate(base, r.choice([0.0, 0.02, 0.05, 0.1, 0.3]))
+        text = self.mutate(base, r.choice([0.0, 0.02, 0.05, 0.1, 0.2]))
         if r.random() < 0.05:
-            text = text[:-1] + f", {r.choice(KEYS)}: " + "[" * r.choice([70, 900, 5000]) + "]" * r.choice([0, 5000]) + "}"
+            depth = r.choice([70, 900, 5000])
+            text = text[:-1] + f", {r.choice(KEYS)}: " + "[" * depth + "]" * r.choice([0, depth]) + "}"
         if r.random() < 0.05 and text.startswith("{"):  # its last level under a key the loader reads
             laughs = _laughs(r.randint(2, 9)).strip().splitlines()
             laughs[-1] = f"{r.choice(KEYS)}:" + laughs[-1].split(":", 1)[1]

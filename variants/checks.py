@@ -19,6 +19,11 @@ PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_NAME = 100          # a variant id adds ~40 characters and '.parquet' / temp-file affixes to a model key
 INT32_MAX = 2**31 - 1   # warmup / iters / repeat are int32 columns in RESULT_SCHEMA
 INT64_MAX = 2**63 - 1   # seed is an int64 column
+# Budgets of a sweep file (issue 27); the shipped ones are < 4 KiB, < 10 levels deep and use no aliases.
+MAX_YAML_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_EXPANDED = 2_000_000
+MAX_VARIANTS = 20_000   # variants one file may expand to (a grid's product is checked before it is built)
 
 Fail = Callable[[str, str], Exception]   # checker.Checker.fail(where, msg)
 
@@ -33,6 +38,7 @@ BENCH_RANGES: dict[str, tuple[float, float, bool]] = {
     "slices": (1, 1000, True),
     "target_pct": (0, 100, True),
     "max_s": (0, 86400, False),
+    "processes": (1, 2, True),
 }
 
 
@@ -61,17 +67,62 @@ def read_yaml(path: str, error: type[Exception]) -> Any:
     try:
         if p.is_dir():
             raise error(f"{path}: is a directory, not a sweep file (the shipped ones are in variants/)")
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:  # capped: `--config /dev/zero` or a huge file must not read forever
+            data = f.read(MAX_YAML_BYTES + 1)
+        if len(data) > MAX_YAML_BYTES:
+            raise error(f"{path}: larger than {MAX_YAML_BYTES // 1024} KiB; a sweep file is a few KiB of YAML")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise error(f"{path}: no such sweep file (the shipped ones are in variants/)") from None
     except UnicodeDecodeError:
         raise error(f"{path}: not a text file (binary content); a sweep file is YAML") from None
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    _within_budget(text, path, error)
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except (yaml.YAMLError, ValueError, TypeError) as e:  # `!!int x` is a ValueError out of PyYAML
+        raise error(f"{path}: not valid YAML: {' '.join(str(e).split())[:300]}") from None
+    except RecursionError:  # the budget bounds depth; this is the belt behind it
+        raise error(f"{path}: nested too deeply") from None
+
+
+def _within_budget(text: str, path: str, error: type[Exception]) -> None:
+    """Refuse, before anything is built, a document nested deeper than MAX_DEPTH (PyYAML composes
+    recursively: RecursionError), larger than MAX_EXPANDED once its aliases are expanded ("billion laughs":
+    a few lines that stand for 10**9 values, which a repr in an error message would then build), or with
+    an alias inside the node it names (a value that contains itself). One pass over the parser's events,
+    no recursion; the size of a node is its characters plus one per node, its aliases counted in full."""
+    sizes: dict[str, int] = {}         # anchor -> expanded size of the node it names
+    open_: list[list] = [[0, None]]    # [size so far, anchor] of each collection being read
+    try:
+        events = list(yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
     except yaml.YAMLError as e:
-        raise error(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+        raise error(f"{path}: not valid YAML: {' '.join(str(e).split())[:300]}") from None
+    for ev in events:
+        if isinstance(ev, yaml.CollectionStartEvent):
+            if len(open_) > MAX_DEPTH:
+                raise error(f"{path}: nested more than {MAX_DEPTH} levels deep (line {ev.start_mark.line + 1})")
+            sizes.pop(ev.anchor, None)  # an alias inside this node cannot name it (nor an older namesake)
+            open_.append([1, ev.anchor])
+            continue
+        if isinstance(ev, yaml.CollectionEndEvent):
+            size, anchor = open_.pop()
+        elif isinstance(ev, yaml.ScalarEvent):
+            size, anchor = 1 + len(ev.value), ev.anchor
+        elif isinstance(ev, yaml.AliasEvent):
+            if ev.anchor not in sizes:
+                raise error(f"{path}: alias *{ev.anchor[:40]} (line {ev.start_mark.line + 1}) names no complete "
+                            "node before it (an undefined anchor, or the node that contains the alias)")
+            size, anchor = sizes[ev.anchor], None
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        open_[-1][0] += size
+        if open_[-1][0] > MAX_EXPANDED:
+            raise error(f"{path}: more than {MAX_EXPANDED:,} characters once its aliases are expanded "
+                        f"(line {ev.start_mark.line + 1}); a sweep file is a few KiB")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

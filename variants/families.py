@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import re
 from typing import Any
 
@@ -48,6 +49,8 @@ def _expand(c: Checker, where: str, key: str, arch: str, base: dict, grid: dict)
     """One member per combination of the grid's lists; each member's key is the family key + its tokens."""
     out: dict[str, dict[str, Any]] = {}
     names = list(grid)  # YAML order: the order of the tokens in the member keys
+    if math.prod(len(grid[n]) for n in names) > checks.MAX_VARIANTS:  # each member is built: bound them first
+        raise c.fail(f"{where}.arch_grid", f"gives more than {checks.MAX_VARIANTS:,} models")
     for combo in itertools.product(*(grid[n] for n in names)):
         combo = {n: _frozen(c, v, f"{where}.arch_grid.{n}") for n, v in zip(names, combo)}
         member = "-".join([key, *(_token(n, v) for n, v in combo.items())])

@@ -19,6 +19,7 @@ of several mistakes a user is told about first; keep it.
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,8 @@ def _axis_values(c: Checker, block: dict, where: str, axis: str) -> list:
     """The values one grid / exclude / named block gives an axis: a scalar or a list, the default when absent."""
     vals = block.get(axis, [BY_NAME[axis].default])
     vals = vals if isinstance(vals, list) else [vals]
-    return [c.choice(norm(v), f"{where}.{axis}", BY_NAME[axis].values) for v in vals]
+    # each value once: a list of 1,000 repeats (an alias makes it cheap) must not multiply the grid's product
+    return list(dict.fromkeys(c.choice(norm(v), f"{where}.{axis}", BY_NAME[axis].values) for v in vals))
 
 
 def _model_keys(c: Checker, value: Any, where: str, models: dict, fams: dict) -> list[str]:
@@ -138,7 +140,7 @@ def _model_keys(c: Checker, value: Any, where: str, models: dict, fams: dict) ->
     keys = value if isinstance(value, list) else [value]
     for k in keys:
         c.choice(k, where, (*models, *fams))
-    return [member for k in keys for member in fams.get(k, [k])]
+    return list(dict.fromkeys(member for k in keys for member in fams.get(k, [k])))
 
 
 # ---- expand -----------------------------------------------------------------------------------------
@@ -167,7 +169,10 @@ def _grid_variants(c: Checker, value: Any, models: dict, fams: dict, excludes: l
         where = f"grid[{gi}]"
         block = c.mapping(block, where, _GRID_KEYS)
         keys = _model_keys(c, block.get("models", list(models)), f"{where}.models", models, fams)
-        for combo in itertools.product(keys, *(_axis_values(c, block, where, a) for a in AXES)):
+        axes = [_axis_values(c, block, where, a) for a in AXES]
+        if len(keys) * math.prod(map(len, axes)) + len(variants) > checks.MAX_VARIANTS:  # before building any
+            raise c.fail(where, f"expands to more than {checks.MAX_VARIANTS:,} variants")
+        for combo in itertools.product(keys, *axes):
             v = Variant(combo[0], **dict(zip(AXES, combo[1:])))
             if not any(_matches(v, e) for e in excludes):
                 variants.setdefault(v.variant_id, v)

@@ -18,7 +18,13 @@ from variants.axes import AXES, BY_NAME, id_parts
 
 
 class SpecError(ValueError):
-    """A sweep file that cannot be used; the message names the file and the key path."""
+    """A sweep file that cannot be used; the message names the file and the key path. It is one line of at
+    most MAX_CHARS whatever it quotes (a key holding a newline, a long value): the CLI prints it as is."""
+    MAX_CHARS = 500
+
+    def __init__(self, message: str):
+        text = " ".join(str(message).split())
+        super().__init__(text if len(text) <= self.MAX_CHARS else text[:self.MAX_CHARS - 3] + "...")
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class BenchSpec:
     slices: int = 5                 # each repeat timed in this many slices, round-robin over a model's variants
     target_pct: float = 0.0         # time more slices until the p50's 95% interval is this narrow (+-%); 0: off
     max_s: float = 60.0             # ... or a variant's timing has taken this long (runner/intervals.plan_more)
+    processes: int = 2              # processes that time every variant (2: a twin phase; runner/intervals.py)
 
 
 @dataclass(frozen=True)
