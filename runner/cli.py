@@ -100,7 +100,7 @@ def _sweep_verbs(sub) -> None:
               "re-running the same command resumes.")
     shared(p, "--config", "--data", "--address", "--out", "--max-epochs", "--bench-iters")
     p.add_argument("--fresh", action="store_true",
-                   help="measure everything again; earlier rows and checkpoints move to OUT/<sweep>/previous/")
+                   help="measure everything again; earlier outputs move to OUT/<sweep>/previous/<time>/")
     p.add_argument("--stop-after", type=_seconds, metavar="SECONDS",
                    help="submit no task after SECONDS; the tasks in flight land, then the sweep stops with "
                         f"exit {STOPPED_EXIT} and the same command resumes it (for GPU leases with a time "

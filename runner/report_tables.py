@@ -94,6 +94,8 @@ def _chosen_section(summary: pd.DataFrame, decisions: pd.DataFrame, bar: float) 
 def _header(name: str, sweep: dict, results: pd.DataFrame) -> list[str]:
     lines = [f"# CIFAR-10 batch-1 latency report: {name}", ""]
     lines.append(_where_line(sweep, results))
+    if sweep.get("interrupted"):
+        lines.append("**Interrupted: this report holds what landed before the stop; the same command resumes.**")
     source = sweep.get("data_source") or ", ".join(_distinct(results["data_source"])) or "unknown"
     lines.append(f"Data: {source}.")
     if "jpeg" in source.lower() or "jpg" in source.lower():

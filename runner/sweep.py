@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +21,7 @@ import ray
 import torch
 
 from runner import agreement, env, guard, reaper, results
-from runner.engine import bench_phase, resume, training
+from runner.engine import bench_phase, resume, run_folder, training
 from runner.engine.control import Deadline, Progress
 from runner.engine.steps import StepLog, now
 from runner.data import Cifar
@@ -110,15 +109,15 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
     the tasks in flight land, and raise runner.engine.control.Stopped."""
     guard.check_paths(spec, run_dir)  # every file named after a model / variant stays inside run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        _set_aside(run_dir, log)
-    (run_dir / "resolved_config.json").write_text(json.dumps(_resolved(spec, data), indent=2, default=str))
+    if fresh or run_folder.cut_short(run_dir):
+        run_folder.set_aside(run_dir, log)
+    (run_dir / "resolved_config.json").write_text(json.dumps(run_folder.resolved(spec, data), indent=2, default=str))
     code = env.code_digest()
     hashes = {v.variant_id: variant_hash(v, spec.model(v.model), spec.bench, data.source, code)
               for v in spec.variants}
     started, deadline = now(), Deadline.after(stop_after)
     cluster: dict[str, Any] = {}
-    completed = False
+    completed, steps = False, StepLog(run_dir)
     try:
         cluster = start_ray(address, log)
         done = _finished_rows(run_dir, cluster)
@@ -126,58 +125,15 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
         if len(pending) < len(spec.variants):
             log(f"resuming: {len(spec.variants) - len(pending)} variant(s) already measured by this code on "
                 f"this kind of device in {run_dir}, {len(pending)} to run (--fresh measures everything again)")
-        _run(spec, data, run_dir, pending, hashes, cluster, log, deadline)
+        _run(spec, data, run_dir, pending, hashes, cluster, log, deadline, steps)
         completed = True
-    finally:  # also on Ctrl-C or a crash: whatever landed is merged and readable
+    finally:  # also on Ctrl-C or a crash: whatever landed is merged, and the report describes exactly that
         ray.shutdown()
         reaper.stop()  # and whatever ray.shutdown left of a cluster we started
-        results.merge(run_dir)
         # An interrupted invocation's time is kept too: a resumed sweep's wall is the sum of all of them.
-        _write_meta(spec, data, run_dir, cluster, started, shortened_note, code, interrupted=not completed)
-    from runner.report import build_report
-    return build_report(run_dir)
-
-
-def _write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortened_note: str, code: str,
-                interrupted: bool = False) -> None:
-    meta = {"name": spec.name, "source_file": spec.source_file, "shortened": bool(shortened_note),
-            "interrupted": interrupted,
-            "shortened_note": shortened_note, "data_source": data.source, "started_at": started,
-            "finished_at": now(), "cluster": cluster, "config": _resolved(spec, data), "accuracy_bar_pct": 85.0,
-            "data": {**_resolved(spec, data)["data"], "sweep_file": spec.data.source},
-            "git_commit": env.git_commit(), "code_digest": code}
-    prev = run_dir / "sweep.json"
-    try:
-        old = json.loads(prev.read_text()) if prev.exists() else None
-    except (OSError, ValueError):  # a damaged sweep.json loses only the earlier invocations' times
-        old = None
-    if isinstance(old, dict):  # a resumed sweep keeps the times of its earlier invocations
-        meta["previous_runs"] = old.get("previous_runs", []) + [
-            {k: old.get(k) for k in ("started_at", "finished_at", "wall_s", "interrupted")}]
-    meta["wall_s"] = (datetime.fromisoformat(meta["finished_at"]) - datetime.fromisoformat(started)).total_seconds()
-    prev.write_text(json.dumps(meta, indent=2, default=str))
-
-
-def _resolved(spec: SweepSpec, data: Cifar) -> dict[str, Any]:
-    """The sweep file as run: its data section names the data this invocation loaded (--data or the file's),
-    which export, train and a resume reload when no --data is given (runner/data.recorded)."""
-    out = spec.to_dict()
-    if data.origin:
-        out["data"] = {"source": data.origin, "root": data.root}
-    return out
-
-
-def _set_aside(run_dir: Path, log: Callable[[str], None]) -> None:
-    """--fresh: earlier rows and checkpoints move to run_dir/previous/<time>/ (never deleted)."""
-    parts = [p for p in ("results", "samples", "training", "checkpoints", "pairs", "rechecks", "steps")
-             if (run_dir / p).exists()]
-    if not parts:
-        return
-    dest = run_dir / "previous" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    dest.mkdir(parents=True, exist_ok=True)
-    for p in parts:
-        os.replace(run_dir / p, dest / p)
-    log(f"--fresh: earlier results moved to {dest}")
+        report = run_folder.close(run_dir, completed, log, spec=spec, data=data, cluster=cluster, started=started,
+                                  shortened_note=shortened_note, code=code, worked=bool(steps.rows))
+    return report
 
 
 def _finished_rows(run_dir: Path, cluster: dict[str, Any]) -> dict[str, str]:
@@ -221,7 +177,7 @@ def resources(gpus: int, cpus_per_node: float, per_gpu: int) -> tuple[dict, dict
 
 
 def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], hashes: dict[str, str],
-         cluster: dict[str, Any], log: Callable[[str], None], deadline: Deadline) -> None:
+         cluster: dict[str, Any], log: Callable[[str], None], deadline: Deadline, steps: StepLog) -> None:
     """Train what the pending variants need, then the bench and re-check phases."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpu_per_node = min((n["Resources"].get("CPU", 1) for n in nodes), default=1)
@@ -243,7 +199,6 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
     n_rechecks = len(spec.variants) if spec.bench.recheck >= len(spec.variants) else min(
         len(spec.variants), spec.bench.recheck + 8) if spec.bench.recheck >= 0 else 0
     progress = Progress(total=len(queue) + len(pending) + len(pairs) + n_rechecks, log=log)
-    steps = StepLog(run_dir)
     slots = max(1, cluster["gpus"] * spec.train.per_gpu if cluster["gpus"] else cluster.get("cpus") or 1)
     log(f"plan: {len(queue)} training(s), {len(pending)} variant(s), {len(pairs)} pair(s), "
         f"~{n_rechecks} re-check(s): {progress.total} steps")
@@ -257,18 +212,30 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
     common = dict(spec=spec, run_dir=run_dir, models=models, data_ref=data_ref, hashes=hashes, actor_opts=actor_opts,
                   n_actors=n_actors, progress=progress, steps=steps, deadline=deadline, log=log)
     bench_phase.run(bench_phase.Phase(variants=ready, pairs=pairs, **common))
+    summary = results.summarize(results.read_folder(run_dir / "results", RESULT_SCHEMA))
+    if spec.bench.processes > 1:  # every ok row timed in a second process: its interval's between-process part
+        ok = list(summary.loc[summary["status"] == "ok", "variant_id"])
+        twins = _witnessed_by(spec, run_dir, data, models, ok, "twins")
+        progress.total += len(twins)
+        bench_phase.run(bench_phase.Phase(variants=twins, witness="twin", **common))
     if spec.bench.recheck < 0:
         return
-    summary = results.summarize(results.read_folder(run_dir / "results", RESULT_SCHEMA))
-    ids = set(resume.unchecked(agreement.recheck_sample(summary, spec.bench.recheck, 85.0), run_dir))
-    chosen = [v for v in spec.variants if v.variant_id in ids]
-    for key in {v.model for v in chosen} - set(models):  # a re-check left by a stopped invocation
+    chosen = _witnessed_by(spec, run_dir, data, models, agreement.recheck_sample(summary, spec.bench.recheck, 85.0),
+                           "rechecks")
+    progress.total += len(chosen) - n_rechecks
+    bench_phase.run(bench_phase.Phase(variants=chosen, witness="recheck", **common))
+
+
+def _witnessed_by(spec: SweepSpec, run_dir: Path, data: Cifar, models: dict, ids: list[str], folder: str) -> list:
+    """The variants of `ids` that have no row in `folder` (twins/ or rechecks/) ended after their own rows, with
+    their models loaded (a witness left by a stopped invocation needs its checkpoint)."""
+    due = set(resume.unchecked(ids, run_dir, folder))
+    chosen = [v for v in spec.variants if v.variant_id in due]
+    for key in {v.model for v in chosen} - set(models):
         cached = _load_checkpoint(run_dir, spec.model(key), data, log=lambda _: None)
         if cached is not None:
             models[key] = (spec.model(key), ray.put(cached))
-    chosen = [v for v in chosen if v.model in models]
-    progress.total += len(chosen) - n_rechecks
-    bench_phase.run(bench_phase.Phase(variants=chosen, recheck=True, **common))
+    return [v for v in chosen if v.model in models]
 
 
 def _land_untrained(v: Variant, spec: SweepSpec, run_dir: Path, hashes: dict, progress: Progress, cause: str) -> None:
