@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +24,7 @@ import torch
 
 from runner import agreement, env, guard, reaper, results
 from runner.engine import bench_phase, resume, run_folder, training
-from runner.engine.control import Deadline, Progress
+from runner.engine.control import HEARTBEAT_S, Deadline, Progress, plain_output
 from runner.engine.steps import StepLog, now
 from runner.data import Cifar
 from runner.results import RESULT_SCHEMA
@@ -58,6 +60,7 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
     # RUNNER_DASHBOARD=0 leaves the dashboard out: on a 2-core machine its start costs a core for seconds
     # (the test suite starts a dozen local clusters).
     dashboard = os.environ.get("RUNNER_DASHBOARD", "1") != "0"
+    plain_output()  # Ray's colour codes stay out of a log file
     ctx = ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env=runtime_env,
                    include_dashboard=dashboard, log_to_driver=True, logging_level="WARNING",
                    **guard.local_ray_args(address))
@@ -74,7 +77,7 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
                 "(.venv/bin/ray after the README's install; stored in ~/.ray/auth_token); API calls need "
                 "`Authorization: Bearer <token>`.")
     log(f"Ray cluster: {len(nodes)} node(s), {gpus} GPU(s), {int(res.get('CPU', 0))} CPU(s)")
-    _probe_workers()
+    _probe_workers(log)
     # Ray labels GPU nodes with the accelerator's kind (accelerator_type:H200): resume compares with it.
     kinds = sorted({k.split(":", 1)[1] for n in nodes for k in n.get("Resources", {}) if k.startswith("accelerator_type:")})
     return {"gpus": gpus, "nodes": len(nodes), "cpus": int(res.get("CPU", 0)), "gpu_kinds": kinds}
@@ -89,12 +92,17 @@ def worker_probe() -> str:
     return torch.__version__
 
 
-def _probe_workers(timeout_s: float = 180.0) -> None:
+def _probe_workers(log: Callable[[str], None], timeout_s: float = 180.0) -> None:
     """Fail in minutes, with a reason, when workers cannot start (Ray retries a crashing worker forever)."""
+    # No max_calls: the probed worker (ray, torch and the project imported) stays idle, so Ray may lease
+    # it for the first training (still the first real task it runs). Whether it does was not checked.
+    ref, t0 = ray.remote(num_cpus=0)(worker_probe).options(name="probe").remote(), time.monotonic()
+    while not ray.wait([ref], timeout=min(HEARTBEAT_S, max(0.0, t0 + timeout_s - time.monotonic())))[0]:
+        if time.monotonic() >= t0 + timeout_s:
+            break
+        log(f"waiting for a Ray worker to start ({time.monotonic() - t0:.0f} s; it imports torch and this project)")
     try:
-        # No max_calls: the probed worker (ray, torch and the project imported) stays idle, so Ray may lease
-        # it for the first training (still the first real task it runs). Whether it does was not checked.
-        ray.get(ray.remote(num_cpus=0)(worker_probe).options(name="probe").remote(), timeout=timeout_s)
+        ray.get(ref, timeout=0)
     except ray.exceptions.GetTimeoutError:
         raise WorkerStartError(
             f"no Ray worker could run a task within {timeout_s:.0f} s. Workers must be able to import ray, "
@@ -196,18 +204,19 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
             log(f"reusing checkpoint of {m.key} ({cached['top1_pct']:.2f}% fp32) from {run_dir / 'checkpoints'}")
             refs[m.key] = ray.put(cached)
     pairs = resume.pairs_to_time(spec, run_dir, pending)
-    n_rechecks = len(spec.variants) if spec.bench.recheck >= len(spec.variants) else min(
-        len(spec.variants), spec.bench.recheck + 8) if spec.bench.recheck >= 0 else 0
-    progress = Progress(total=len(queue) + len(pending) + len(pairs) + n_rechecks, log=log)
+    progress = Progress(plan(spec, queue, pending, pairs), log=log, bar=log is print and sys.stdout.isatty())
     slots = max(1, cluster["gpus"] * spec.train.per_gpu if cluster["gpus"] else cluster.get("cpus") or 1)
-    log(f"plan: {len(queue)} training(s), {len(pending)} variant(s), {len(pairs)} pair(s), "
-        f"~{n_rechecks} re-check(s): {progress.total} steps")
+    log(f"plan: {len(queue)} training(s), {len(pending)} variant(s), {len(pairs)} pair(s), at most "
+        f"{progress.plan['twin']} twin(s) and {progress.plan['recheck']} re-check(s): {progress.total} tasks")
+    progress.begin("train")
     errors = training.run(queue, refs, data_ref, train_opts, slots, run_dir, spec.name, progress, deadline, steps)
     ready = [v for v in pending if refs.get(v.model) is not None]
+    progress.begin("bench")
     for v in pending:
         if refs.get(v.model) is None:
             _land_untrained(v, spec, run_dir, hashes, progress, errors.get(v.model, "no checkpoint"))
     models = {k: (spec.model(k), ref) for k, ref in refs.items() if ref is not None}
+    progress.skip("bench", sum(b.model not in models for _, b in pairs), "a pair whose model did not train")
     pairs = [(a, b) for a, b in pairs if b.model in models]
     common = dict(spec=spec, run_dir=run_dir, models=models, data_ref=data_ref, hashes=hashes, actor_opts=actor_opts,
                   n_actors=n_actors, progress=progress, steps=steps, deadline=deadline, log=log)
@@ -216,14 +225,25 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
     if spec.bench.processes > 1:  # every ok row timed in a second process: its interval's between-process part
         ok = list(summary.loc[summary["status"] == "ok", "variant_id"])
         twins = _witnessed_by(spec, run_dir, data, models, ok, "twins")
-        progress.total += len(twins)
+        progress.skip("twin", progress.plan["twin"] - len(twins), "rows not ok, or timed twice already")
+        progress.begin("twin")
         bench_phase.run(bench_phase.Phase(variants=twins, witness="twin", **common))
-    if spec.bench.recheck < 0:
-        return
-    chosen = _witnessed_by(spec, run_dir, data, models, agreement.recheck_sample(summary, spec.bench.recheck, 85.0),
-                           "rechecks")
-    progress.total += len(chosen) - n_rechecks
-    bench_phase.run(bench_phase.Phase(variants=chosen, witness="recheck", **common))
+    if spec.bench.recheck >= 0:
+        chosen = _witnessed_by(spec, run_dir, data, models,
+                               agreement.recheck_sample(summary, spec.bench.recheck, 85.0), "rechecks")
+        progress.skip("recheck", progress.plan["recheck"] - len(chosen), "not drawn, or re-checked already")
+        progress.begin("recheck")
+        bench_phase.run(bench_phase.Phase(variants=chosen, witness="recheck", **common))
+    progress.finish("planned but not run (a model that did not train, an actor that died)")
+
+
+def plan(spec: SweepSpec, queue: list, pending: list, pairs: list) -> dict[str, int]:
+    """Tasks per phase, known before the first one starts: twins and re-checks at their most (every
+    variant; the named ones, the chosen one and `recheck` more), the ones not needed counted done later."""
+    n = len(spec.variants)
+    named = sum(bool(v.brief_id) for v in spec.variants)
+    return {"train": len(queue), "bench": len(pending) + len(pairs), "twin": n if spec.bench.processes > 1 else 0,
+            "recheck": min(n, named + 1 + spec.bench.recheck) if spec.bench.recheck >= 0 else 0}
 
 
 def _witnessed_by(spec: SweepSpec, run_dir: Path, data: Cifar, models: dict, ids: list[str], folder: str) -> list:

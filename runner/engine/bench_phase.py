@@ -21,7 +21,7 @@ import ray
 
 from runner import guard, results
 from runner.engine import program
-from runner.engine.control import Deadline, Progress, Stopped
+from runner.engine.control import Deadline, Progress, Stopped, wait_one
 from runner.engine.steps import StepLog, now
 from runner.engine.worker import BenchWorker
 from runner.results import PAIR_SCHEMA, RECHECK_SCHEMA, RESULT_SCHEMA, SAMPLES_SCHEMA
@@ -104,7 +104,7 @@ def _drive(ph: Phase, actors: list[Running]) -> None:
             busy = [a for a in actors if a.inflight is not None]
             if not busy:
                 break
-            ready, _ = ray.wait([a.inflight[0] for a in busy], num_returns=1)
+            ready = [wait_one([a.inflight[0] for a in busy], ph.progress, lambda: _running(busy))]
             a = next(x for x in busy if x.inflight[0] == ready[0])
             ref, step, submitted = a.inflight
             a.inflight = None
@@ -170,7 +170,7 @@ def _land(ph: Phase, a: Running, ref, step: program.Step, submitted: str, state:
             again = [program.Step("time", (want, done + i, stage), stage, want) for i in range(n)]
             a.todo.extendleft(reversed(again + [program.Step("more", (ids, stage, done + n), stage, step.ids)]))
     elif step.kind == "pairs":
-        ph.progress.total -= len(step.ids) - len(result)  # a side skipped or failed: nothing to decide
+        ph.progress.skip("bench", len(step.ids) - len(result), "a side of the pair was skipped or failed")
         for row in result:
             results.write_rows([row], ph.run_dir / "pairs" / f"{row['variant_id']}.parquet", PAIR_SCHEMA)
             ph.progress.landed(f"pair:{row['variant_id']}", row["status"], "")
@@ -223,6 +223,11 @@ def _land_failed(ph: Phase, a: Running, cause: str) -> None:
                "arch": m.arch, **v.axes(), "status": "error", "error": cause, "repeat": 0,
                "spec_hash": ph.hashes[vid], "finished_at": now()}
         _write_variant(ph, a, vid, [row], [], {"rows": {}})
+
+
+def _running(busy: list[Running]) -> str:
+    """What the actors are doing while nothing lands: `bench:0 time <variants>`, one per busy actor."""
+    return "; ".join(f"{a.name} {a.inflight[1].kind} {','.join(a.inflight[1].ids)}"[:100] for a in busy)
 
 
 def _first(text: str | None) -> str:

@@ -17,7 +17,7 @@ import torch
 
 from runner import env, guard, results
 from runner.engine import rows as R
-from runner.engine.control import Deadline, Progress, Stopped
+from runner.engine.control import Deadline, Progress, Stopped, wait_one
 from runner.engine.steps import StepLog, now
 from runner.results import TRAINING_SCHEMA
 from variants import TrainSpec
@@ -117,9 +117,10 @@ def run(queue: list[TrainSpec], refs: dict[str, Any], data_ref, opts: dict, slot
             ref = train_task.options(name=f"train:{m.key}", **opts).remote(m, data_ref, teacher, sweep)
             training[ref] = (m, now())
             refs[m.key] = ref
-        ready, _ = ray.wait(list(training), num_returns=1)
-        m, submitted = training.pop(ready[0])
-        error, step = land(ready[0], m, run_dir, sweep, progress)
+        ref = wait_one(list(training), progress, lambda: ", ".join(f"train:{m.key}" for m, _ in training.values())
+                       + (f"; {len(queue)} waiting for a slot or a teacher" if queue else ""))
+        m, submitted = training.pop(ref)
+        error, step = land(ref, m, run_dir, sweep, progress)
         steps.add(step, submitted=submitted, status="error" if error else "ok", kind="train", name=m.key)
         landed.add(m.key)
         if error:
