@@ -64,7 +64,8 @@ def ci_errors(df: pd.DataFrame, col: str, scale: float = 1.0) -> np.ndarray | No
 
 def acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path: Path, *, cpu: bool):
     """Top-1 vs p95 per ok variant (one colour per model; horizontal bars: its 95% interval where the rows
-    carry one), Pareto-best points numbered in the legend."""
+    carry one), the Pareto front marked (a line through it when it has two points or more), its points
+    numbered in the legend (outside the axes, so it hides no point); log latency axis past a 10x span."""
     from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
     fig = figure((10, 5.5))
     ax = fig.add_subplot()
@@ -75,6 +76,10 @@ def acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path:
             ax.errorbar(g["lat_p95_ms"], g["top1_pct"], xerr=xerr, fmt="none", ecolor=f"C{i % 10}", alpha=0.6,
                         capsize=2, lw=1)
     front = ok[pareto_mask(ok["lat_p95_ms"], ok["top1_pct"])].sort_values("lat_p95_ms", kind="stable")
+    # The best accuracy reachable within a latency budget is flat between front points: a post step.
+    ax.plot(front["lat_p95_ms"], front["top1_pct"], drawstyle="steps-post", color="black", lw=1, zorder=1,
+            marker="D", markersize=9, markerfacecolor="none", label="Pareto front: nothing both faster and "
+            "more accurate" if len(front) > 1 else "Pareto front (one point: it is fastest and most accurate)")
     for i, (_, r) in enumerate(front.iterrows(), start=1):
         # alternate above / below: neighbours on the front are often a few us apart (folded vs unfolded)
         ax.annotate(str(i), (r["lat_p95_ms"], r["top1_pct"]), textcoords="offset points",
@@ -89,16 +94,19 @@ def acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path:
     if "lat_p95_lo_ms" in ok and "lat_p95_hi_ms" in ok:  # room for the interval bars
         lo = min(lo, float(pd.to_numeric(ok["lat_p95_lo_ms"], errors="coerce").min(skipna=True) or lo))
         hi = max(hi, float(pd.to_numeric(ok["lat_p95_hi_ms"], errors="coerce").max(skipna=True) or hi))
-    ax.set_xscale("log")
-    ax.set_xlim(lo / 1.15, hi * 1.15)
-    ax.xaxis.set_major_locator(FixedLocator(log_ticks(lo / 1.15, hi * 1.15)))
+    log = hi > 10 * lo  # a log axis only where latencies span decades; a linear one reads more plainly
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 1.15, hi * 1.15)
+        ax.xaxis.set_major_locator(FixedLocator(log_ticks(lo / 1.15, hi * 1.15)))
+        ax.xaxis.set_minor_formatter(NullFormatter())            # minor ticks unlabelled: they would overlap
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.4, not 4x10^-1
-    ax.xaxis.set_minor_formatter(NullFormatter())            # minor ticks unlabelled: they would overlap
     clock = "CPU timings, not GPU latency" if cpu else "GPU"
-    ax.set_xlabel(f"p95 latency, batch 1 (ms, log scale; median over repeats, bars 95% interval; {clock})")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_xlabel(f"p95 latency at batch 1, ms{', log scale' if log else ''} "
+                  f"(median over repeats, bars 95% interval; {clock})")
+    ax.set_ylabel("top-1 accuracy, %")
     ax.set_title("Accuracy vs latency (ok variants)" + (" - CPU timings" if cpu else "")
-                 + "; numbers: Pareto-best variants")
+                 + "; numbers: the Pareto front")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()

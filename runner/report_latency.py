@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner.pareto import pareto_front, plot_pareto
+from runner.pareto import pareto_front
 from runner.report_tables import ci_note, with_ci
 
 TARGETS = ((85.0, 25.0), (90.0, 40.0), (93.0, 100.0))   # (top-1 % at least, event p95 us at most), batch 1
@@ -30,18 +30,14 @@ def pareto_section(summary: pd.DataFrame, out_dir: Path, on_gpu: bool) -> list[s
         return lines + ["No variant finished with both an accuracy and a latency.", ""]
     front = pareto_front(ok, "top1_pct", "lat_p95_ms")
     unit, scale, nd = ("us", 1000.0, 1) if on_gpu else ("ms", 1.0, 3)  # CPU ms: 0.352, not 0.4
-    title = "batch-1 p95 (CUDA events)" if on_gpu else "batch-1 p95 - CPU timings, not GPU latency"
-    fig = plot_pareto(ok, "top1_pct", "lat_p95_ms", label_col="variant_id", lat_scale=scale, lat_unit=unit,
-                      title=title)
-    fig.savefig(out_dir / "pareto.png", dpi=120)
-    lines += ["Variants no other variant beats on both accuracy and p95 latency (every ok variant is a grey "
-              "point in the plot, its bar the 95% interval of its p95 where it has one):", "",
+    lines += ["Variants no other variant beats on both accuracy and p95 latency (the figure marks them among "
+              "every ok variant, each with the 95% interval of its p95 where it has one):", "",
               f"| Variant | Top-1 (%) | p95 ({unit}) | p50 ({unit}) |", "|---|---|---|---|"]
     for _, r in front.iterrows():
         lines.append(f"| `{r['variant_id']}` | {r['top1_pct']:.2f} | {with_ci(r, 'lat_p95_ms', nd, scale)} | "
                      f"{with_ci(r, 'lat_p50_ms', nd, scale)} |")
     lines += ["", ci_note(ok).strip()] if ci_note(ok) else []
-    lines += ["", "![Accuracy vs p95 latency, Pareto front](pareto.png)", ""]
+    lines += ["", "![Accuracy vs p95 latency, the Pareto front marked](acc_vs_latency.png)", ""]
     return lines + (targets_lines(ok) + ratio_lines(ok, front) if on_gpu else [])
 
 

@@ -145,8 +145,13 @@ def _wall_text(sweep: dict) -> str:
     return text
 
 
+def _short(reason: str, limit: int = 48) -> str:
+    """The reason cut at a word, for a table cell; the full one goes to a footnote."""
+    return reason if len(reason) <= limit else reason[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+
+
 def _brief_section(summary: pd.DataFrame) -> list[str]:
-    rows = []
+    rows, notes = [], []
     for bid, text in BRIEF_ROWS:
         hits = summary[summary["brief_id"] == bid]
         if hits.empty:
@@ -154,15 +159,16 @@ def _brief_section(summary: pd.DataFrame) -> list[str]:
         for _, r in hits.iterrows():
             variant = f"{_txt(r.get('label'))} (`{r['variant_id']}`)"
             if r["status"] != "ok":
-                rows.append([bid, variant, f"{r['status']}: {_first_line(r.get('error'), 80)}", DASH, DASH, DASH,
-                             DASH])
+                notes.append(_first_line(r.get("error"), 2000))
+                rows.append([bid, variant, f"{r['status']}: {_short(notes[-1])} [^why{len(notes)}]", DASH, DASH,
+                             DASH, DASH])
             else:
                 rows.append([bid, variant, _num(r["top1_pct"]), with_ci(r, "lat_mean_ms"),
                              with_ci(r, "lat_p95_ms"), _num(r["size_mb"]), r.get("flags") or DASH])
     head = ["## The brief's table", "",
             "Latencies are medians over repeats of each repeat's mean and p95 (batch 1)." + ci_note(summary), ""]
     return head + markdown_table(["ID", "Variant", "Acc. (%)", "Mean lat. (ms)", "p95 lat. (ms)", "Size (MB)", "Flags"],
-                         rows) + [""]
+                         rows) + [""] + [f"[^why{i}]: {note}" for i, note in enumerate(notes, 1)] + [""] * bool(notes)
 
 
 def _decision_section(decisions: pd.DataFrame, paired: bool = False) -> list[str]:
