@@ -61,6 +61,7 @@ def start_ray(address: str | None, log: Callable[[str], None]) -> dict[str, Any]
     # (the test suite starts a dozen local clusters).
     dashboard = os.environ.get("RUNNER_DASHBOARD", "1") != "0"
     plain_output()  # Ray's colour codes stay out of a log file
+    log(f"starting Ray ({'joining ' + address if address else 'a local cluster'}; it takes a few seconds)")
     ctx = ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", runtime_env=runtime_env,
                    include_dashboard=dashboard, log_to_driver=True, logging_level="WARNING",
                    **guard.local_ray_args(address))
@@ -136,6 +137,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
         _run(spec, data, run_dir, pending, hashes, cluster, log, deadline, steps)
         completed = True
     finally:  # also on Ctrl-C or a crash: whatever landed is merged, and the report describes exactly that
+        log("stopping Ray, merging the results and writing the report")
         ray.shutdown()
         reaper.stop()  # and whatever ray.shutdown left of a cluster we started
         # An interrupted invocation's time is kept too: a resumed sweep's wall is the sum of all of them.
@@ -211,10 +213,10 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
     progress.begin("train")
     errors = training.run(queue, refs, data_ref, train_opts, slots, run_dir, spec.name, progress, deadline, steps)
     ready = [v for v in pending if refs.get(v.model) is not None]
-    progress.begin("bench")
     for v in pending:
         if refs.get(v.model) is None:
             _land_untrained(v, spec, run_dir, hashes, progress, errors.get(v.model, "no checkpoint"))
+    progress.begin("bench")
     models = {k: (spec.model(k), ref) for k, ref in refs.items() if ref is not None}
     progress.skip("bench", sum(b.model not in models for _, b in pairs), "a pair whose model did not train")
     pairs = [(a, b) for a, b in pairs if b.model in models]

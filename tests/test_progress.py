@@ -73,15 +73,19 @@ def test_the_total_is_the_whole_plan_from_the_first_line_to_the_last(spec):
 def test_time_left_is_each_phase_s_tasks_left_at_its_measured_pace(spec):
     lines: list[str] = []
     p = Progress({"train": 3, "bench": 4, "recheck": 2}, log=lines.append)
-    p.landed("train:a", "ok")  # no phase begun, no pace measured: no guess
+    p.still("train:a")  # nothing landed yet: no pace measured, no guess
     assert "left ?" in lines[-1] and p.left_s() is None
-    p.began["train"] = time.monotonic() - 100.0
+    p.begin("train")
+    p.began["train"] -= 100.0  # the phase began 100 s ago
+    p.landed("train:a", "ok")
     p.landed("train:b", "ok")  # 2 in 100 s: 50 s a task, for the training left and the phases after it
     assert re.search(r"left ~5m\d\ds", lines[-1]) and p.left_s() == pytest.approx(50 * (1 + 4 + 2), abs=1)
     p.landed("train:c", "ok")
+    p.landed("bench:w", "error")  # an error row written before the bench phase ran: no pace from it
+    assert p.left_s() == pytest.approx(100 / 3 * (3 + 2), abs=1)  # 3 trainings in 100 s
     p.began["bench"] = time.monotonic() - 10.0
     p.landed("bench:x", "ok")  # the bench phase's own pace now: 10 s a task
-    assert p.left_s() == pytest.approx(10 * (3 + 2), abs=1)
+    assert p.left_s() == pytest.approx(10 * (2 + 2), abs=1)
 
 
 def test_a_line_comes_while_nothing_lands_saying_what_runs():

@@ -37,6 +37,7 @@ class Progress:
     bar: bool = False
     t0: float = dataclasses.field(default_factory=time.monotonic)
     landings: Counter = dataclasses.field(default_factory=Counter)
+    paced: Counter = dataclasses.field(default_factory=Counter)  # landed after their phase began: its pace
     skipped: Counter = dataclasses.field(default_factory=Counter)
     began: dict[str, float] = dataclasses.field(default_factory=dict)
     last_line: float = dataclasses.field(default_factory=time.monotonic)
@@ -56,6 +57,7 @@ class Progress:
     def landed(self, what: str, status: str, detail: str = "") -> None:
         phase = {"pair": "bench"}.get(what.split(":")[0], what.split(":")[0])
         self.landings[phase] += 1
+        self.paced[phase] += phase in self.began  # an error row written before the phase ran says no pace
         self._line(f"{status:<7} {what}" + (f"  {detail}" if detail else ""))
 
     def skip(self, phase: str, n: int, why: str) -> None:
@@ -79,8 +81,8 @@ class Progress:
     def left_s(self) -> float | None:
         now, pace, left = time.monotonic(), None, 0.0
         for phase in PHASES:
-            if self.landings[phase] and phase in self.began:
-                pace = (now - self.began[phase]) / self.landings[phase]
+            if self.paced[phase]:
+                pace = (now - self.began[phase]) / self.paced[phase]
             n = self.plan.get(phase, 0) - self.landings[phase] - self.skipped[phase]
             if n > 0:
                 if pace is None:
