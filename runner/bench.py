@@ -8,6 +8,7 @@ On a CPU only the host clock exists, and the rows say `timer=host`.
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -46,6 +47,19 @@ def time_repeat(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, 
                            "is slower (reports/h200-inflation/); time first, profile after")
     for _ in range(warmup):
         fn(x)
+    # The collector off while timing (as timeit does): an eager call allocates Python objects, and a collection
+    # that lands inside a timed call is the collector's time, not the model's. (No gc.collect() first: in a
+    # process holding torch it takes tens of ms, once per slice.)
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        return _timed_calls(fn, x, iters, cuda)
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+def _timed_calls(fn: Callable, x: torch.Tensor, iters: int, cuda: bool) -> Samples:
     if cuda:
         torch.cuda.synchronize(x.device)
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]

@@ -214,3 +214,86 @@ def slow_rounds(p50s, factor: float = SLOW_FACTOR, min_variants: int = 2) -> np.
         ratio = a / med
     timed = np.isfinite(ratio)
     return (timed.sum(axis=0) >= min_variants) & np.all(~timed | (ratio >= factor), axis=0)
+
+
+# ---------------------------------------------------------------- across processes
+
+Z95 = 1.959964  # the normal 97.5% point: the across-process interval is a normal one in log latency
+CHI2_1_MEDIAN = 0.454936  # the median of a chi-square with one degree of freedom (robust pooling below)
+
+
+def _log_se(lo, hi) -> float:
+    """A within-process interval [lo, hi] read back as a standard error of log latency (0 without one)."""
+    lo, hi = float(lo), float(hi)
+    return math.log(hi / lo) / (2 * Z95) if math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi else 0.0
+
+
+def across_processes(summary, twins) -> "pd.DataFrame":
+    """The summary's intervals widened to hold a fresh process's value: a copy of `summary` (one line per
+    variant, runner/results.summarize) with every `{lat,host}_{stat}_{lo,hi}_ms` replaced where the variant
+    was timed in a second process too (`twins`: rows of RECHECK_SCHEMA from runner/engine's twin phase),
+    plus `ci_processes` (processes behind the interval) and `between_pct` (the between-process s.d. used, %).
+
+    Why: slices inside one process cannot see what changes from one process to the next (on an H200 a
+    graphed ShuffleNet read 8-9% apart in two processes whose own intervals were 0.3% wide; eager rows
+    18-28%), so a one-process interval held only 44% of re-checks (reports/h200-1gpu-engine/).
+    Model, in log latency: a process shifts the whole distribution by an effect of s.d. sigma; each process
+    measures its median with the within-process error of its slices (the order-statistic interval read as a
+    normal one). Each variant's two processes give sigma^2 ~ d^2/2 less the within part (d their gap);
+    sigma^2 is then the largest of: the variant's own d^2/2; the mean estimate over its model's variants of
+    the same kind (eager, graphed, compiled: one architecture jumps between processes where another does
+    not, and two processes of one variant can miss a jump the others show); and a robust pool over every
+    variant of that kind (the median estimate over the median of chi-square(1)). The interval is centred
+    between the two processes with the spread of the difference between that centre and a fresh process
+    (1.5 sigma^2 + the within terms). It is checked, not assumed: the re-check phase (a third set of
+    processes) reports the fraction of re-checks inside it."""
+    import pandas as pd
+
+    out = summary.copy().reset_index(drop=True)
+    has = pd.to_numeric(out["lat_p50_lo_ms"], errors="coerce").notna() if "lat_p50_lo_ms" in out else False
+    out["ci_processes"], out["between_pct"] = np.where(has, 1, 0), np.nan
+    if twins is None or twins.empty or out.empty:
+        return out
+    tw = twins[twins["status"] == "ok"].drop_duplicates("variant_id", keep="last").set_index("variant_id")
+    kind = np.where(out["compile"].fillna("none").ne("none"), "compiled",
+                    np.where(out["cuda_graph"].fillna(False).astype(bool), "graphed", "eager"))
+    model = out["model"].fillna("") if "model" in out else pd.Series([""] * len(out))
+    gaps: dict[tuple[int, str], tuple[float, float, float, float]] = {}
+    for i, r in out.iterrows():
+        if r.get("status") != "ok" or r["variant_id"] not in tw.index:
+            continue
+        t = tw.loc[r["variant_id"]]
+        for clock, twin_col in (("lat", "recheck_p50_ms"), ("host", "recheck_host_p50_ms")):
+            a, b = _num(r.get(f"{clock}_p50_ms")), _num(t.get(twin_col))
+            if a > 0 and b > 0:
+                se_a = _log_se(r.get(f"{clock}_p50_lo_ms"), r.get(f"{clock}_p50_hi_ms"))
+                se_b = _log_se(t.get("recheck_p50_lo_ms"), t.get("recheck_p50_hi_ms")) if clock == "lat" else se_a
+                d = math.log(a / b)
+                gaps[i, clock] = (d, se_a, se_b, max(0.0, d * d / 2 - (se_a ** 2 + se_b ** 2) / 2))
+    for (i, clock), (d, se_a, se_b, _) in gaps.items():
+        same_kind = [g[3] for (j, c), g in gaps.items() if c == clock and kind[j] == kind[i]]
+        same_model = [g[3] for (j, c), g in gaps.items() if c == clock and kind[j] == kind[i] and model[j] == model[i]]
+        var = max(d * d / 2, float(np.mean(same_model)) if len(same_model) >= 2 else 0.0,
+                  float(np.median(same_kind)) / CHI2_1_MEDIAN if len(same_kind) >= 3 else 0.0)
+        if clock == "lat":
+            out.loc[i, ["ci_processes", "between_pct"]] = [2, 100.0 * math.sqrt(var)]
+        for s in STATS:
+            base = f"{clock}_{s}"
+            value = _num(out.loc[i, f"{base}_ms"]) if f"{base}_ms" in out else math.nan
+            if not value > 0:
+                continue
+            se_s = se_a if s == "p50" else _log_se(out.loc[i, f"{base}_lo_ms"], out.loc[i, f"{base}_hi_ms"])
+            centre = math.log(value) - d / 2
+            h = Z95 * math.sqrt(1.5 * var + se_s ** 2 / 4 + se_b ** 2 / 4 + (se_s ** 2 + se_b ** 2) / 2)
+            out.loc[i, [f"{base}_lo_ms", f"{base}_hi_ms"]] = [math.exp(centre - h), math.exp(centre + h)]
+        if clock == "lat":
+            lo, hi = out.loc[i, "lat_p50_lo_ms"], out.loc[i, "lat_p50_hi_ms"]
+            out.loc[i, "lat_p50_halfwidth_pct"] = 100.0 * (hi - lo) / 2 / _num(out.loc[i, "lat_p50_ms"])
+    return out
+
+
+def _num(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from runner import agreement, host_rounds, plots, report_latency, report_trust
+from runner import agreement, host_rounds, intervals, plots, report_latency, report_trust
 from runner.decisions import AXES, MAX_ACC_DROP_PTS, choose, decide, parent_key
 from runner.plots import figure as _figure
 from runner.report_format import DASH, _distinct, _missing, _ok, markdown_table
@@ -107,7 +107,7 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     sweep = _read_sweep(run_dir)
     results = _read_parquet(run_dir / "results.parquet", RESULT_SCHEMA.names)
     training = _read_parquet(run_dir / "training.parquet", TRAINING_SCHEMA.names)
-    summary = _summary(results)
+    summary = intervals.across_processes(_summary(results), report_trust.read(run_dir, "twins"))
     pair_rows = report_trust.read(run_dir, "pairs")
     paired = not pair_rows.empty
     decisions = report_trust.paired_decisions(summary, pair_rows) if paired else decide(results)

@@ -47,9 +47,15 @@ def ci_note(frame: pd.DataFrame) -> str:
         return ""
     units = pd.to_numeric(frame.get("ci_units"), errors="coerce").dropna().astype(int).unique()
     n = f"{min(units)}-{max(units)}" if len(units) > 1 else (str(units[0]) if len(units) else "its")
+    two = int((pd.to_numeric(frame.get("ci_processes"), errors="coerce") == 2).sum()) if "ci_processes" in frame else 0
+    if two:  # runner/intervals.across_processes
+        return (f" In brackets: the 95% interval for the value a fresh process would read, from two processes "
+                f"({two} variants): each one's slices ({n} per variant, order statistics) for the within-process "
+                f"error, the gap between the two, pooled over graphed or eager variants, for the between-process "
+                f"one (runner/intervals.py); a value without brackets had too few slices for one.")
     return (f" In brackets: the 95% interval, distribution-free, from the order statistics of the statistic "
-            f"taken per timing slice ({n} slices per variant; runner/intervals.py); a value without brackets "
-            f"had too few slices for one.")
+            f"taken per timing slice ({n} slices per variant; runner/intervals.py), one process: it does not "
+            f"hold what changes between processes; a value without brackets had too few slices for one.")
 
 
 def _chosen_section(summary: pd.DataFrame, decisions: pd.DataFrame, bar: float) -> list[str]:

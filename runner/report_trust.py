@@ -17,7 +17,7 @@ DASH = "—"
 
 
 def read(run_dir: Path, name: str) -> pd.DataFrame:
-    schema = {"pairs": PAIR_SCHEMA, "rechecks": RECHECK_SCHEMA}[name]
+    schema = {"pairs": PAIR_SCHEMA, "rechecks": RECHECK_SCHEMA, "twins": RECHECK_SCHEMA}[name]
     path = run_dir / f"{name}.parquet"
     if not path.exists():
         return pd.DataFrame(columns=schema.names)

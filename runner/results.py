@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from runner.intervals import COLUMNS as INTERVAL_COLUMNS
+from runner.intervals import COLUMNS as INTERVAL_COLUMNS, across_processes
 
 STATS = ("mean", "p50", "p90", "p95", "p99", "std", "min")
 
@@ -219,11 +219,12 @@ def merge(run_dir: str | Path, skipped: list[Path] | None = None) -> dict[str, P
     out["results"] = write_frame(results, run_dir / "results.parquet", RESULT_SCHEMA)
     training = read_folder(run_dir / "training", TRAINING_SCHEMA, skipped)
     out["training"] = write_frame(training, run_dir / "training.parquet", TRAINING_SCHEMA)
-    for name, schema in (("pairs", PAIR_SCHEMA), ("rechecks", RECHECK_SCHEMA)):
+    for name, schema in (("pairs", PAIR_SCHEMA), ("rechecks", RECHECK_SCHEMA), ("twins", RECHECK_SCHEMA)):
         if (run_dir / name).is_dir():
             out[name] = write_frame(read_folder(run_dir / name, schema, skipped), run_dir / f"{name}.parquet", schema)
     csv = run_dir / "final_table.csv"
-    summarize(results).to_csv(csv, index=False, float_format="%.4f")
+    twins = read_folder(run_dir / "twins", RECHECK_SCHEMA) if (run_dir / "twins").is_dir() else None
+    across_processes(summarize(results), twins).to_csv(csv, index=False, float_format="%.4f")
     out["csv"] = csv
     return out
 

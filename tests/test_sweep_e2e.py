@@ -37,7 +37,7 @@ def test_every_variant_ends_as_a_row(sweep_run):
     assert broken["status"] == "error"
     assert "training of model 'broken' failed" in broken["error"] and "batch_size 4096 is larger" in broken["error"]
     # Progress: one line per landed task: 3 trainings + every variant, then the pairs and the re-checks.
-    landed = [re.search(r"\b(?:train|bench|pair|recheck):\S+", l).group(0) for l in lines if l.startswith("[")]
+    landed = [re.search(r"\b(?:train|bench|pair|twin|recheck):\S+", l).group(0) for l in lines if l.startswith("[")]
     assert sum(t.startswith(("train:", "bench:")) for t in landed) == 3 + len(spec.variants)
     assert any(t.startswith("pair:") for t in landed) and any(t.startswith("recheck:") for t in landed)
     # Trainings all land before the first benchmark starts (phases), so no timing shares the host with one.
@@ -48,13 +48,16 @@ def test_every_variant_ends_as_a_row(sweep_run):
 def test_one_benchmark_actor_per_phase_and_fresh_training_processes(sweep_run):
     """Trainings run in processes of their own (a process that trained times eager code ~1.5x slower); every
     variant of the bench phase is timed by the one long-lived actor of this one-node cluster, and the
-    re-check by a new one."""
+    second process (twin) and the re-check each by a new one."""
     _, _, run_dir, _, _ = sweep_run
     bench = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'").drop_duplicates("variant_id")
     train = pd.read_parquet(run_dir / "training.parquet").dropna(subset=["pid"]).drop_duplicates("model")
     rechecks = pd.read_parquet(run_dir / "rechecks.parquet").query("status == 'ok'")
     assert len(bench) >= 4 and bench["pid"].nunique() == 1
-    assert rechecks["pid"].nunique() == 1 and set(rechecks["pid"]) != set(bench["pid"])
+    twins = pd.read_parquet(run_dir / "twins.parquet").query("status == 'ok'")
+    assert set(twins["variant_id"]) == set(bench["variant_id"])  # every measured variant in a second process
+    assert rechecks["pid"].nunique() == 1 and twins["pid"].nunique() == 1
+    assert len(set(rechecks["pid"]) | set(twins["pid"]) | set(bench["pid"])) == 3  # three processes
     assert not set(train["pid"]) & (set(bench["pid"]) | set(rechecks["pid"]))
 
 
@@ -78,7 +81,8 @@ def test_ok_rows_carry_measurements_and_provenance(sweep_run):
     for col in ["lat_mean_ms", "lat_p50_ms", "lat_p95_ms", "host_p50_ms", "size_mb", "top1_pct"]:
         assert (ok[col] > 0).all(), col
     assert (ok["lat_p95_ms"] >= ok["lat_p50_ms"]).all()
-    assert (ok["timer"] == ("cuda_event" if GPU else "host")).all() and (ok["device"] == ("cuda" if GPU else "cpu")).all()
+    assert (ok["timer"] == ("cuda_event" if GPU else "host")).all()
+    assert (ok["device"] == ("cuda" if GPU else "cpu")).all()
     assert ok["torch_version"].notna().all() and ok["git_commit"].notna().all()
     assert ok["data_source"].str.startswith(data.source).all()  # plus the recipe's subset, when one is used
     samples = pd.read_parquet(run_dir / "samples" / "tiny-fp32-nchw-eager.parquet")

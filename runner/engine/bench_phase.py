@@ -2,8 +2,10 @@
 
     bench     actors load the trained models, then run their programs (runner/engine/program.py):
               prepare, time in slices, pairs, checks, profile; rows land as each variant's checks end
-    re-check  new actor processes (the models on other GPUs when there are several), the same variants
-              timed again in reverse order: the in-sweep numbers' independent witness
+    twin      new actor processes time every measured variant again, in reverse order: the second process
+              whose gap from the first gives each interval its between-process part (runner/intervals.py)
+    re-check  new actor processes again (the models on other GPUs when there are several), the same way:
+              the in-sweep numbers' independent witness, and the test of the intervals
 
 The driver submits one step per actor at a time, when the host's gate allows (a timing runs with nothing
 else of ours on its host), waits for any step to land, writes what it returned, and goes on. It defers its
@@ -46,8 +48,12 @@ class Phase:
     steps: StepLog
     deadline: Deadline = Deadline()
     pairs: list = dataclasses.field(default_factory=list)
-    recheck: bool = False
+    witness: str = ""   # "" the bench phase; "twin" or "recheck": a timing-only phase whose rows go to <witness>s/
     log: Callable[[str], None] = print
+
+    @property
+    def recheck(self) -> bool:
+        return bool(self.witness)
 
 
 @dataclasses.dataclass
@@ -83,10 +89,10 @@ def run(ph: Phase) -> None:
         vs = [v for v in ph.variants if v.model in models]
         prs = [(a, b) for a, b in ph.pairs if b.model in models]
         steps = program.bench_program(models, vs, prs, ph.spec.bench.slices, recheck=ph.recheck)
-        kind = "recheck" if ph.recheck else "bench"
+        kind = ph.witness or "bench"
         handle = Actor.options(name=f"{kind}:{i}", **ph.actor_opts).remote(ph.spec.name, ph.spec.bench, ph.hashes)
         actors.append(Running(f"{kind}:{i}", handle, {v.variant_id for v in vs}, deque([program.Step("hello")] + steps)))
-    ph.log(f"-- {'re-check' if ph.recheck else 'bench'} phase: {len(ph.variants)} variant(s) on {len(actors)} "
+    ph.log(f"-- {ph.witness or 'bench'} phase: {len(ph.variants)} variant(s) on {len(actors)} "
            f"actor(s): " + "; ".join(f"{a.name} {', '.join(g)}" for a, g in zip(actors, (g for g in groups if g))))
     _drive(ph, actors)
 
@@ -122,7 +128,7 @@ def _drive(ph: Phase, actors: list[Running]) -> None:
         for a in actors:
             ray.kill(a.handle, no_restart=True)
     if state["left"]:
-        raise Stopped("re-check" if ph.recheck else "bench", state["left"])
+        raise Stopped(ph.witness or "bench", state["left"])
 
 
 def _maybe_submit(ph: Phase, a: Running, gate: program.HostGate, state: dict) -> None:
@@ -182,8 +188,8 @@ def _land(ph: Phase, a: Running, ref, step: program.Step, submitted: str, state:
     elif step.kind == "recheck_rows":
         for row in result:
             a.ids.discard(row["variant_id"])
-            results.write_rows([row], ph.run_dir / "rechecks" / f"{row['variant_id']}.parquet", RECHECK_SCHEMA)
-            ph.progress.landed(f"recheck:{row['variant_id']}", row["status"], _first(row.get("error")))
+            results.write_rows([row], ph.run_dir / f"{ph.witness}s" / f"{row['variant_id']}.parquet", RECHECK_SCHEMA)
+            ph.progress.landed(f"{ph.witness}:{row['variant_id']}", row["status"], _first(row.get("error")))
 
 
 def _write_variant(ph: Phase, a: Running, vid: str, rows: list[dict], raw: list[dict], state: dict) -> None:
@@ -192,8 +198,8 @@ def _write_variant(ph: Phase, a: Running, vid: str, rows: list[dict], raw: list[
         r = rows[0]
         row = {"variant_id": vid, "status": "error", "error": r.get("error"), "finished_at": now(),
                "started_at": r.get("started_at")}
-        results.write_rows([row], ph.run_dir / "rechecks" / f"{vid}.parquet", RECHECK_SCHEMA)
-        ph.progress.landed(f"recheck:{vid}", "error", _first(r.get("error")))
+        results.write_rows([row], ph.run_dir / f"{ph.witness}s" / f"{vid}.parquet", RECHECK_SCHEMA)
+        ph.progress.landed(f"{ph.witness}:{vid}", "error", _first(r.get("error")))
         return
     state["rows"][vid] = rows
     results.write_rows(rows, ph.run_dir / "results" / f"{vid}.parquet", RESULT_SCHEMA)

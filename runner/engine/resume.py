@@ -1,7 +1,7 @@
 """What an invocation still has to do besides its pending variants: the pairs to time, the re-checks left.
 
 A pair is decided when its child is measured in this invocation (from the rounds that timed it); a re-check is
-due when a row has none that ended after it landed (a sweep stopped in its re-check phase, a resumed one
+due when a row has none that ended after it landed (a twin, the second process of runner/intervals.py, alike) (a sweep stopped in its re-check phase, a resumed one
 whose sample grew, or a row measured again since).
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ def pairs_to_time(spec, run_dir: Path, pending: list) -> list[tuple]:
     return [(parent, child) for parent, child, _axis in pairs.plan(spec.variants) if child.variant_id in new]
 
 
-def unchecked(ids: list[str], run_dir: Path) -> list[str]:
-    """The ids without a re-check that ended after their rows landed."""
+def unchecked(ids: list[str], run_dir: Path, folder: str = "rechecks") -> list[str]:
+    """The ids without a witness row (a re-check, or a twin with folder="twins") that ended after their rows."""
     rows = results.read_folder(run_dir / "results", RESULT_SCHEMA)
-    checks = results.read_folder(run_dir / "rechecks", RECHECK_SCHEMA)
+    checks = results.read_folder(run_dir / folder, RECHECK_SCHEMA)
 
     def last(frame: pd.DataFrame) -> pd.Series:
         when = pd.to_datetime(frame["finished_at"], utc=True, format="ISO8601", errors="coerce")
