@@ -220,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     except guard.GuardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine said no: permission, read-only or full disk, a file where a folder goes
+        from runner.files import oserror_line
+        print(f"error: {oserror_line(e)}", file=sys.stderr)
+        return 2
+    except UnicodeError as e:  # a name or file that is not text in the encoding it is read with
+        from runner.files import short
+        print(f"error: {short(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         code = guard.interrupted_exit_code()
         print(f"interrupted (exit {code}); a sweep keeps what landed: re-run the same command to resume",
@@ -227,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except Exception as e:
         from runner.data import DataError
+        from runner.files import FileError
+        if isinstance(e, FileError):  # a run-folder file too large, not JSON, nested too deeply
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if isinstance(e, DataError):
             print(f"data error: {e}", file=sys.stderr)
             return 2

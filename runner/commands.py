@@ -62,7 +62,22 @@ def cmd_sweep(args) -> int:
             return STOPPED_EXIT
     print(f"\nreport:   {report}\nresults:  {run_dir / 'results.parquet'}\ntraining: {run_dir / 'training.parquet'}"
           f"\ntable:    {run_dir / 'final_table.csv'}")
-    return 0
+    failed = failed_run(run_dir)
+    if failed:
+        print(f"error: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def failed_run(run_dir: Path) -> str | None:
+    """Why a finished sweep counts as failed (exit 1): rows landed, none ok and at least one an error (a
+    sweep of skips only, e.g. GPU variants on a CPU, is not a failure of the run)."""
+    import pandas as pd
+
+    path = run_dir / "results.parquet"
+    status = pd.read_parquet(path, columns=["status"])["status"] if path.exists() else pd.Series(dtype=str)
+    if (status == "ok").any() or not (status == "error").any():
+        return None
+    return f"no variant ended ok: every task failed ({int((status == 'error').sum())} error row(s); see {run_dir})"
 
 
 def cmd_list(args) -> int:
@@ -115,6 +130,7 @@ def train_checkpoint_path(out: Path, sweep: str, model: str) -> Path:
 def cmd_train(args) -> int:
     import torch
 
+    from runner import files
     from runner.train import train
 
     spec = _load(args)
@@ -129,9 +145,7 @@ def cmd_train(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = train(m, _data(spec, args, Path(args.out) / spec.name), device)
     out = train_checkpoint_path(Path(args.out), spec.name, m.key)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, out.with_suffix(".tmp"))
-    out.with_suffix(".tmp").replace(out)
+    files.write_new(out, lambda f: torch.save(ckpt, f))
     print(f"{m.key}: top1 {ckpt['top1_pct']:.2f}% (fp32) in {ckpt['train_s']:.1f}s "
           f"({ckpt['train_img_per_s']:,.0f} img/s on {device}); checkpoint {out}")
     return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import lzma
 import os
 import shutil
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from runner import files
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Per-channel statistics of the official CIFAR-10 train set, used for every source so that
@@ -70,7 +71,13 @@ def _pick(n: int, k: int) -> np.ndarray | slice:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CIFAR_RUNNER_CACHE", Path.home() / ".cache" / "cifar-runner"))
+    if os.environ.get("CIFAR_RUNNER_CACHE"):
+        return Path(os.environ["CIFAR_RUNNER_CACHE"])
+    try:
+        return Path.home() / ".cache" / "cifar-runner"
+    except RuntimeError:  # no home directory for this uid (a container's user without a passwd entry)
+        raise DataError("no home directory to keep the data cache in: set CIFAR_RUNNER_CACHE to a writable "
+                        "folder") from None
 
 
 def load(source: str = "cifar10", root: str | None = None) -> Cifar:
@@ -88,7 +95,7 @@ def recorded(run_dir: Path) -> dict | None:
     from a folder older than that record, resolved_config.json's data section; None where neither is."""
     for name in ("sweep.json", "resolved_config.json"):
         try:
-            rec = json.loads((Path(run_dir) / name).read_text()).get("data")
+            rec = files.read_json(Path(run_dir) / name).get("data")
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(rec, dict) and rec.get("source"):
@@ -161,10 +168,8 @@ def _load_folder(path: Path) -> Cifar:
     (trx, tr_y), (tex, te_y) = parts["train"], parts["test"]
     jpeg = " (JPEG copy: accuracy is a proxy for the official test set)" if _is_jpeg(tree) else ""
     source = f"image folder {path} sha256:{_checksum(trx, tex)}{jpeg}"
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez(tmp, train_x=trx, train_y=tr_y, test_x=tex, test_y=te_y, source=np.array(source))
-    os.replace(tmp, cached)
+    files.write_new(cached, lambda f: np.savez(f, train_x=trx, train_y=tr_y, test_x=tex, test_y=te_y,
+                                               source=np.array(source)))
     return Cifar(trx, tr_y, tex, te_y, source)
 
 

@@ -29,8 +29,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from runner import files
 from runner.data import CLASSES, MEAN, STD, DataError, load, normalizer, recorded
 from runner.results import summarize
+from variants.spec import stable_hash
 
 EVAL_BATCH = 500
 
@@ -52,7 +54,7 @@ def pick(run_dir: Path, variant_id: str | None) -> tuple[pd.Series, str]:
                               + (f" ({why})" if why else "") + ": nothing measured to export")
         return row, "named with --variant"
     sweep_json = run_dir / "sweep.json"
-    bar = float(json.loads(sweep_json.read_text()).get("accuracy_bar_pct", 85.0)) if sweep_json.exists() else 85.0
+    bar = float(files.read_json(sweep_json).get("accuracy_bar_pct", 85.0)) if sweep_json.exists() else 85.0
     best = choose(summary, bar)
     if best["chosen"] is not None:
         return best["chosen"], f"lowest host-clock p95 among ok variants with top-1 >= {bar:g}%"
@@ -85,7 +87,7 @@ def write_program(model: torch.nn.Module, out: Path) -> torch.export.ExportedPro
     example = torch.randn(2, 3, 32, 32)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
-    torch.export.save(program, out / "model.pt2")
+    files.write_by_name(out / "model.pt2", lambda name: torch.export.save(program, name))
     return program
 
 
@@ -156,26 +158,42 @@ def export(run_dir: Path, variant_id: str | None = None, out: Path | None = None
     ckpt_path = run_dir / "checkpoints" / f"{row['model']}.pt"
     if not ckpt_path.exists():
         raise LookupError(f"no checkpoint {ckpt_path}: the sweep did not keep model '{row['model']}'")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = _checkpoint(ckpt_path, row, cfg["model"])
     out = out or run_dir / "export" / row["variant_id"]
     out.mkdir(parents=True, exist_ok=True)
     x, y, test_source = sweep_test_set(run_dir, ckpt, cfg["model"], data_arg)  # fail before writing anything big
 
     model = eval_model(ckpt, fold=bool(cfg["variant"]["bn_fold"]), tta=cfg["variant"].get("tta", "none"))
     program = write_program(model, out)
-    onnx_method = write_onnx(program, model, out / "model.onnx")
-    torch.save({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()},
-               out / "state_dict.pt")
+    onnx_method = files.write_by_name(out / "model.onnx", lambda name: write_onnx(program, model, name))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    files.write_new(out / "state_dict.pt", lambda f: torch.save(state, f))
     info = describe(row, why, cfg, ckpt, ckpt_path, onnx_method)
     info["accuracy"] = {"test_set": test_source, **remeasure(out, model, x, y)}
     info["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": sha256(out / f)}
                      for f in ("model.pt2", "model.onnx", "state_dict.pt")}
-    (out / "export.json").write_text(json.dumps(info, indent=2, default=str))
+    files.write_json(info, out / "export.json")
     text = loading_snippet(info, out)
-    (out / "export.md").write_text(text)
-    with open(run_dir / "export.md", "a") as f:  # one section per export, beside report.md
-        f.write(text + "\n")
+    files.write_text(out / "export.md", text)
+    log = run_dir / "export.md"  # one section per export, beside report.md; rewritten, never appended through a link
+    earlier = files.read_bytes(log).decode(errors="replace") if log.is_file() and not log.is_symlink() else ""
+    files.write_text(log, earlier + text + "\n")
     return info
+
+
+def _checkpoint(path: Path, row: pd.Series, model_cfg: dict) -> dict:
+    """The checkpoint the variant was measured from, or LookupError: a file that does not load, or that holds
+    another model (its spec hash differs from the one the variant's rows record), is not exported."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors alike: the file is not a checkpoint
+        raise LookupError(f"{path}: not a checkpoint this runner wrote ({files.short(e, 120)})") from None
+    want = stable_hash(model_cfg)
+    if not isinstance(ckpt, dict) or ckpt.get("spec_hash") != want or ckpt.get("key") != row["model"]:
+        got = ckpt if not isinstance(ckpt, dict) else f"model '{ckpt.get('key')}' (spec {ckpt.get('spec_hash')})"
+        raise LookupError(f"{path} holds {files.short(got, 80)}, but variant '{row['variant_id']}' was measured "
+                          f"on model '{row['model']}' (spec {want}): re-run the sweep to train it again")
+    return ckpt
 
 
 def describe(row: pd.Series, why: str, cfg: dict, ckpt: dict, ckpt_path: Path, onnx_method: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from runner import files
 from runner.reaper import start_ticks
 
 LOCK_NAME = ".sweep.lock"
@@ -90,7 +91,7 @@ def _owner_gone(lock: dict) -> str | None:
 
 def _read_lock(path: Path) -> dict | None:
     try:
-        info = json.loads(path.read_text())
+        info = files.read_json(path, limit=1 << 16)  # capped: a lock linked to /dev/zero is only unreadable
         return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
     except (OSError, ValueError):
         return None

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from runner import files
+
 # Candidate tick mantissas per decade, coarse to fine; the first that gives at least 3 ticks is used.
 TICK_STEPS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0), tuple(np.arange(1.0, 10.0, 0.5)))
 
@@ -110,5 +112,5 @@ def acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.write_figure(fig, path)
     return fig

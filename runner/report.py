@@ -10,13 +10,12 @@ prints as "—", never as a guess.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from runner import agreement, host_rounds, intervals, plots, report_latency, report_trust
+from runner import agreement, files, host_rounds, intervals, plots, report_latency, report_trust
 from runner.decisions import AXES, MAX_ACC_DROP_PTS, choose, decide, parent_key
 from runner.plots import figure as _figure
 from runner.report_format import DASH, _distinct, _missing, _ok, markdown_table
@@ -43,7 +42,7 @@ def _read_parquet(path: Path, names: list[str]) -> pd.DataFrame:
 
 def _read_sweep(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "sweep.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return files.read_json(path) if path.exists() else {}
 
 
 def _repeat_stats(results: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +93,7 @@ def _plot_latency_by_variant(ok: pd.DataFrame, path: Path) -> None:
     ax.set_title("Latency by variant (fastest at the top)")
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.write_figure(fig, path)
 
 
 # ---------------------------------------------------------------- entry point
@@ -141,5 +140,5 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     lines += timeline_section(run_dir, out_dir)
     lines += _env_section(results, summary)
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    files.write_text(path, "\n".join(lines))
     return path

@@ -16,9 +16,7 @@ and files written before they existed still read (read_folder reads every part w
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,6 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from runner import files
+from runner.files import write_json  # noqa: F401 (the check scripts import it from here)
 from runner.intervals import COLUMNS as INTERVAL_COLUMNS, across_processes
 
 STATS = ("mean", "p50", "p90", "p95", "p99", "std", "min")
@@ -141,34 +141,13 @@ def to_table(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 
 
 def write_atomic(table: pa.Table, path: str | Path) -> Path:
-    """Write Parquet so that a reader (or a crash) never sees half a file: temp file + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write Parquet so that a reader (or a crash) never sees half a file, nor a planted link is followed."""
+    return files.write_new(path, lambda f: pq.write_table(table, f))
 
 
 def write_frame(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = None) -> Path:
     """A DataFrame to Parquet, atomically (see write_atomic); `schema` fixes the column types."""
     return write_atomic(pa.Table.from_pandas(df, schema=schema, preserve_index=False), path)
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    """A JSON report (the check scripts' output), written atomically like the Parquet files."""
-    import json
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
 
 
 def write_rows(rows: Iterable[dict[str, Any]], path: str | Path, schema: pa.Schema = RESULT_SCHEMA) -> Path:
@@ -189,7 +168,7 @@ def read_folder(folder: str | Path, schema: pa.Schema, skipped: list[Path] | Non
                 tables.append(pq.read_table(p, schema=schema))
                 continue
             except (pa.ArrowException, OSError, ValueError) as e:
-                problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                problem = f"{type(e).__name__}: {files.short(e, 200)}"
         print(f"warning: skipped {p}: it does not read as a part file of this folder ({problem})",
               file=sys.stderr)
         if skipped is not None:
@@ -201,13 +180,24 @@ def read_folder(folder: str | Path, schema: pa.Schema, skipped: list[Path] | Non
 
 def _part_problem(path: Path, schema: pa.Schema) -> str | None:
     """Why `path` is not one of this folder's part files, or None. Its identifying columns (the schema's
-    first two, e.g. sweep + variant_id) must be there: a foreign Parquet would read as all-null rows."""
+    first two, e.g. sweep + variant_id) must be there: a foreign Parquet would read as all-null rows. A column
+    it shares with the schema has the schema's type (or none, all null): reading casts, so a variant_id
+    written as the number 3 became a variant named '3'. Its rows belong to the variant (model) it is named
+    after: a part is written as <variant_id>.parquet, and resume trusts the name."""
     try:
-        names = pq.read_schema(path).names
+        part = pq.read_schema(path)
+        missing = [n for n in schema.names[:2] if n not in part.names]
+        if missing:
+            return f"no column {', '.join(missing)}"
+        for f in part:
+            want = schema.field(f.name).type if f.name in schema.names else None
+            if want is not None and f.type != want and not pa.types.is_null(f.type):
+                return f"its column {f.name} is {f.type}, not {want}: another schema"
+        owner = next((n for n in ("variant_id", "model") if n in schema.names[:2]), None)
+        found = set(pq.read_table(path, columns=[owner]).column(0).to_pylist()) - {path.stem} if owner else ()
     except (pa.ArrowException, OSError, ValueError) as e:
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    missing = [n for n in schema.names[:2] if n not in names]
-    return f"no column {', '.join(missing)}" if missing else None
+        return f"{type(e).__name__}: {files.short(e, 200)}"
+    return f"it holds rows of {owner} {files.short(sorted(map(str, found)), 80)}, not {path.stem}" if found else None
 
 
 def merge(run_dir: str | Path, skipped: list[Path] | None = None) -> dict[str, Path]:
@@ -224,7 +214,8 @@ def merge(run_dir: str | Path, skipped: list[Path] | None = None) -> dict[str, P
             out[name] = write_frame(read_folder(run_dir / name, schema, skipped), run_dir / f"{name}.parquet", schema)
     csv = run_dir / "final_table.csv"
     twins = read_folder(run_dir / "twins", RECHECK_SCHEMA) if (run_dir / "twins").is_dir() else None
-    across_processes(summarize(results), twins).to_csv(csv, index=False, float_format="%.4f")
+    table = across_processes(summarize(results), twins)
+    files.write_new(csv, lambda f: table.to_csv(f, index=False, float_format="%.4f"), text=True)
     out["csv"] = csv
     return out
 

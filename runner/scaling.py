@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner import timeline
+from runner import files, timeline
 from runner.plots import figure
 
 
@@ -52,7 +52,7 @@ class Run:
 def load_run(path: str | Path) -> Run:
     path = Path(path)
     try:
-        sweep = json.loads((path / "sweep.json").read_text())
+        sweep = files.read_json(path / "sweep.json")
     except FileNotFoundError:
         raise ScalingError(f"{path}: no sweep.json (not a sweep folder, or its sweep never started)") from None
     except (OSError, ValueError) as e:
@@ -141,7 +141,7 @@ def draw(runs: list[Run], path: Path):
     axes[0].legend(handles=[Patch(color=c, label=k) for k, c in timeline.COLORS.items()], fontsize=8,
                    loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    files.write_figure(fig, path, dpi=110)
     return fig
 
 
@@ -156,7 +156,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     draw(runs, out / "scaling_timeline.png")
     text = "\n".join(section(runs)) + "\n"
-    (out / "scaling.md").write_text(text)
+    files.write_text(out / "scaling.md", text)
     print(text)
     print(f"written: {out / 'scaling.md'}, {out / 'scaling_timeline.png'}")
     return 0

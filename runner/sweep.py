@@ -12,7 +12,6 @@ command skips rows measured by the same code on the same kind of device.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any, Callable
 import ray
 import torch
 
-from runner import agreement, env, guard, reaper, results
+from runner import agreement, env, files, guard, reaper, results
 from runner.engine import bench_phase, resume, run_folder, training
 from runner.engine.control import HEARTBEAT_S, Deadline, Progress, plain_output
 from runner.engine.steps import StepLog, now
@@ -120,7 +119,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh or run_folder.cut_short(run_dir):
         run_folder.set_aside(run_dir, log)
-    (run_dir / "resolved_config.json").write_text(json.dumps(run_folder.resolved(spec, data), indent=2, default=str))
+    files.write_json(run_folder.resolved(spec, data), run_dir / "resolved_config.json")
     code = env.code_digest()
     hashes = {v.variant_id: variant_hash(v, spec.model(v.model), spec.bench, data.source, code)
               for v in spec.variants}

@@ -12,11 +12,11 @@ landed) and sweep.json (each invocation's wall time). The report gives, for the 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from runner import files
 from runner.plots import figure
 
 COLORS = {"train": "#4C72B0", "start": "#CCCCCC", "load": "#8C8C8C", "prepare": "#DA8BC3", "time": "#55A868",
@@ -135,14 +135,14 @@ def draw(tasks: pd.DataFrame, stats: pd.DataFrame, wall_s: float, path: Path):
     ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in kinds], fontsize=8, loc="upper left",
               bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    files.write_figure(fig, path, dpi=110)
     return fig
 
 
 def load(run_dir: Path) -> tuple[pd.DataFrame, float, int]:
     """(steps with lanes and x0/x1, the summed wall time of every invocation, invocations)."""
     try:
-        sweep = json.loads((Path(run_dir) / "sweep.json").read_text())
+        sweep = files.read_json(Path(run_dir) / "sweep.json")
     except (OSError, ValueError):
         sweep = {}
     invs = invocations(sweep if isinstance(sweep, dict) else {})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from runner import files
 from runner.report_format import markdown_table
 from runner.results import write_frame
 
@@ -27,6 +28,9 @@ NEEDED = ("model", "teacher", "requested", "seed", "epochs", "batch_size", "trai
 def collect(paths: list[str | Path]) -> pd.DataFrame:
     frames = []
     for p in map(Path, paths):
+        if not p.is_file():  # pyarrow's own error names only the path
+            raise ValueError(f"{p}: {'a folder, not a file' if p.is_dir() else 'no such file'} (expected a "
+                             "train-bench Parquet output)")
         df = pd.read_parquet(p)
         missing = [c for c in NEEDED if c not in df.columns]
         if missing:
@@ -81,7 +85,7 @@ def run(args) -> int:
     if args.merged_out:
         write_frame(df, args.merged_out)
     if args.markdown_out:
-        Path(args.markdown_out).write_text(text)
+        files.write_text(args.markdown_out, text)
     return 0
 
 

@@ -9,13 +9,12 @@ invocation closes it, and how `--fresh` sets the earlier run aside. The folder n
 """
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from runner import env, guard, results
+from runner import env, files, guard, results
 from runner.engine.steps import now
 
 STAGING = ".partial-"  # previous/.partial-<time>: a --fresh move under way (or cut short)
@@ -37,13 +36,13 @@ def write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortened
     wall time and timeline stay those of the invocations that measured something."""
     prev = run_dir / "sweep.json"
     try:
-        old = json.loads(prev.read_text()) if prev.exists() else None
+        old = files.read_json(prev) if prev.exists() else None
     except (OSError, ValueError):  # a damaged sweep.json loses only the earlier invocations' times
         old = None
     if isinstance(old, dict) and not worked and not interrupted:
         old["noop_runs"] = old.get("noop_runs", []) + [{"started_at": started, "finished_at": now()}]
         old["interrupted"] = False  # every row is in: a sweep stopped after its last landing is complete now
-        prev.write_text(json.dumps(old, indent=2, default=str))
+        files.write_json(old, prev)
         return
     cfg = resolved(spec, data)
     meta = {"name": spec.name, "source_file": spec.source_file, "shortened": bool(shortened_note),
@@ -56,7 +55,7 @@ def write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortened
             {k: old.get(k) for k in ("started_at", "finished_at", "wall_s", "interrupted")}]
         meta["noop_runs"] = old.get("noop_runs", [])
     meta["wall_s"] = (datetime.fromisoformat(meta["finished_at"]) - datetime.fromisoformat(started)).total_seconds()
-    prev.write_text(json.dumps(meta, indent=2, default=str))
+    files.write_json(meta, prev)
 
 
 def close(run_dir: Path, completed: bool, log: Callable[[str], None], **meta) -> Path | None:

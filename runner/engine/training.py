@@ -8,14 +8,13 @@ weights whatever runs beside it.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 
-from runner import env, guard, results
+from runner import env, files, guard, results
 from runner.engine import rows as R
 from runner.engine.control import Deadline, Progress, Stopped, wait_one
 from runner.engine.steps import StepLog, now
@@ -91,10 +90,7 @@ def land(ref, m: TrainSpec, run_dir: Path, sweep: str, progress: Progress) -> tu
         progress.landed(f"train:{m.key}", "error", msg.splitlines()[0][:200])
         return msg, None
     rows, step = ckpt.pop("rows"), ckpt.pop("step", None)
-    path = run_dir / "checkpoints" / f"{m.key}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)
+    files.write_new(run_dir / "checkpoints" / f"{m.key}.pt", lambda f: torch.save(ckpt, f))
     results.write_rows(rows, run_dir / "training" / f"{m.key}.parquet", TRAINING_SCHEMA)
     progress.landed(f"train:{m.key}", "ok", f"top1 {ckpt['top1_pct']:.2f}%  {ckpt['train_s']:.1f}s "
                     f"{ckpt['train_img_per_s']:,.0f} img/s")
