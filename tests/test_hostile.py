@@ -388,7 +388,8 @@ def test_fuzz_sweep_loader(tmp_path, deadline):
     loaded = refused = 0
     t0 = time.perf_counter()
     for i in range(3000):
-        if time.perf_counter() - t0 > 4:  # bounded time in CI; the count depends on the machine's speed
+        spent = time.perf_counter() - t0  # about 4 s; at least 150 cases unless the machine is very slow (9 s)
+        if (spent > 4 and i >= 150) or spent > 9:
             break
         text = gen.document(base)
         cfg.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -406,4 +407,5 @@ def test_fuzz_sweep_loader(tmp_path, deadline):
             pytest.fail(f"case {i}: {type(e).__name__}: {str(e)[:300]}\n{text[:2000]}")
         finally:
             deadline(0)
-    assert refused > 100 and loaded > 10, (loaded, refused)  # both paths exercised, not only the parser's
+    n = loaded + refused  # both outcomes common: the loader's checks are reached, not only the parser's
+    assert n >= 50 and refused > 0.3 * n and loaded > 0.05 * n, (loaded, refused)
