@@ -1,7 +1,7 @@
 """How a sweep invocation reports and stops: progress lines, the `--stop-after` deadline, and Stopped.
 
-    [ 12/31]    4m12s  left ~3m05s  ok      bench:mobilenet-fp32-nchw-eager  top1 ...
-      12/31     4m32s  left ~2m45s  running bench:0 time mobilenet-fp32-nchw-eager
+    [  2/24]     19s  left ~3m27s  ok      train:tiny  top1 10.16%  1.4s 180 img/s
+      14/24    2m02s  left ~1m48s  running twin:0 time tiny_kd-fp32-nchw-eager
 
 A landed task starts its line with `[done/total]`; a line at least every HEARTBEAT_S says what runs while
 nothing lands. Plain text: a log file gets no escape codes (a terminal also gets a text bar).
