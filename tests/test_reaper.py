@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -119,14 +121,23 @@ def _start_sweep(root: Path) -> subprocess.Popen:
 
 
 def _read_until(proc: subprocess.Popen, start: str, timeout: float = 120) -> list[str]:
-    """The process's lines up to and including the first that starts with `start`."""
-    lines: list[str] = []
+    """The process's lines up to and including the first that starts with `start`, or all it printed before
+    `timeout`: a thread reads, so a sweep that goes silent cannot hold the test past its deadline."""
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)], daemon=True).start()
+    seen: list[str] = []
     deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith(start) or time.monotonic() > deadline:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
             break
-    return lines
+        if line is None:
+            break
+        seen.append(line)
+        if line.startswith(start):
+            break
+    return seen
 
 
 @pytest.mark.slow  # a real local Ray cluster
