@@ -250,50 +250,49 @@ def across_processes(summary, twins) -> "pd.DataFrame":
     import pandas as pd
 
     out = summary.copy().reset_index(drop=True)
-    has = pd.to_numeric(out["lat_p50_lo_ms"], errors="coerce").notna() if "lat_p50_lo_ms" in out else False
-    out["ci_processes"], out["between_pct"] = np.where(has, 1, 0), np.nan
+    n = len(out)
+    col = {c: pd.to_numeric(out[c], errors="coerce").to_numpy(dtype=float, copy=True) if c in out
+           else np.full(n, np.nan)
+           for c in [f"{k}_{s}_{e}ms" for k in ("lat", "host") for s in STATS for e in ("", "lo_", "hi_")]}
+    out["ci_processes"], out["between_pct"] = np.where(np.isfinite(col["lat_p50_lo_ms"]), 1, 0), np.nan
     if twins is None or twins.empty or out.empty:
         return out
     tw = twins[twins["status"] == "ok"].drop_duplicates("variant_id", keep="last").set_index("variant_id")
+    tw = tw.reindex(out["variant_id"])
+    ok = out["status"].eq("ok").to_numpy() & tw.index.notna()
     kind = np.where(out["compile"].fillna("none").ne("none"), "compiled",
                     np.where(out["cuda_graph"].fillna(False).astype(bool), "graphed", "eager"))
-    model = out["model"].fillna("") if "model" in out else pd.Series([""] * len(out))
-    gaps: dict[tuple[int, str], tuple[float, float, float, float]] = {}
-    for i, r in out.iterrows():
-        if r.get("status") != "ok" or r["variant_id"] not in tw.index:
-            continue
-        t = tw.loc[r["variant_id"]]
-        for clock, twin_col in (("lat", "recheck_p50_ms"), ("host", "recheck_host_p50_ms")):
-            a, b = _num(r.get(f"{clock}_p50_ms")), _num(t.get(twin_col))
-            if a > 0 and b > 0:
-                se_a = _log_se(r.get(f"{clock}_p50_lo_ms"), r.get(f"{clock}_p50_hi_ms"))
-                se_b = _log_se(t.get("recheck_p50_lo_ms"), t.get("recheck_p50_hi_ms")) if clock == "lat" else se_a
-                d = math.log(a / b)
-                gaps[i, clock] = (d, se_a, se_b, max(0.0, d * d / 2 - (se_a ** 2 + se_b ** 2) / 2))
-    for (i, clock), (d, se_a, se_b, _) in gaps.items():
-        same_kind = [g[3] for (j, c), g in gaps.items() if c == clock and kind[j] == kind[i]]
-        same_model = [g[3] for (j, c), g in gaps.items() if c == clock and kind[j] == kind[i] and model[j] == model[i]]
-        var = max(d * d / 2, float(np.mean(same_model)) if len(same_model) >= 2 else 0.0,
-                  float(np.median(same_kind)) / CHI2_1_MEDIAN if len(same_kind) >= 3 else 0.0)
-        if clock == "lat":
-            out.loc[i, ["ci_processes", "between_pct"]] = [2, 100.0 * math.sqrt(var)]
-        for s in STATS:
-            base = f"{clock}_{s}"
-            value = _num(out.loc[i, f"{base}_ms"]) if f"{base}_ms" in out else math.nan
-            if not value > 0:
-                continue
-            se_s = se_a if s == "p50" else _log_se(out.loc[i, f"{base}_lo_ms"], out.loc[i, f"{base}_hi_ms"])
-            centre = math.log(value) - d / 2
-            h = Z95 * math.sqrt(1.5 * var + se_s ** 2 / 4 + se_b ** 2 / 4 + (se_s ** 2 + se_b ** 2) / 2)
-            out.loc[i, [f"{base}_lo_ms", f"{base}_hi_ms"]] = [math.exp(centre - h), math.exp(centre + h)]
-        if clock == "lat":
-            lo, hi = out.loc[i, "lat_p50_lo_ms"], out.loc[i, "lat_p50_hi_ms"]
-            out.loc[i, "lat_p50_halfwidth_pct"] = 100.0 * (hi - lo) / 2 / _num(out.loc[i, "lat_p50_ms"])
+    model = (out["model"].fillna("") if "model" in out else pd.Series([""] * n)).to_numpy()
+    se_twin = np.vectorize(_log_se)(pd.to_numeric(tw["recheck_p50_lo_ms"], errors="coerce").to_numpy(dtype=float),
+                                    pd.to_numeric(tw["recheck_p50_hi_ms"], errors="coerce").to_numpy(dtype=float))
+    for clock, twin_col in (("lat", "recheck_p50_ms"), ("host", "recheck_host_p50_ms")):
+        a, b = col[f"{clock}_p50_ms"], pd.to_numeric(tw[twin_col], errors="coerce").to_numpy(dtype=float)
+        use = ok & (a > 0) & (b > 0)
+        se_a = np.vectorize(_log_se)(col[f"{clock}_p50_lo_ms"], col[f"{clock}_p50_hi_ms"])
+        se_b = se_twin if clock == "lat" else se_a
+        with np.errstate(all="ignore"):
+            d = np.log(a / b)
+        est = np.maximum(0.0, d * d / 2 - (se_a ** 2 + se_b ** 2) / 2)
+        for i in np.nonzero(use)[0]:
+            same_kind = use & (kind == kind[i])
+            same_model = same_kind & (model == model[i])
+            var = max(d[i] ** 2 / 2, float(est[same_model].mean()) if same_model.sum() >= 2 else 0.0,
+                      float(np.median(est[same_kind])) / CHI2_1_MEDIAN if same_kind.sum() >= 3 else 0.0)
+            if clock == "lat":
+                out.loc[i, ["ci_processes", "between_pct"]] = [2, 100.0 * math.sqrt(var)]
+            for s in STATS:
+                value = col[f"{clock}_{s}_ms"][i]
+                if not value > 0:
+                    continue
+                se_s = se_a[i] if s == "p50" else _log_se(col[f"{clock}_{s}_lo_ms"][i], col[f"{clock}_{s}_hi_ms"][i])
+                h = Z95 * math.sqrt(1.5 * var + se_s ** 2 / 4 + se_b[i] ** 2 / 4 + (se_s ** 2 + se_b[i] ** 2) / 2)
+                centre = math.log(value) - d[i] / 2
+                col[f"{clock}_{s}_lo_ms"][i], col[f"{clock}_{s}_hi_ms"][i] = math.exp(centre - h), math.exp(centre + h)
+    for c in [f"{k}_{s}_{e}_ms" for k in ("lat", "host") for s in STATS for e in ("lo", "hi")]:
+        if c in out:
+            out[c] = col[c]
+    twice = out["ci_processes"].to_numpy() == 2
+    hw = 100.0 * (col["lat_p50_hi_ms"] - col["lat_p50_lo_ms"]) / 2 / col["lat_p50_ms"]
+    out["lat_p50_halfwidth_pct"] = np.where(twice, hw, out.get("lat_p50_halfwidth_pct", np.nan))
     return out
 
-
-def _num(x) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan

@@ -292,7 +292,7 @@ def test_two_process_intervals_hold_a_third_process(case):
                "bimodal": lambda r: r.choice([0.0, 0.08]) + r.normal(0, 0.003)}   # ShuffleNet's 8% jumps
     rng = np.random.default_rng(7)
     inside_two = inside_one = total = 0
-    for _ in range(40):
+    for _ in range(20):
         summary, twins, third = _two_process_sweep(rng, 25, effects[case], within_pct=0.2, graphed=True)
         out = iv.across_processes(summary, twins)
         assert (out["ci_processes"] == 2).all() and (out["lat_p95_hi_ms"] > out["lat_p95_ms"]).all()

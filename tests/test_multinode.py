@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 SWEEP = """
 sweep: multinode
 data: {source: synthetic}
-bench: {warmup: 2, iters: 10, repeats: 2, eval_batch_size: 64}
+bench: {warmup: 2, iters: 10, repeats: 2, eval_batch_size: 64, processes: 1}  # no twins (test_sweep_e2e has them)
 models:
   tiny:
     arch: airbench_cifar

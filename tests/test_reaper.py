@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SWEEP = """
 sweep: reap
-bench: {warmup: 2, iters: 150, repeats: 3, eval_batch_size: 64}
+bench: {warmup: 2, iters: 150, repeats: 3, eval_batch_size: 64, processes: 1}  # no twins (test_sweep_e2e has them)
 models:
   tiny:
     arch: airbench_cifar

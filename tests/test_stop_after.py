@@ -39,7 +39,7 @@ def test_unchecked_names_rows_with_no_recheck_after_them(tmp_path):
 SWEEP = """
 sweep: stop
 data: {source: synthetic}
-bench: {warmup: 2, iters: 10, repeats: 2, eval_batch_size: 64, recheck: all}
+bench: {warmup: 2, iters: 10, repeats: 2, eval_batch_size: 64, recheck: all, processes: 1}  # no twins
 models:
   tiny:
     arch: airbench_cifar
