@@ -47,8 +47,9 @@ def cmd_sweep(args) -> int:
     guard.probe_address(args.address)  # a cluster that is not there fails here, in seconds
     run_dir = guard.run_folder(args.out, spec.name)
     note = _shortened_note(spec, args)
-    data = _data(spec, args, run_dir)
     print(f"sweep '{spec.name}': {len(spec.models)} model(s) to train, {len(spec.variants)} variant(s) to measure")
+    print(f"loading data ({args.data or spec.data.source}; decoded once, then read from the cache)", flush=True)
+    data = _data(spec, args, run_dir)  # the first decode of an image folder takes a minute: say so before it
     print(f"data: {data.source}")
     with guard.sweep_lock(run_dir):  # one sweep per run folder; Ctrl-C / SIGTERM shut down cleanly
         try:
