@@ -107,10 +107,10 @@ def test_default_grid_size():
 def test_quick_grid():
     spec = load_sweep(QUICK)
     ids = {v.variant_id for v in spec.variants}
-    assert {"mobilenet-fp32-nchw-eager", "mobilenet-fp32-cl-eager", "mobilenet-bf16-nchw-eager",
-            "mobilenet-bf16-cl-eager", "mobilenet-fp32-nchw-eager-fold"} <= ids
+    assert {"mobilenet-fp32-nchw-eager", "mobilenet-fp32-cl-eager", "mobilenet-fp32-nchw-eager-fold"} <= ids
+    assert not any("-bf16-" in i for i in ids)  # ~100 ms a call on a 2-core CPU: not in the quick start
     assert {v.model for v in spec.variants} == {m.key for m in spec.models}
-    assert spec.bench.iters == 100 and spec.bench.cv_flag_pct == 10.0
+    assert spec.bench.iters == 100 and spec.bench.cv_flag_pct == 10.0 and spec.bench.processes == 1
     assert spec.model("mobilenet").recipe.train_subset == 2048
 
 
