@@ -3,8 +3,9 @@
 Each case asserts the exit code, a message that names the problem (file, key path, pid, address), and that
 nothing is written where it must not be: a listing of the test's whole tmp folder before and after, where
 only the run folder (and, for data, the cache) may change. The Ray cases run real local clusters on CPU:
-a sweep stopped by SIGTERM, one stopped by two Ctrl-C, then one that finds a damaged result file, a garbage
-checkpoint and a stale lock, recovers, and ends with exactly one result per planned variant.
+a sweep told to `--stop-after` less time than Ray takes to start, one stopped by SIGTERM, one stopped by two
+Ctrl-C, then one that finds a damaged result file, a garbage checkpoint and a stale lock, recovers, and ends with
+exactly one result per planned variant (four invocations of one command on one run folder).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from PIL import Image
 
 from runner import guard
 from runner.__main__ import main
+from runner.cli import STOPPED_EXIT
 from runner.data import DataError, load
 from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, write_rows
 from variants import load_sweep
@@ -397,11 +399,11 @@ grid:
 """
 
 
-def _start(root: Path) -> subprocess.Popen:
+def _start(root: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "runner", "sweep", "--config", str(root / "fault.yaml"),
-                             "--data", "synthetic", "--out", str(root / "runs")], cwd=root, env=env,
+                             "--data", "synthetic", "--out", str(root / "runs"), *extra], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -485,6 +487,13 @@ def fault_runs(tmp_path_factory):
     out = {"root": root, "run_dir": run_dir, "spec": spec}
     listings = [listing(root)]
 
+    # 0. a deadline shorter than Ray's start: nothing is submitted, and the stop says how to go on
+    out["stopped"] = _run_until(_start(root, "--stop-after", "0.01"), None, [])
+    out["stopped_meta"] = json.loads((run_dir / "sweep.json").read_text())
+    merged = run_dir / "results.parquet"
+    out["stopped_rows"] = len(pd.read_parquet(merged)) if merged.exists() else 0
+    listings.append(listing(root))
+
     # 1. SIGTERM once the first benchmark has landed
     out["term"] = _run_until(_start(root), r"\bok\s+bench:tiny", [signal.SIGTERM])
     out["term_rows"] = pd.read_parquet(run_dir / "results.parquet")
@@ -510,6 +519,17 @@ def fault_runs(tmp_path_factory):
     listings.append(listing(root))
     out["listings"] = listings
     return out
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_says_so_and_the_same_command_finishes_it(fault_runs):
+    rc, text, _ = fault_runs["stopped"]
+    assert rc == STOPPED_EXIT, text
+    assert "stopped at the --stop-after deadline in the train phase, 2 task(s) not started" in text
+    assert "Run the same command again" in text and "Traceback" not in text
+    assert fault_runs["stopped_meta"]["interrupted"] is True
+    assert fault_runs["stopped_rows"] == 0
+    # ... and the same command (three more invocations) finishes it: test_resume_recovers_damaged_files_...
 
 
 @pytest.mark.slow
@@ -561,9 +581,9 @@ def test_resume_recovers_damaged_files_and_ends_with_one_row_per_variant(fault_r
     import torch
     ckpt = torch.load(fault_runs["ckpt"], weights_only=True)  # retrained and saved again
     assert ckpt["spec_hash"] == spec.model("tiny").spec_hash
-    # the interrupted invocations' times are kept: the report's wall time is the sum of all three
+    # the interrupted invocations' times are kept: the report's wall time is the sum of all four
     meta = json.loads((run_dir / "sweep.json").read_text())
-    assert meta["interrupted"] is False and [r["interrupted"] for r in meta["previous_runs"]] == [True, True]
+    assert meta["interrupted"] is False and [r["interrupted"] for r in meta["previous_runs"]] == [True] * 3
     assert all(r["wall_s"] > 0 for r in meta["previous_runs"])
 
 

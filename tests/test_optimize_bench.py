@@ -312,21 +312,26 @@ def test_a_graph_callable_keeps_its_weights_alive():
     del junk
 
 
-@pytest.mark.parametrize("autotune", [False, True])
-def test_measurement_flags_set_strict_fp32_and_cudnn_autotuning_only_when_asked(autotune):
+def test_measurement_flags_set_strict_fp32_and_cudnn_autotuning_only_when_asked():
     """Autotuning picked different kernels in each fresh process (reports/h200-process-spread/): an actor
     times with cuDNN's heuristics unless the bench says `cudnn_autotune: true`. The flags are process-wide
-    (the actor's process is its own), so this runs in a subprocess that starts with the opposite values."""
+    (the actor's process is its own), so this runs in a subprocess that, before each call, sets the
+    opposite values (one subprocess for both settings: each start imports torch, seconds on a 2-core CPU)."""
     import subprocess
     import sys
 
-    code = ("import torch; torch.backends.cudnn.benchmark = True; torch.backends.cudnn.allow_tf32 = True; "
-            "torch.backends.cuda.matmul.allow_tf32 = True; from runner.engine.worker import measurement_flags; "
-            f"measurement_flags({autotune}); import torch._inductor.config as ic; "
-            "print(torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, "
-            "torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(), ic.compile_threads)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == [str(autotune and torch.cuda.is_available()), "False", "False", "highest", "1"]
+    code = ("import torch, torch._inductor.config as ic; from runner.engine.worker import measurement_flags\n"
+            "for autotune in (False, True):\n"
+            "    torch.backends.cudnn.benchmark = True; torch.backends.cudnn.allow_tf32 = True\n"
+            "    torch.backends.cuda.matmul.allow_tf32 = True; torch.set_float32_matmul_precision('high')\n"
+            "    ic.compile_threads = 4\n"
+            "    measurement_flags(autotune)\n"
+            "    print(torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,\n"
+            "          torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(), ic.compile_threads)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    lines = [line.split() for line in out.splitlines()]
+    assert lines == [[str(autotune and torch.cuda.is_available()), "False", "False", "highest", "1"]
+                     for autotune in (False, True)]
 
 
 def test_switching_cudnn_autotune_measures_every_row_again():

@@ -24,12 +24,12 @@ models:
   tiny:
     arch: airbench_cifar
     arch_args: {width_mult: 0.25}
-    recipe: {epochs: 1, batch_size: 64, lr: 0.1, train_subset: 256, test_subset: 128}
+    recipe: {epochs: 1, batch_size: 64, lr: 0.1, train_subset: 128, test_subset: 64}
   tiny_kd:
     arch: airbench_cifar
     arch_args: {width_mult: 0.125}
     teacher: tiny
-    recipe: {epochs: 1, batch_size: 64, lr: 0.1, train_subset: 256, test_subset: 128}
+    recipe: {epochs: 1, batch_size: 64, lr: 0.1, train_subset: 128, test_subset: 64}
 grid:
   - precision: [fp32]
 """
@@ -158,13 +158,20 @@ def test_train_bench_plan_teacher_seed_and_repeated_seeds(tmp_path):
         ("tiny", 0, True), ("tiny", 7, False), ("tiny_kd", 0, True)]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback path")
-def test_train_bench_teacher_seed_records_the_teacher(tmp_path, capsys):
-    cfg = tmp_path / "tiny.yaml"
+@pytest.fixture(scope="module")
+def teacher_seed_run(tmp_path_factory):
+    """`train-bench --teacher-seed 3` for the student (3 trainings), shared by the two tests that read it."""
+    root = tmp_path_factory.mktemp("train-bench")
+    cfg, out = root / "tiny.yaml", root / "roundA" / "kd.parquet"
     cfg.write_text(TINY_YAML)
-    out = tmp_path / "tb.parquet"
     rc = main(["train-bench", "--config", str(cfg), "--models", "tiny_kd", "--data", "synthetic", "--seeds", "0,1",
-                           "--teacher-seed", "3", "--device", "cpu", "--out", str(out)])
+               "--teacher-seed", "3", "--device", "cpu", "--out", str(out)])
+    return rc, out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback path")
+def test_train_bench_teacher_seed_records_the_teacher(teacher_seed_run):
+    rc, out = teacher_seed_run
     assert rc == 0
     df = pd.read_parquet(out)
     assert list(zip(df["model"], df["seed"])) == [("tiny", 3), ("tiny_kd", 0), ("tiny_kd", 1)]
@@ -237,13 +244,12 @@ def test_train_all_reports_every_finished_training(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback path")
-def test_train_summary_merges_rounds_and_tabulates(tmp_path, capsys):
+def test_train_summary_merges_rounds_and_tabulates(teacher_seed_run, tmp_path, capsys):
     from runner import train_summary
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)
-    outs = [tmp_path / "roundA" / "kd.parquet", tmp_path / "roundB" / "twice.parquet"]
-    assert main(["train-bench", "--config", str(cfg), "--models", "tiny_kd", "--data", "synthetic", "--seeds", "0,1",
-                             "--teacher-seed", "0", "--device", "cpu", "--out", str(outs[0])]) == 0
+    outs = [teacher_seed_run[1], tmp_path / "roundB" / "twice.parquet"]
+    assert teacher_seed_run[0] == 0
     assert main(["train-bench", "--config", str(cfg), "--models", "tiny", "--data", "synthetic", "--seeds", "0,0",
                              "--device", "cpu", "--out", str(outs[1])]) == 0
     capsys.readouterr()
@@ -253,7 +259,7 @@ def test_train_summary_merges_rounds_and_tabulates(tmp_path, capsys):
     df = pd.read_parquet(merged)
     assert len(df) == 5 and set(df["round"]) == {"roundA", "roundB"} and set(df["job"]) == {"kd", "twice"}
     s = train_summary.summarize(df)
-    assert list(zip(s["job"], s["model"], s["seeds"])) == [("kd", "tiny", "0"), ("kd", "tiny_kd", "0,1"),
+    assert list(zip(s["job"], s["model"], s["seeds"])) == [("kd", "tiny", "3"), ("kd", "tiny_kd", "0,1"),
                                                            ("twice", "tiny", "0,0")]
     twice = s[s["job"] == "twice"].iloc[0]
     assert twice["same_seed_repeats"] == 1 and twice["top1_spread"] == 0.0   # CPU: the same seed, the same result
