@@ -381,7 +381,8 @@ def test_task_error_cause_of_plain_exceptions():
 
 FAULT_SWEEP = """
 sweep: fault
-bench: {warmup: 2, iters: 10, repeats: 3, eval_batch_size: 64, processes: 1}  # no twins (test_sweep_e2e has them)
+bench: {warmup: 2, iters: 10, repeats: 3, eval_batch_size: 64, processes: 1, recheck: -1}  # no twins, no re-check
+# phase: test_sweep_e2e has them, and each is one more process to start
 models:
   tiny:
     arch: airbench_cifar
