@@ -55,7 +55,7 @@ def inline_children(page: Path = README):
 def test_every_code_fence_closes_on_its_own_line(page):
     fences = [t for t in tokens(page) if t.type == "fence"]
     if page == README:
-        assert len(fences) >= 8
+        assert len(fences) >= 7
     src = lines(page)
     for f in fences:
         start, end = f.map
@@ -70,6 +70,28 @@ def test_expected_sections_are_headings():
     assert headings("h1") == ["cifar-latency-runner"]
     missing = [s for s in SECTIONS if s not in headings("h2") + headings("h3")]
     assert not missing, f"not rendered as headings: {missing}"
+
+
+def test_the_first_screen_holds_the_two_commands():
+    """A reference, not an essay (issue 26): what it is, the headline, then the quick start and the test
+    command within the first 40 lines, and the whole page within 220."""
+    src = lines()
+    assert len(src) <= 220, f"README.md is {len(src)} lines; the rationale belongs in docs/"
+    first = "\n".join(src[:40])
+    assert "python -m runner sweep --config variants/quick.yaml" in first, "the quick start is not on the first screen"
+    assert ".venv/bin/python -m pytest -q" in first, "the test command is not on the first screen"
+    assert "**Headline**" in first
+
+
+def test_the_house_is_five_lines():
+    """The Layout section describes the packages in five bullets, one line each."""
+    src = lines()
+    start = src.index("## Layout")
+    end = next((i for i in range(start + 1, len(src)) if src[i].startswith("## ")), len(src))
+    bullets = [line for line in src[start:end] if line.startswith("- ")]
+    assert len(bullets) == 5, bullets
+    for pkg in ("models/", "variants/", "runner/", "runner/engine/", "runner/diagnostics/"):
+        assert any(f"`{pkg}`" in b for b in bullets), f"the house does not say what {pkg} is for"
 
 
 def test_every_docs_page_has_a_title_and_is_linked_from_the_readme():
