@@ -1,14 +1,14 @@
 """Timing rounds in which the whole host ran slow, told apart from variants that are unstable on their own.
 
 A bench task times its variants round-robin, each repeat in slices spread over the task
-(runner/engine/worker.py): a *round* is one slice of one repeat of every variant of the task, timed one
-after another within a second or two. A variant that is unstable by itself shows it in its own slices; a
-slow phase of the host (reports/h200-neighbour/, reports/h200-1gpu-default/: stretches of 0.1-12 s in which
-launch-bound code reads up to 1.9x with nothing else running) shows in every variant of a round at once.
-So, for each round of a task that timed at least two variants: its *factor* is the median over those
-variants of (the variant's p50 in that slice / its median slice p50). A round at or over SLOW_ROUND is a
-slow host round; an unstable row (CV of p50 over the sweep's bound) is unstable through the host when its
-repeats, each taken without its slices in slow rounds, are within the bound.
+(runner/engine/worker.py): a *round* is one slice of one repeat of every variant of the task, timed one after
+another within a second or two. A variant that is unstable by itself shows it in its own slices; a slow phase
+of the host (docs/investigations/h200-neighbour/, reports/h200-1gpu-default/: stretches of 0.1-12 s in which
+launch-bound code reads up to 1.9x with nothing else running) shows in every variant of a round at once. So,
+for each round of a task that timed at least two variants: its *factor* is the median over those variants of
+(the variant's p50 in that slice / its median slice p50). A round at or over SLOW_ROUND is a slow host round;
+an unstable row (CV of p50 over the sweep's bound) is unstable through the host when its repeats, each taken
+without its slices in slow rounds, are within the bound.
 
 Rows from before slices (no `slice_p50s_ms`) count as one slice per repeat. Rows timed before round-robin
 (no `timing_order`) had their repeats back to back: a round of them is not one moment of the host, and

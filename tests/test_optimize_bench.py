@@ -314,9 +314,10 @@ def test_a_graph_callable_keeps_its_weights_alive():
 
 @pytest.mark.parametrize("autotune", [False, True])
 def test_measurement_flags_set_strict_fp32_and_cudnn_autotuning_only_when_asked(autotune):
-    """Autotuning picked different kernels in each fresh process (reports/h200-process-spread/): an actor
-    times with cuDNN's heuristics unless the bench says `cudnn_autotune: true`. The flags are process-wide
-    (the actor's process is its own), so this runs in a subprocess that starts with the opposite values."""
+    """Autotuning picked different kernels in each fresh process (docs/investigations/h200-process-spread/):
+    an actor times with cuDNN's heuristics unless the bench says `cudnn_autotune: true`. The flags are
+    process-wide (the actor's process is its own), so this runs in a subprocess that starts with the opposite
+    values."""
     import subprocess
     import sys
 

@@ -225,3 +225,29 @@ def test_commands_fit_together():
             assert name in sweeps, f"`{' '.join(argv)}`: no sweep file in variants/ makes {run}"
             if getattr(args, "variant", None):
                 assert args.variant in {v.variant_id for v in sweeps[name].variants}, argv
+
+
+# ---- published runs and investigations ------------------------------------------------------------------
+
+REPORTS = ROOT / "reports"
+FROZEN_PAGES = sorted(REPORTS.rglob("*.md")) + sorted((ROOT / "docs" / "investigations").rglob("*.md"))
+
+
+@pytest.mark.parametrize("page", FROZEN_PAGES, ids=[p.relative_to(ROOT).as_posix() for p in FROZEN_PAGES])
+def test_links_in_published_runs_and_investigations_resolve(page):
+    """A folder moved (issue 26: investigations out of reports/) must leave no link behind, in any direction."""
+    test_links_point_at_real_files_and_headings(page)
+
+
+def test_reports_index_lists_every_published_run_newest_first():
+    index = REPORTS / "README.md"
+    table = any(t.type == "table_open" for t in tokens(index))
+    listed = re.findall(r"^\| \[`([^`]+)`\]\(\1/README\.md\) \|.*\| (\d{4}-\d\d-\d\d) \|$",
+                        index.read_text(), re.M)
+    assert table and listed, "reports/README.md: a table, one row per folder, ending in its date"
+    folders = sorted(p.name for p in REPORTS.iterdir() if p.is_dir())
+    assert sorted(name for name, _ in listed) == folders, "every folder under reports/ once, nothing else"
+    dates = [d for _, d in listed]
+    assert dates == sorted(dates, reverse=True), "newest first"
+    for name in folders:
+        assert (REPORTS / name / "README.md").is_file(), f"reports/{name}/ has no README saying what it is"
