@@ -40,7 +40,7 @@ def _data(spec, args, run_dir: Path):
 
 def cmd_sweep(args) -> int:
     from runner import guard
-    from runner.engine.control import Stopped
+    from runner.engine.control import STOPPED_EXIT, Stopped
     from runner.sweep import run_sweep
 
     spec = _load(args)
@@ -56,7 +56,6 @@ def cmd_sweep(args) -> int:
             report = run_sweep(spec, data, run_dir, address=args.address, shortened_note=note,
                                fresh=getattr(args, "fresh", False), stop_after=getattr(args, "stop_after", None))
         except Stopped as e:
-            from runner.cli import STOPPED_EXIT
             print(f"\n{e}; every task that ran has landed in {run_dir}. Run the same command again (without "
                   f"--fresh) to go on; `python -m runner report {run_dir}` shows what is there now. "
                   f"(exit {STOPPED_EXIT})")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import ray
 import torch
 
-from runner import agreement, env, files, guard, reaper, results
+from runner import decisions, env, files, guard, reaper, results
 from runner.engine import bench_phase, resume, run_folder, training
 from runner.engine.control import HEARTBEAT_S, Deadline, Progress, plain_output
 from runner.engine.steps import StepLog, now
@@ -231,7 +231,7 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
         bench_phase.run(bench_phase.Phase(variants=twins, witness="twin", **common))
     if spec.bench.recheck >= 0:
         chosen = _witnessed_by(spec, run_dir, data, models,
-                               agreement.recheck_sample(summary, spec.bench.recheck, 85.0), "rechecks")
+                               decisions.recheck_sample(summary, spec.bench.recheck, 85.0), "rechecks")
         progress.skip("recheck", progress.plan["recheck"] - len(chosen), "not drawn, or re-checked already")
         progress.begin("recheck")
         bench_phase.run(bench_phase.Phase(variants=chosen, witness="recheck", **common))

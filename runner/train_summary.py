@@ -3,7 +3,7 @@
     python -m runner train-summary reports/h200-training/round*/*.parquet \
         [--merged-out reports/h200-training/training.parquet] [--markdown-out reports/h200-training/tables.md]
 
-Each input is one `python -m runner.train_bench` output. A row keeps its file as `job` (the file's stem)
+Each input is one `python -m runner train-bench` output. A row keeps its file as `job` (the file's stem)
 and its folder as `round`. The summary has one line per (round, job, model): the seeds, top-1 per seed and
 mean / spread, training seconds (max over seeds: the number a time budget must hold for every seed) and
 images/s; same-seed repeats are reported as such, since a repeat is how run-to-run reproducibility is shown.
@@ -87,8 +87,3 @@ def run(args) -> int:
     if args.markdown_out:
         files.write_text(args.markdown_out, text)
     return 0
-
-
-if __name__ == "__main__":  # the old entry point; `python -m runner train-summary` is the documented one
-    from runner.cli import main
-    sys.exit(main(["train-summary", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from runner import agreement, evaluate, optimize, pairs
+from runner import agreement, decisions, evaluate, optimize, pairs
 from variants import Variant
 
 
@@ -135,14 +135,14 @@ def _summary():
 
 def test_chosen_on_what_a_caller_waits():
     # b has the lowest event p95 but a caller waits 0.45 ms for it; c is what a caller gets fastest.
-    assert agreement.choose_id(_summary(), 85.0) == "c"
+    assert decisions.choose_id(_summary(), 85.0) == "c"
 
 
 def test_recheck_sample_has_named_chosen_and_random_rows():
     s = _summary()
-    assert agreement.recheck_sample(s, 0, 85.0) == ["a", "c"]
-    assert sorted(agreement.recheck_sample(s, 5, 85.0)) == ["a", "b", "c"]   # never an error row
-    assert agreement.recheck_sample(s, -1, 85.0) == []
+    assert decisions.recheck_sample(s, 0, 85.0) == ["a", "c"]
+    assert sorted(decisions.recheck_sample(s, 5, 85.0)) == ["a", "b", "c"]   # never an error row
+    assert decisions.recheck_sample(s, -1, 85.0) == []
 
 
 def test_agreement_uses_graph_and_eager_tolerances():
