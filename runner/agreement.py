@@ -66,8 +66,7 @@ def overlaps(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bo
 
 def agreement(summary: pd.DataFrame, rechecks: pd.DataFrame) -> pd.DataFrame:
     """One line per re-checked variant: in-sweep p50, re-check p50, their ratio, the tolerance, within?, the
-    re-check's repeats and slices per repeat (None for rows from before they were recorded), the in-sweep
-    95% p50 interval and `inside` (the re-check p50 inside it: the intervals' calibration test; None without
+    re-check's repeats and slices per repeat, the in-sweep 95% p50 interval and `inside` (the re-check p50 inside it: the intervals' calibration test; None without
     one), and the re-check's own interval."""
     cols = ["variant_id", "brief_id", "kind", "sweep_p50_ms", "recheck_p50_ms", "ratio", "tolerance", "within",
             "recheck_repeats", "recheck_slices", "sweep_p50_lo_ms", "sweep_p50_hi_ms", "inside",

@@ -73,8 +73,10 @@ def failed_run(run_dir: Path) -> str | None:
     sweep of skips only, e.g. GPU variants on a CPU, is not a failure of the run)."""
     import pandas as pd
 
+    from runner.schema import read
+
     path = run_dir / "results.parquet"
-    status = pd.read_parquet(path, columns=["status"])["status"] if path.exists() else pd.Series(dtype=str)
+    status = read(path, columns=["status"])["status"] if path.exists() else pd.Series(dtype=str)
     if (status == "ok").any() or not (status == "error").any():
         return None
     return f"no variant ended ok: every task failed ({int((status == 'error').sum())} error row(s); see {run_dir})"
@@ -99,7 +101,7 @@ def cmd_list(args) -> int:
 
 def cmd_report(args) -> int:
     from runner.report import build_report
-    from runner.results import merge
+    from runner.results import SchemaError, merge
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "results").is_dir() and not (run_dir / "results.parquet").exists():
@@ -111,6 +113,8 @@ def cmd_report(args) -> int:
         merge(run_dir, skipped)  # a damaged part file is left out and named, the rest is merged
     try:
         report = build_report(run_dir)
+    except SchemaError:
+        raise  # one line naming the file, from runner/cli.py
     except (OSError, ValueError) as e:  # a damaged merged file or sweep.json (ArrowInvalid is a ValueError)
         print(f"error: cannot build the report from {run_dir}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

@@ -119,6 +119,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh or run_folder.cut_short(run_dir):
         run_folder.set_aside(run_dir, log)
+    results.check_folder(run_dir)  # rows of other code (another schema version): refused by name, before Ray
     files.write_json(run_folder.resolved(spec, data), run_dir / "resolved_config.json")
     code = env.code_digest()
     hashes = {v.variant_id: variant_hash(v, spec.model(v.model), spec.bench, data.source, code)

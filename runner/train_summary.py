@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from runner import files
 from runner.report_format import markdown_table
 from runner.results import write_frame
+from runner.schema import read
 
 
 # The train_bench columns the summary reads; a file without them is not a train_bench output.
@@ -31,10 +33,10 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
         if not p.is_file():  # pyarrow's own error names only the path
             raise ValueError(f"{p}: {'a folder, not a file' if p.is_dir() else 'no such file'} (expected a "
                              "train-bench Parquet output)")
-        df = pd.read_parquet(p)
-        missing = [c for c in NEEDED if c not in df.columns]
+        missing = [c for c in NEEDED if c not in pq.read_schema(p).names]
         if missing:
             raise ValueError(f"{p}: not a train_bench output (no column {', '.join(missing)})")
+        df = read(p)  # of this code's schema version, else a SchemaError naming the file
         frames.append(df.assign(round=p.parent.name, job=p.stem))
     if not frames:
         raise ValueError("no train_bench Parquet files given")

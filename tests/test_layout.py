@@ -58,8 +58,8 @@ def _imported(module: str) -> set[str]:
             names |= {f"{base}.{a.name}" for a in node.names} | {base}
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and DISPATCH.match(node.value):
             names.add(DISPATCH.match(node.value).group(1))
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant)):
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"):
             names.add(str(node.args[0].value))
     found = {m for n in names for m in _with_parents(_ours(n) or "") if m in MODULES}
     return found - _with_parents(module)  # its own package is already running

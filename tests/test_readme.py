@@ -78,7 +78,7 @@ def test_the_first_screen_holds_the_two_commands():
     src = lines()
     assert len(src) <= 220, f"README.md is {len(src)} lines; the rationale belongs in docs/"
     first = "\n".join(src[:40])
-    assert "python -m runner sweep --config variants/quick.yaml" in first, "the quick start is not on the first screen"
+    assert "python -m runner sweep --config variants/quick.yaml" in first, "the quick start is not on screen one"
     assert ".venv/bin/python -m pytest -q" in first, "the test command is not on the first screen"
     assert "**Headline**" in first
 
