@@ -1,7 +1,9 @@
 """Merge train_bench outputs into one training table and summarise it in markdown (per model and recipe).
 
-    python -m runner train-summary reports/h200-training/round*/*.parquet \
-        [--merged-out reports/h200-training/training.parquet] [--markdown-out reports/h200-training/tables.md]
+    python -m runner train-summary runs/train_bench/*.parquet \
+        [--merged-out runs/training.parquet] [--markdown-out runs/training.md]
+
+(reports/h200-training/ was made so, by the code of its commit; this code reads only its own schema version.)
 
 Each input is one `python -m runner train-bench` output. A row keeps its file as `job` (the file's stem)
 and its folder as `round`. The summary has one line per (round, job, model): the seeds, top-1 per seed and
