@@ -15,14 +15,14 @@ positive, and GELU is not monotone; so the family is trained in the foldable ord
 
 The optional whitening stem is the airbench trick: a 2x2 (or 3x3) patch conv whose weights are the
 eigenvectors of the training patches' covariance, scaled to unit variance, +/- (so that the following
-activation keeps both signs). `init_whitening(model, train_images_uint8)` sets it; runner/train.py calls
-it for every model with such a stem, before training, and the weights then stay frozen.
+activation keeps both signs). `init_whitening(model, train_images)` sets it; runner/train.py calls it for
+every model with such a stem, before training, with the images normalised as training normalises them, and
+the weights then stay frozen.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -131,23 +131,22 @@ def has_whitening_stem(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def init_whitening(model: nn.Module, train_images_uint8, *, eps: float = 5e-4,
+def init_whitening(model: nn.Module, train_images: torch.Tensor, *, eps: float = 5e-4,
                    max_images: int = WHITEN_IMAGES) -> None:
     """Set the whitening stem from data and freeze its weights (its bias stays trainable).
 
-    `train_images_uint8`: (N, 3, 32, 32) uint8, numpy or torch, normalised here exactly as training
-    normalises (runner.data's mean / std). Filter i is v_i / sqrt(lambda_i + eps) for the i-th largest
+    `train_images`: (N, 3, 32, 32) float, normalised exactly as training normalises them (the caller's
+    job: models/ knows nothing of the data pipeline, runner.data.normalizer does it). Filter i is v_i / sqrt(lambda_i + eps) for the i-th largest
     eigenpair of the (centred) patch covariance; the bias centres it, so the stem's output on training
     patches has ~unit variance per filter and no correlation between the first half of the filters.
     """
     if not has_whitening_stem(model):
         raise ValueError("init_whitening needs a fastnet_cifar model built with a whiten* stem")
-    from runner.data import normalizer  # lazy: models/ stays importable without the runner
-
     conv: nn.Conv2d = model.stem[0]
-    x = train_images_uint8[:max_images]
-    x = torch.from_numpy(np.array(x)) if not isinstance(x, torch.Tensor) else x
-    mean, cov = _patch_moments(normalizer(x.device)(x), conv.kernel_size[0], conv.padding[0])
+    x = train_images[:max_images]
+    if not torch.is_floating_point(x):
+        raise TypeError(f"init_whitening takes normalised float images, got {x.dtype}")
+    mean, cov = _patch_moments(x, conv.kernel_size[0], conv.padding[0])
     eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
     half = conv.out_channels // 2
     vals, vecs = eigvals.flip(0)[:half], eigvecs.flip(1)[:, :half]

@@ -1,1 +1,1 @@
-"""The engine: one module per step of a sweep (see ARCHITECTURE in README.md)."""
+"""The runner: the measurement, the sweep on Ray (engine/), the report and the CLI (README, "Layout")."""

@@ -1,8 +1,8 @@
-"""Can a sweep's numbers be trusted? The re-check sample, its agreement table, and the row flags.
+"""Can a sweep's numbers be trusted? The re-check's agreement table, and the row flags.
 
-Every sweep ends by timing some of its own rows again, in new actor processes (runner/engine/bench_phase.py): the brief's named rows,
-the chosen variant and `bench.recheck` others drawn at random (seeded). `agreement(summary, rechecks)`
-compares the in-sweep p50 with the re-check's; a row outside tolerance is flagged wherever it appears.
+Every sweep ends by timing some of its own rows again, in new actor processes (runner/engine/bench_phase.py):
+the brief's named rows, the chosen variant and `bench.recheck` others drawn at random (seeded:
+runner/decisions.recheck_sample). `agreement(summary, rechecks)` compares the in-sweep p50 with the re-check's; a row outside tolerance is flagged wherever it appears.
 `host_gap` flags a row whose host-clock time (what a caller waits) far exceeds its CUDA-event time: the
 sign of contention that event time alone hides.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 # In-sweep p50 / re-check p50 must stay within these (eager rows are dispatch-bound and noisier).
@@ -65,33 +64,9 @@ def overlaps(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bo
     return a[0] <= b[1] and b[0] <= a[1]
 
 
-def choose_id(summary: pd.DataFrame, bar_pct: float) -> str | None:
-    """The id of the report's chosen model (runner/decisions.choose: one rule, used by report, re-check, export)."""
-    from runner.decisions import choose  # imported here: decisions ranks with rank_latency from this module
-
-    chosen = choose(summary, bar_pct)["chosen"]
-    return None if chosen is None else chosen["variant_id"]
-
-
-def recheck_sample(summary: pd.DataFrame, extra: int, bar_pct: float, seed: int = 0) -> list[str]:
-    """Named rows, the chosen one, then `extra` more ok rows at random (the same draw for the same rows)."""
-    if extra < 0 or summary.empty:
-        return []
-    ok = summary[summary["status"] == "ok"]
-    picked = [v for v in ok.loc[ok["brief_id"].fillna("").astype(str) != "", "variant_id"]]
-    chosen = choose_id(summary, bar_pct)
-    if chosen and chosen not in picked:
-        picked.append(chosen)
-    rest = sorted(set(ok["variant_id"]) - set(picked))
-    rng = np.random.default_rng(seed)
-    picked += [rest[i] for i in sorted(rng.permutation(len(rest))[:extra])]
-    return picked
-
-
 def agreement(summary: pd.DataFrame, rechecks: pd.DataFrame) -> pd.DataFrame:
     """One line per re-checked variant: in-sweep p50, re-check p50, their ratio, the tolerance, within?, the
-    re-check's repeats and slices per repeat (None for rows from before they were recorded), the in-sweep
-    95% p50 interval and `inside` (the re-check p50 inside it: the intervals' calibration test; None without
+    re-check's repeats and slices per repeat, the in-sweep 95% p50 interval and `inside` (the re-check p50 inside it: the intervals' calibration test; None without
     one), and the re-check's own interval."""
     cols = ["variant_id", "brief_id", "kind", "sweep_p50_ms", "recheck_p50_ms", "ratio", "tolerance", "within",
             "recheck_repeats", "recheck_slices", "sweep_p50_lo_ms", "sweep_p50_hi_ms", "inside",

@@ -44,7 +44,7 @@ def time_repeat(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, 
     cuda = x.device.type == "cuda"
     if breakdown.profiled():
         raise RuntimeError("refusing to time in a process that has run torch.profiler: every later launch in it "
-                           "is slower (reports/h200-inflation/); time first, profile after")
+                           "is slower (docs/investigations/h200-inflation/); time first, profile after")
     for _ in range(warmup):
         fn(x)
     # The collector off while timing (as timeit does): an eager call allocates Python objects, and a collection

@@ -18,7 +18,7 @@ import torch
 
 # Set once torch.profiler has recorded CUDA in this process: from then on every kernel launch is slower
 # (CUPTI staying subscribed, most likely) and a timing reads slow (+37% on eager B1, +11% on a CUDA graph,
-# measured: reports/h200-inflation/).
+# measured: docs/investigations/h200-inflation/).
 # runner.bench refuses to time in such a process.
 _profiled = False
 

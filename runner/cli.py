@@ -22,6 +22,8 @@ import sys
 import textwrap
 from typing import Any
 
+from runner.engine.control import STOPPED_EXIT
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default; descriptions keep their line breaks."""
@@ -67,7 +69,6 @@ SHARED: dict[str, dict[str, Any]] = {
 }
 
 
-STOPPED_EXIT = 75  # EX_TEMPFAIL: not finished, run again
 
 
 def _seconds(text: str) -> float:

@@ -40,7 +40,7 @@ def _data(spec, args, run_dir: Path):
 
 def cmd_sweep(args) -> int:
     from runner import guard
-    from runner.engine.control import Stopped
+    from runner.engine.control import STOPPED_EXIT, Stopped
     from runner.sweep import run_sweep
 
     spec = _load(args)
@@ -56,7 +56,6 @@ def cmd_sweep(args) -> int:
             report = run_sweep(spec, data, run_dir, address=args.address, shortened_note=note,
                                fresh=getattr(args, "fresh", False), stop_after=getattr(args, "stop_after", None))
         except Stopped as e:
-            from runner.cli import STOPPED_EXIT
             print(f"\n{e}; every task that ran has landed in {run_dir}. Run the same command again (without "
                   f"--fresh) to go on; `python -m runner report {run_dir}` shows what is there now. "
                   f"(exit {STOPPED_EXIT})")
@@ -74,8 +73,10 @@ def failed_run(run_dir: Path) -> str | None:
     sweep of skips only, e.g. GPU variants on a CPU, is not a failure of the run)."""
     import pandas as pd
 
+    from runner.schema import read
+
     path = run_dir / "results.parquet"
-    status = pd.read_parquet(path, columns=["status"])["status"] if path.exists() else pd.Series(dtype=str)
+    status = read(path, columns=["status"])["status"] if path.exists() else pd.Series(dtype=str)
     if (status == "ok").any() or not (status == "error").any():
         return None
     return f"no variant ended ok: every task failed ({int((status == 'error').sum())} error row(s); see {run_dir})"
@@ -100,7 +101,7 @@ def cmd_list(args) -> int:
 
 def cmd_report(args) -> int:
     from runner.report import build_report
-    from runner.results import merge
+    from runner.results import SchemaError, merge
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "results").is_dir() and not (run_dir / "results.parquet").exists():
@@ -112,6 +113,8 @@ def cmd_report(args) -> int:
         merge(run_dir, skipped)  # a damaged part file is left out and named, the rest is merged
     try:
         report = build_report(run_dir)
+    except SchemaError:
+        raise  # one line naming the file, from runner/cli.py
     except (OSError, ValueError) as e:  # a damaged merged file or sweep.json (ArrowInvalid is a ValueError)
         print(f"error: cannot build the report from {run_dir}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

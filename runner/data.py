@@ -92,7 +92,7 @@ def load(source: str = "cifar10", root: str | None = None) -> Cifar:
 
 def recorded(run_dir: Path) -> dict | None:
     """{source, root, sweep_file} of the data the sweep in run_dir used (sweep.json's `data`, runner/sweep.py);
-    from a folder older than that record, resolved_config.json's data section; None where neither is."""
+    from a sweep killed before it wrote sweep.json, resolved_config.json's data section; None where neither is."""
     for name in ("sweep.json", "resolved_config.json"):
         try:
             rec = files.read_json(Path(run_dir) / name).get("data")

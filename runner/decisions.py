@@ -1,9 +1,11 @@
 """Keep / drop statistics of the report: each variant against its parent (last optimisation undone),
-unpaired (medians and ranges of p50 over repeats), and `choose`, the rule that names the chosen model."""
+unpaired (medians and ranges of p50 over repeats), `choose`, the rule that names the chosen model, and the
+re-check's sample (`recheck_sample`)."""
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from runner import agreement
@@ -173,3 +175,25 @@ def choose(summary: pd.DataFrame, bar_pct: float) -> dict[str, Any]:
     if not under.empty:
         out["faster_under_bar"] = under.sort_values("_rank", kind="stable").iloc[0]
     return out
+
+
+def choose_id(summary: pd.DataFrame, bar_pct: float) -> str | None:
+    """The id of the chosen model (`choose`: one rule, used by report, re-check, export)."""
+    chosen = choose(summary, bar_pct)["chosen"]
+    return None if chosen is None else chosen["variant_id"]
+
+
+def recheck_sample(summary: pd.DataFrame, extra: int, bar_pct: float, seed: int = 0) -> list[str]:
+    """What the re-check times again: named rows, the chosen one, then `extra` more ok rows at random (the
+    same draw for the same rows)."""
+    if extra < 0 or summary.empty:
+        return []
+    ok = summary[summary["status"] == "ok"]
+    picked = [v for v in ok.loc[ok["brief_id"].fillna("").astype(str) != "", "variant_id"]]
+    chosen = choose_id(summary, bar_pct)
+    if chosen and chosen not in picked:
+        picked.append(chosen)
+    rest = sorted(set(ok["variant_id"]) - set(picked))
+    rng = np.random.default_rng(seed)
+    picked += [rest[i] for i in sorted(rng.permutation(len(rest))[:extra])]
+    return picked

@@ -32,6 +32,7 @@ import torch
 from runner import files
 from runner.data import CLASSES, MEAN, STD, DataError, load, normalizer, recorded
 from runner.results import summarize
+from runner.schema import read
 from variants.spec import stable_hash
 
 EVAL_BATCH = 500
@@ -41,7 +42,7 @@ def pick(run_dir: Path, variant_id: str | None) -> tuple[pd.Series, str]:
     """(the variant's summary line, why it was picked) from the sweep's results.parquet."""
     from runner.decisions import choose  # the report's rule, so export and report name the same model
 
-    summary = summarize(pd.read_parquet(run_dir / "results.parquet"))
+    summary = summarize(read(run_dir / "results.parquet"))
     if variant_id:
         hit = summary[summary["variant_id"] == variant_id]
         if hit.empty:
@@ -65,7 +66,7 @@ def pick(run_dir: Path, variant_id: str | None) -> tuple[pd.Series, str]:
 
 def row_config(run_dir: Path, variant_id: str) -> dict[str, Any]:
     """The variant's resolved config (variant axes, model spec, bench) as the bench task recorded it."""
-    rows = pd.read_parquet(run_dir / "results.parquet", columns=["variant_id", "config_json"])
+    rows = read(run_dir / "results.parquet", columns=["variant_id", "config_json"])
     cfg = rows[(rows["variant_id"] == variant_id) & rows["config_json"].notna()]["config_json"]
     if cfg.empty:
         raise LookupError(f"{variant_id}: no row records its config (its model never trained?)")

@@ -13,7 +13,7 @@ head kernel when the last map is over one tile). A 4-conv fastnet (stem + 3 bloc
     logits = fn(x)                                 # fp32 (B, classes)
 
 The network is read from its torch.fx graph (a chain: conv [act] [pool 2x2] ..., adaptive pool 1, flatten,
-linear, `* scale`); anything else (an unfolded BatchNorm too) raises runner.optimize.Unsupported, as does a
+linear, `* scale`); anything else (an unfolded BatchNorm too) raises runner.unsupported.Unsupported, as does a
 device other than CUDA (unless TRITON_INTERPRET=1: the CPU tests run the kernels in Triton's interpreter).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch.nn as nn
 import triton
 import triton.language as tl
 
-from runner.optimize import Unsupported
+from runner.unsupported import Unsupported
 
 ACTS = {nn.ReLU: 1, nn.GELU: 2, nn.SiLU: 3}          # 0: none
 POOLS = {nn.MaxPool2d: 1, nn.AvgPool2d: 2, nn.AdaptiveMaxPool2d: 1, nn.AdaptiveAvgPool2d: 2}

@@ -1,18 +1,14 @@
 """Timing rounds in which the whole host ran slow, told apart from variants that are unstable on their own.
 
 A bench task times its variants round-robin, each repeat in slices spread over the task
-(runner/engine/worker.py): a *round* is one slice of one repeat of every variant of the task, timed one
-after another within a second or two. A variant that is unstable by itself shows it in its own slices; a
-slow phase of the host (reports/h200-neighbour/, reports/h200-1gpu-default/: stretches of 0.1-12 s in which
-launch-bound code reads up to 1.9x with nothing else running) shows in every variant of a round at once.
-So, for each round of a task that timed at least two variants: its *factor* is the median over those
-variants of (the variant's p50 in that slice / its median slice p50). A round at or over SLOW_ROUND is a
-slow host round; an unstable row (CV of p50 over the sweep's bound) is unstable through the host when its
-repeats, each taken without its slices in slow rounds, are within the bound.
-
-Rows from before slices (no `slice_p50s_ms`) count as one slice per repeat. Rows timed before round-robin
-(no `timing_order`) had their repeats back to back: a round of them is not one moment of the host, and
-they are left out.
+(runner/engine/worker.py): a *round* is one slice of one repeat of every variant of the task, timed one after
+another within a second or two. A variant that is unstable by itself shows it in its own slices; a slow phase
+of the host (docs/investigations/h200-neighbour/, reports/h200-1gpu-default/: stretches of 0.1-12 s in which
+launch-bound code reads up to 1.9x with nothing else running) shows in every variant of a round at once. So,
+for each round of a task that timed at least two variants: its *factor* is the median over those variants of
+(the variant's p50 in that slice / its median slice p50). A round at or over SLOW_ROUND is a slow host round;
+an unstable row (CV of p50 over the sweep's bound) is unstable through the host when its repeats, each taken
+without its slices in slow rounds, are within the bound.
 """
 from __future__ import annotations
 
@@ -25,13 +21,11 @@ from runner.results import cv_pct
 SLOW_ROUND = 1.15  # the slow windows seen on the lent H200s read 1.3-1.9x; the normal spread stays under 1.1x
 
 
-def _round_robin_ok(results: pd.DataFrame) -> pd.DataFrame:
-    """The ok rows timed round-robin, with `ray_node_id` filled ("" where a row has none)."""
-    if results.empty or "timing_order" not in results:
-        return results.iloc[0:0]
-    rr = results[(results["timing_order"] == "round-robin") & (results["status"] == "ok")].copy()
-    rr["ray_node_id"] = rr["ray_node_id"].fillna("") if "ray_node_id" in rr else ""
-    return rr
+def _ok(results: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows (every one timed round-robin: runner/engine/worker.py), `ray_node_id` "" where none."""
+    ok = results[results["status"] == "ok"].copy()
+    ok["ray_node_id"] = ok["ray_node_id"].fillna("")
+    return ok
 
 
 def _slices(results: pd.DataFrame) -> pd.DataFrame:
@@ -39,11 +33,10 @@ def _slices(results: pd.DataFrame) -> pd.DataFrame:
     round (the slice-major time order of the task: slice x repeats + repeat), p50 and ratio (to the
     variant's median slice p50)."""
     cols = ["ray_node_id", "pid", "variant_id", "repeat", "slice", "round", "p50", "ratio"]
-    rr = _round_robin_ok(results)
+    rr = _ok(results)
     if rr.empty:
         return pd.DataFrame(columns=cols)
-    listed = rr["slice_p50s_ms"] if "slice_p50s_ms" in rr else pd.Series([None] * len(rr), index=rr.index)
-    rr["p50"] = [json.loads(x) if isinstance(x, str) else [p] for x, p in zip(listed, rr["lat_p50_ms"])]
+    rr["p50"] = [json.loads(x) for x in rr["slice_p50s_ms"]]
     rr = rr.explode("p50")
     rr["p50"] = rr["p50"].astype(float)
     rr["slice"] = rr.groupby(["ray_node_id", "pid", "variant_id", "repeat"]).cumcount()
@@ -72,8 +65,8 @@ def unstable_through_host(results: pd.DataFrame, table: pd.DataFrame, cv_bound_p
     rounds() returned), have a CV of p50 within the bound."""
     slow = table[table["slow"]]
     slow_keys = set(zip(slow["ray_node_id"], slow["pid"], slow["round"]))
-    rr = _round_robin_ok(results)
-    unstable = set(rr.loc[rr["lat_cv_pct"] > cv_bound_pct, "variant_id"]) if "lat_cv_pct" in rr else set()
+    rr = _ok(results)
+    unstable = set(rr.loc[rr["lat_cv_pct"] > cv_bound_pct, "variant_id"])
     out = []
     for vid, g in _slices(results).groupby("variant_id", sort=True):
         if vid not in unstable or not slow_keys:
@@ -88,13 +81,13 @@ def unstable_through_host(results: pd.DataFrame, table: pd.DataFrame, cv_bound_p
 
 
 def section_lines(results: pd.DataFrame, cv_bound_pct: float) -> list[str]:
-    """The report's paragraph on the host's slow rounds ([] when no row was timed round-robin in a group)."""
+    """The report's paragraph on the host's slow rounds ([] when no task timed two variants or more)."""
     table = rounds(results)
     if table.empty:
         return []
     slow = table[table["slow"]]
     n_unstable = int(results.loc[results["status"] == "ok"].groupby("variant_id")["lat_cv_pct"].first()
-                     .gt(cv_bound_pct).sum()) if "lat_cv_pct" in results else 0
+                     .gt(cv_bound_pct).sum())
     through = unstable_through_host(results, table, cv_bound_pct)
     lines = [f"**The host's rounds.** Each bench task timed its variants round-robin, each repeat in slices "
              f"spread over the task; a round (one slice of one repeat of every variant of a task) in which the "

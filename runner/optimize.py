@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from runner.unsupported import Unsupported
 from variants import Variant
 
 # precision -> (dtype of weights and input, autocast dtype or None)
@@ -26,10 +27,6 @@ PRECISION_DTYPES: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
     "amp_fp16": (torch.float32, torch.float16),   # fp32 weights, fp16 autocast (the brief's "FP16 autocast")
 }
 GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")  # these capture CUDA graphs themselves
-
-
-class Unsupported(Exception):
-    """This variant cannot run (meaningfully) on this device; the message is the skip reason."""
 
 
 def unsupported_reason(variant: Variant, device: torch.device) -> str | None:

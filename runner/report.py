@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from runner import agreement, files, host_rounds, intervals, plots, report_latency, report_trust
 from runner.decisions import AXES, MAX_ACC_DROP_PTS, choose, decide, parent_key
@@ -22,6 +23,7 @@ from runner.report_format import DASH, _distinct, _missing, _ok, markdown_table
 from runner.report_tables import (BRIEF_ROWS, _all_section, _brief_section, _chosen_section,
                                   _decision_section, _env_section, _header, _training_section, _tried_section)
 from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, cv_pct, summarize
+from runner.schema import read
 from runner.timeline import section as timeline_section
 
 # build_report is this module's job; the rest is re-exported for callers that import it from here.
@@ -31,13 +33,9 @@ __all__ = ["build_report", "AXES", "BRIEF_ROWS", "DASH", "MAX_ACC_DROP_PTS", "ch
 
 # ---------------------------------------------------------------- inputs
 
-def _read_parquet(path: Path, names: list[str]) -> pd.DataFrame:
-    """The file as a frame with at least the schema's columns (an empty one when the file is missing)."""
-    df = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=names)
-    for n in names:  # files written by an older schema still report what they have
-        if n not in df.columns:
-            df[n] = None
-    return df
+def _read_parquet(path: Path, schema: pa.Schema) -> pd.DataFrame:
+    """The file (of this code's schema version, else SchemaError), or an empty frame when it is missing."""
+    return read(path) if path.exists() else schema.empty_table().to_pandas()
 
 
 def _read_sweep(run_dir: Path) -> dict[str, Any]:
@@ -60,10 +58,6 @@ def _repeat_stats(results: pd.DataFrame) -> pd.DataFrame:
 def _summary(results: pd.DataFrame) -> pd.DataFrame:
     """`results.summarize` plus the repeat spread of p50, one line per (variant, status)."""
     s = summarize(results)
-    for col in ["top1_drift_pts", "lat_p99_ms", "host_p50_ms", "unstable", "compile_s", "size_mb",
-                "gpu_exclusive", "repeats"]:
-        if col not in s.columns:
-            s[col] = None
     stats = _repeat_stats(results)
     return s.join(stats, on="variant_id") if not s.empty else s.assign(**{c: None for c in stats.columns})
 
@@ -75,7 +69,6 @@ def _plots(summary: pd.DataFrame, chosen: pd.Series | None, bar: float, out_dir:
     if ok.empty:
         return ["## Plots", "", "No plots: no variant finished with a latency and an accuracy.", ""]
     plots.acc_vs_latency(ok, chosen, bar, out_dir / "acc_vs_latency.png", cpu=cpu)  # shown with the front
-    (out_dir / "pareto.png").unlink(missing_ok=True)  # the figure it repeated (older code): gone, not stale
     _plot_latency_by_variant(ok, out_dir / "latency_by_variant.png")
     return ["## Plots", "", "![p50 latency by variant, min..max over repeats](latency_by_variant.png)", ""]
 
@@ -104,8 +97,8 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep = _read_sweep(run_dir)
-    results = _read_parquet(run_dir / "results.parquet", RESULT_SCHEMA.names)
-    training = _read_parquet(run_dir / "training.parquet", TRAINING_SCHEMA.names)
+    results = _read_parquet(run_dir / "results.parquet", RESULT_SCHEMA)
+    training = _read_parquet(run_dir / "training.parquet", TRAINING_SCHEMA)
     summary = intervals.across_processes(_summary(results), report_trust.read(run_dir, "twins"))
     pair_rows = report_trust.read(run_dir, "pairs")
     paired = not pair_rows.empty
@@ -114,7 +107,7 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     bad = report_trust.disagreeing(agree)
     if not summary.empty:
         summary["flags"] = summary.apply(lambda r: agreement.flags(r, bad), axis=1)
-    on_gpu = bool((results["device"] == "cuda").any()) if "device" in results else False
+    on_gpu = bool((results["device"] == "cuda").any())
     bar = float(sweep.get("accuracy_bar_pct", 85.0))
     name = sweep.get("name") or next(iter(_distinct(results["sweep"])), None) or run_dir.name
 

@@ -37,7 +37,7 @@ def with_ci(r: pd.Series, col: str, nd: int = 3, scale: float = 1.0) -> str:
 
 
 def has_ci(frame: pd.DataFrame, col: str = "lat_p50_lo_ms") -> bool:
-    """Does any row carry a 95% interval (rows from before runner/intervals.py do not)?"""
+    """Does any row carry a 95% interval (a variant timed in too few slices has none)?"""
     return col in frame.columns and bool(frame[col].notna().any())
 
 

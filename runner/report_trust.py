@@ -1,7 +1,8 @@
 """Report sections that say how far the numbers can be trusted: paired decisions, re-check agreement, flags.
 
-Reads `pairs.parquet` and `rechecks.parquet` beside results.parquet (runner/engine/bench_phase.py writes them); a
-sweep folder without them (older runs) gets the report's unpaired decisions and no agreement table.
+Reads `pairs.parquet` and `rechecks.parquet` beside results.parquet (runner/engine/bench_phase.py writes them). A
+sweep without pairs (no variant's parent in it) gets the unpaired decisions; one without a re-check
+(`bench.recheck: -1`, or stopped before it) no agreement table.
 """
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from runner import agreement, pairs
-from runner.results import PAIR_SCHEMA, RECHECK_SCHEMA
+from runner.schema import PAIR_SCHEMA, RECHECK_SCHEMA, SchemaError
+from runner.schema import read as read_file
 
 DASH = "—"
 
@@ -20,11 +23,13 @@ def read(run_dir: Path, name: str) -> pd.DataFrame:
     schema = {"pairs": PAIR_SCHEMA, "rechecks": RECHECK_SCHEMA, "twins": RECHECK_SCHEMA}[name]
     path = run_dir / f"{name}.parquet"
     if not path.exists():
-        return pd.DataFrame(columns=schema.names)
+        return schema.empty_table().to_pandas()
     try:
-        return pd.read_parquet(path)
-    except Exception:  # a damaged merged file: the report goes on without this section
-        return pd.DataFrame(columns=schema.names)
+        return read_file(path)
+    except SchemaError:
+        raise  # another code's file: said by name, never a section left out in silence
+    except (pa.ArrowException, OSError, ValueError):  # a damaged merged file: the report goes on without it
+        return schema.empty_table().to_pandas()
 
 
 def paired_decisions(summary: pd.DataFrame, pair_rows: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +71,8 @@ def decision_note(paired: bool) -> str:
 def recheck_section(table: pd.DataFrame, any_gpu: bool) -> list[str]:
     lines = ["## In-sweep vs re-check", ""]
     if table.empty:
-        return lines + ["No re-check in this sweep folder (older runs, or `bench.recheck: -1`).", ""]
+        return lines + ["No re-check in this sweep folder (`bench.recheck: -1`, or it stopped before its "
+                        "re-check phase).", ""]
     n_out = int((~table["within"].astype(bool)).sum())
     lines += [f"At the end of the sweep, these rows were timed again in new actor processes, with the sweep's own "
               f"protocol and nothing compiling or training beside them: {_recheck_repeats(table)}. Tolerance: "
@@ -100,7 +106,7 @@ def _has(x) -> bool:
 def calibration_line(table: pd.DataFrame) -> str | None:
     """The re-check as the calibration test of the in-sweep 95% intervals (runner/intervals.py): how many
     re-checked rows' re-check p50 fell inside the row's interval. None when no row has an interval."""
-    if table.empty or "inside" not in table:
+    if table.empty:
         return None
     inside = table["inside"].dropna()
     if inside.empty:
@@ -115,10 +121,8 @@ def calibration_line(table: pd.DataFrame) -> str | None:
 
 
 def _recheck_repeats(table: pd.DataFrame) -> str:
-    """How many repeats the re-checks had: rows from before the column were timed once."""
+    """How many repeats the re-checks had, and in how many slices each."""
     n, k = _values(table, "recheck_repeats"), _values(table, "recheck_slices")
-    if not n:
-        return "one repeat each"
     sliced = (f", each repeat in {_span(k)} slices spread over the task, so that a slow host phase of a "
               f"second or two lands in a slice or two of several repeats"
               if k and k[-1] > 1 else
@@ -129,8 +133,8 @@ def _recheck_repeats(table: pd.DataFrame) -> str:
 
 
 def _values(table: pd.DataFrame, column: str) -> list[int]:
-    """The distinct values of an int column, sorted ([] for rows from before it existed)."""
-    return sorted({int(x) for x in table[column].dropna()}) if column in table else []
+    """The distinct values of an int column, sorted."""
+    return sorted({int(x) for x in table[column].dropna()})
 
 
 def _span(values: list[int]) -> str:
@@ -152,11 +156,11 @@ def checks_section(summary: pd.DataFrame) -> list[str]:
              "(outside the table above's tolerance), *host >> event* (host p50 above "
              f"{agreement.HOST_GAP_FACTOR}x the event p50 + {agreement.HOST_GAP_SLACK_MS * 1000:.0f} us: the "
              "caller waits for more than the GPU works), *unstable* (repeats disagree), *eval failed*.", ""]
-    if ok.empty or "b1_agree_pct" not in ok:
-        return lines + ["No ok row carries the checks (older run).", ""]
+    if ok.empty:
+        return lines + ["No ok row, so nothing was checked.", ""]
     agree = pd.to_numeric(ok["b1_agree_pct"], errors="coerce").dropna()
-    fold = pd.to_numeric(ok.get("fold_max_rel_err"), errors="coerce").dropna()
-    path = pd.to_numeric(ok.get("path_max_rel_err"), errors="coerce").dropna()
+    fold = pd.to_numeric(ok["fold_max_rel_err"], errors="coerce").dropna()
+    path = pd.to_numeric(ok["path_max_rel_err"], errors="coerce").dropna()
     if not agree.empty:
         lines.append(f"- batch-1 vs eval agreement: min {agree.min():.1f}%, median {agree.median():.1f}% "
                      f"over {len(agree)} variants")
@@ -164,10 +168,10 @@ def checks_section(summary: pd.DataFrame) -> list[str]:
         lines.append(f"- BN folding, max relative logit error: {fold.max():.2e} over {len(fold)} folded variants")
     if not path.empty:
         lines.append(f"- prepared path vs fp32 eager, max relative logit error: {path.max():.2e}")
-    ev = ok[ok["eval_error"].fillna("").astype(str) != ""] if "eval_error" in ok else ok.iloc[0:0]
+    ev = ok[ok["eval_error"].fillna("").astype(str) != ""]
     lines += [f"- `{r['variant_id']}`: accuracy pass failed ({str(r['eval_error'])[:150]}); its latency stands"
               for _, r in ev.iterrows()]
-    nvml = ok["nvml_note"].dropna().unique() if "nvml_note" in ok else []
-    if len(nvml) and (ok.get("device", pd.Series(dtype=str)) == "cuda").any():
+    nvml = ok["nvml_note"].dropna().unique()
+    if len(nvml) and (ok["device"] == "cuda").any():
         lines.append(f"- NVML: {'; '.join(map(str, nvml))[:200]} (GPU rows without NVML readings)")
     return lines + [""]

@@ -81,9 +81,7 @@ def _differences(runs: list[Run]) -> list[str]:
 
 
 def _gpu_kinds(r: Run) -> list[str]:
-    cluster = r.sweep.get("cluster") or {}
-    # older sweep.json files list full names ("NVIDIA H200"), newer ones kinds ("H200")
-    return sorted({str(n).replace("NVIDIA ", "") for n in cluster.get("gpu_kinds") or cluster.get("gpu_names") or []})
+    return sorted((r.sweep.get("cluster") or {}).get("gpu_kinds") or [])
 
 
 def section(runs: list[Run], figure_name: str = "scaling_timeline.png") -> list[str]:

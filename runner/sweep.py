@@ -21,7 +21,7 @@ from typing import Any, Callable
 import ray
 import torch
 
-from runner import agreement, env, files, guard, reaper, results
+from runner import decisions, env, files, guard, reaper, results
 from runner.engine import bench_phase, resume, run_folder, training
 from runner.engine.control import HEARTBEAT_S, Deadline, Progress, plain_output
 from runner.engine.steps import StepLog, now
@@ -119,6 +119,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     if fresh or run_folder.cut_short(run_dir):
         run_folder.set_aside(run_dir, log)
+    results.check_folder(run_dir)  # rows of other code (another schema version): refused by name, before Ray
     files.write_json(run_folder.resolved(spec, data), run_dir / "resolved_config.json")
     code = env.code_digest()
     hashes = {v.variant_id: variant_hash(v, spec.model(v.model), spec.bench, data.source, code)
@@ -231,7 +232,7 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
         bench_phase.run(bench_phase.Phase(variants=twins, witness="twin", **common))
     if spec.bench.recheck >= 0:
         chosen = _witnessed_by(spec, run_dir, data, models,
-                               agreement.recheck_sample(summary, spec.bench.recheck, 85.0), "rechecks")
+                               decisions.recheck_sample(summary, spec.bench.recheck, 85.0), "rechecks")
         progress.skip("recheck", progress.plan["recheck"] - len(chosen), "not drawn, or re-checked already")
         progress.begin("recheck")
         bench_phase.run(bench_phase.Phase(variants=chosen, witness="recheck", **common))

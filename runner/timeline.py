@@ -18,6 +18,7 @@ import pandas as pd
 
 from runner import files
 from runner.plots import figure
+from runner.results import STEPS_SCHEMA, read_folder
 
 COLORS = {"train": "#4C72B0", "start": "#CCCCCC", "load": "#8C8C8C", "prepare": "#DA8BC3", "time": "#55A868",
           "pairs": "#DD8452", "check": "#937860", "profile": "#C44E52", "recheck": "#8172B3"}
@@ -27,9 +28,6 @@ TASK_COLUMNS = ["kind", "name", "status", "start", "end", "submitted", "landed",
 def read_steps(run_dir: Path) -> pd.DataFrame:
     """Every step of every invocation (one row each, times as UTC timestamps), sorted by start; steps that
     never began (an actor that died) keep NaT starts and are counted, not drawn."""
-    from runner.engine.steps import STEPS_SCHEMA
-    from runner.results import read_folder
-
     df = read_folder(Path(run_dir) / "steps", STEPS_SCHEMA)
     for c in ("submitted", "start", "end", "landed"):
         df[c] = pd.to_datetime(df[c], utc=True, format="ISO8601", errors="coerce")

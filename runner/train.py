@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from models import get_model
 from models.fastnet import has_whitening_stem, init_whitening
 from runner.batches import DeviceBatches
-from runner.data import Cifar
+from runner.data import Cifar, normalizer
 from runner.evaluate import accuracy
 from variants import TrainSpec
 
@@ -159,7 +159,8 @@ def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: 
 
     model = build_model(spec.arch, dict(spec.arch_args)).to(device)
     if has_whitening_stem(model):  # a whitening stem is set from the training patches, then frozen
-        init_whitening(model, torch.from_numpy(np.array(data.train_x[:5000])).to(device))
+        images = torch.from_numpy(np.array(data.train_x[:5000])).to(device)
+        init_whitening(model, normalizer(device)(images))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     teacher = model_from_checkpoint(teacher_ckpt, device) if teacher_ckpt is not None else None

@@ -188,8 +188,3 @@ def run(args) -> int:
     print_summary(seed_summary(df))
     print(f"\nwrote {out}")
     return 0
-
-
-if __name__ == "__main__":  # the old entry point; `python -m runner train-bench` is the documented one
-    from runner.cli import main
-    sys.exit(main(["train-bench", *sys.argv[1:]]))

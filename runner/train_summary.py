@@ -1,9 +1,11 @@
 """Merge train_bench outputs into one training table and summarise it in markdown (per model and recipe).
 
-    python -m runner train-summary reports/h200-training/round*/*.parquet \
-        [--merged-out reports/h200-training/training.parquet] [--markdown-out reports/h200-training/tables.md]
+    python -m runner train-summary runs/train_bench/*.parquet \
+        [--merged-out runs/training.parquet] [--markdown-out runs/training.md]
 
-Each input is one `python -m runner.train_bench` output. A row keeps its file as `job` (the file's stem)
+(reports/h200-training/ was made so, by the code of its commit; this code reads only its own schema version.)
+
+Each input is one `python -m runner train-bench` output. A row keeps its file as `job` (the file's stem)
 and its folder as `round`. The summary has one line per (round, job, model): the seeds, top-1 per seed and
 mean / spread, training seconds (max over seeds: the number a time budget must hold for every seed) and
 images/s; same-seed repeats are reported as such, since a repeat is how run-to-run reproducibility is shown.
@@ -14,10 +16,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from runner import files
 from runner.report_format import markdown_table
 from runner.results import write_frame
+from runner.schema import read
 
 
 # The train_bench columns the summary reads; a file without them is not a train_bench output.
@@ -31,10 +35,10 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
         if not p.is_file():  # pyarrow's own error names only the path
             raise ValueError(f"{p}: {'a folder, not a file' if p.is_dir() else 'no such file'} (expected a "
                              "train-bench Parquet output)")
-        df = pd.read_parquet(p)
-        missing = [c for c in NEEDED if c not in df.columns]
+        missing = [c for c in NEEDED if c not in pq.read_schema(p).names]
         if missing:
             raise ValueError(f"{p}: not a train_bench output (no column {', '.join(missing)})")
+        df = read(p)  # of this code's schema version, else a SchemaError naming the file
         frames.append(df.assign(round=p.parent.name, job=p.stem))
     if not frames:
         raise ValueError("no train_bench Parquet files given")
@@ -87,8 +91,3 @@ def run(args) -> int:
     if args.markdown_out:
         files.write_text(args.markdown_out, text)
     return 0
-
-
-if __name__ == "__main__":  # the old entry point; `python -m runner train-summary` is the documented one
-    from runner.cli import main
-    sys.exit(main(["train-summary", *sys.argv[1:]]))

@@ -1,8 +1,8 @@
 """Shared by the whole suite: process-wide state restored after every test, and one small sweep per session.
 
 - `runner.breakdown` remembers that this process ran torch.profiler, and `runner.bench` then refuses to time
-  (every later launch reads slow: reports/h200-inflation/). On a GPU machine the breakdown tests profile for
-  real, so without the reset every later timing test in the session would fail there (issue 22).
+  (every later launch reads slow: docs/investigations/h200-inflation/). On a GPU machine the breakdown tests
+  profile for real, so without the reset every later timing test in the session would fail there (issue 22).
 - PYTHONPATH: the checkout first, then whatever the environment had (below).
 - The suite starts a dozen local Ray clusters; RUNNER_DASHBOARD=0 leaves the dashboard out of each (its start
   costs a core for seconds on a 2-core machine). test_reaper, which checks the dashboard's port, turns it on.

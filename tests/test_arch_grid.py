@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from models import get_model
 from models.fastnet import init_whitening
-from runner.data import synthetic
+from runner.data import normalizer, synthetic
 from runner.train import model_from_checkpoint, train
 from variants import Recipe, SpecError, TrainSpec, load_sweep
 
@@ -197,7 +197,7 @@ def test_training_initialises_and_keeps_the_whitening_stem(_one_thread):
                      recipe=Recipe(epochs=1, batch_size=64, lr=0.05))
     ckpt = train(spec, data, torch.device("cpu"), log=lambda _: None)
     expected = get_model("fastnet_cifar", widths=(8, 16), convs_per_block=(1, 1))
-    init_whitening(expected, data.train_x)
+    init_whitening(expected, normalizer(torch.device("cpu"))(torch.from_numpy(data.train_x)))
     torch.testing.assert_close(ckpt["state_dict"]["stem.0.weight"], expected.stem[0].weight)
     assert not torch.equal(ckpt["state_dict"]["stem.0.bias"], expected.stem[0].bias)  # the bias trains
     buf = io.BytesIO()

@@ -82,7 +82,8 @@ def test_a_failing_forward_is_reported_not_raised():
 
 def test_no_timing_in_a_process_that_has_profiled(monkeypatch):
     """runner.bench refuses to time once kernel_breakdown has run the CUDA profiler in the process: every later
-    launch is slower there (reports/h200-inflation/). The flag is set by hand here: on a CPU nothing profiles."""
+    launch is slower there (docs/investigations/h200-inflation/). The flag is set by hand here: on a CPU
+    nothing profiles."""
     from runner import bench, breakdown
 
     fn = torch.nn.Identity()

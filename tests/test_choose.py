@@ -8,7 +8,7 @@ import pandas as pd
 
 from runner import decisions, export
 from runner.report import build_report
-from runner.results import summarize, write_rows
+from runner.results import RESULT_SCHEMA, summarize, to_table, write_rows
 
 
 def _row(vid: str, top1: float, p95: float, rep: int = 0) -> dict:
@@ -16,7 +16,8 @@ def _row(vid: str, top1: float, p95: float, rep: int = 0) -> dict:
                 memory_format="contiguous", compile="none", cuda_graph=False, bn_fold=False, status="ok", repeat=rep,
                 top1_pct=top1,
                 lat_mean_ms=p95 * 0.9, lat_p50_ms=p95 * 0.8, lat_p95_ms=p95, host_p50_ms=p95 * 0.8, host_p95_ms=p95,
-                device="cpu", timer="host", size_mb=6.0, config_json="{}")
+                device="cpu", timer="host", size_mb=6.0, config_json="{}", timing_order="round-robin",
+                timing_slices=1, slice_p50s_ms=json.dumps([p95 * 0.8]))
 
 
 # Every row at 9.40% (as on the quick CPU sweep that chose the 81.6 ms variant), listed slow first.
@@ -42,8 +43,9 @@ def test_a_tie_on_accuracy_under_the_bar_goes_to_the_fastest(tmp_path):
 
 
 def test_above_the_bar_latency_decides_and_a_more_accurate_one_does_not_win_by_accuracy():
-    s = summarize(pd.DataFrame([_row("slow-acc", 93.0, 40.0), _row("fast", 86.0, 20.0), _row("under", 80.0, 5.0),
-                                _row("fast-same", 87.0, 20.0)]))
+    rows = [_row("slow-acc", 93.0, 40.0), _row("fast", 86.0, 20.0), _row("under", 80.0, 5.0),
+            _row("fast-same", 87.0, 20.0)]
+    s = summarize(to_table(rows, RESULT_SCHEMA).to_pandas())  # rows as a file of the schema reads back
     pick = decisions.choose(s, 85.0)
     # 20 ms twice: the tie on latency goes to the more accurate one; 93% at 40 ms loses on latency.
     assert pick["chosen"]["variant_id"] == "fast-same" and pick["runner_up"]["variant_id"] == "fast"

@@ -131,7 +131,7 @@ def test_airbench_order_would_not_fold():
 def test_whitening_stem_whitens_training_patches(stem, width):
     data = synthetic(n_train=256)
     model = get_model("fastnet_cifar", stem=stem, stem_width=width)
-    init_whitening(model, data.train_x, eps=1e-9)
+    init_whitening(model, normalizer(CPU)(torch.from_numpy(data.train_x)), eps=1e-9)
     conv = model.stem[0]
     assert not conv.weight.requires_grad and conv.bias.requires_grad
     with torch.no_grad():
@@ -148,6 +148,12 @@ def test_init_whitening_refuses_other_models():
         init_whitening(get_model("fastnet_cifar", stem="conv3x3"), synthetic(n_train=16).train_x)
     with pytest.raises(ValueError, match="whiten"):
         init_whitening(get_model("airbench_cifar"), synthetic(n_train=16).train_x)
+
+
+def test_init_whitening_takes_normalised_images_only():
+    """models/ does not normalise (that is runner.data's job): raw uint8 pixels are refused, not whitened wrong."""
+    with pytest.raises(TypeError, match="normalised"):
+        init_whitening(get_model("fastnet_cifar", stem="whiten2x2"), torch.from_numpy(synthetic(n_train=16).train_x))
 
 
 @pytest.mark.skipif(os.environ.get("SKIP_COMPILE_TESTS") == "1", reason="SKIP_COMPILE_TESTS=1")

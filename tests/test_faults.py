@@ -28,7 +28,7 @@ from PIL import Image
 
 from runner import guard
 from runner.__main__ import main
-from runner.cli import STOPPED_EXIT
+from runner.engine.control import STOPPED_EXIT
 from runner.data import DataError, load
 from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, write_rows
 from variants import load_sweep
@@ -225,7 +225,8 @@ def _ok_rows(vid: str) -> list[dict]:
     return [dict(sweep="s", variant_id=vid, model="m", arch="airbench_cifar", precision="fp32",
                  memory_format="contiguous", compile="none", cuda_graph=False, bn_fold=False, status="ok",
                  repeat=r, top1_pct=90.0, lat_mean_ms=1.0, lat_p50_ms=1.0, lat_p95_ms=1.1, lat_p99_ms=1.2,
-                 lat_std_ms=0.01, lat_min_ms=0.9, host_p50_ms=1.0, timer="host", size_mb=1.0, device="cpu")
+                 lat_std_ms=0.01, lat_min_ms=0.9, host_p50_ms=1.0, timer="host", size_mb=1.0, device="cpu",
+                 timing_order="round-robin", timing_slices=1, slice_p50s_ms="[1.0]")
             for r in range(3)]
 
 

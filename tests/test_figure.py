@@ -43,6 +43,8 @@ def test_a_one_point_front_is_a_marker_and_a_longer_one_a_line_and_the_axes_read
 
 
 def _row(vid, status, rep=0, **kw):
+    if status == "ok":  # as the actor writes an ok row: timed round-robin, here in one slice per repeat
+        kw.update(timing_order="round-robin", timing_slices=1, slice_p50s_ms=json.dumps([kw["lat_p50_ms"]]))
     return dict(sweep="u", variant_id=vid, brief_id=kw.pop("bid", None), label=vid, model="m", precision="fp32",
                 memory_format="contiguous", compile="none", cuda_graph=False, bn_fold=False, status=status,
                 repeat=rep, device="cpu", timer="host", **kw)
@@ -57,9 +59,8 @@ def test_the_report_shows_one_figure_and_full_skip_reasons_in_footnotes(tmp_path
             for r in range(2)] + [_row("m-graph", "skipped", bid="O2", error=REASON)]
     write_rows(rows, tmp_path / "results.parquet")
     (tmp_path / "sweep.json").write_text(json.dumps({"name": "u"}))
-    (tmp_path / "pareto.png").write_bytes(b"stale")  # drawn by older code: would repeat acc_vs_latency.png
     text = build_report(tmp_path).read_text()
-    assert not (tmp_path / "pareto.png").exists() and "pareto.png" not in text
+    assert not (tmp_path / "pareto.png").exists() and "pareto.png" not in text  # it repeated acc_vs_latency
     assert text.count("(acc_vs_latency.png)") == 1 and (tmp_path / "acc_vs_latency.png").exists()
     brief = "\n".join(report_tables._brief_section(summarize(pd.read_parquet(tmp_path / "results.parquet"))))
     cell = next(line for line in brief.splitlines() if line.startswith("| O2 |"))

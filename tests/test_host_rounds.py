@@ -8,13 +8,15 @@ import pandas as pd
 from runner import host_rounds
 
 
-def _rows(task: str, p50s: dict[str, list[float]], order: str | None = "round-robin") -> list[dict]:
-    """Result rows of one task (node, pid): variant -> its p50 per repeat (= per round)."""
+def _rows(task: str, p50s: dict[str, list[float]]) -> list[dict]:
+    """Result rows of one task (node, pid) timed one slice per repeat: variant -> its p50 per repeat (= per
+    round)."""
     rows = []
     for vid, values in p50s.items():
         cv = 100 * pd.Series(values).std(ddof=0) / pd.Series(values).mean()
         rows += [{"variant_id": vid, "repeat": r, "lat_p50_ms": v, "status": "ok", "ray_node_id": "node-a",
-                  "pid": task, "timing_order": order, "lat_cv_pct": cv}
+                  "pid": task, "timing_order": "round-robin", "timing_slices": 1, "slice_p50s_ms": json.dumps([v]),
+                  "lat_cv_pct": cv}
                  for r, v in enumerate(values)]
     return rows
 
@@ -48,12 +50,9 @@ def test_the_report_paragraph_counts_rounds_and_names_the_rows():
     assert "3 of the 5 unstable row(s) are unstable only through them: `a`, `b`, `c`" in text
 
 
-def test_rows_timed_back_to_back_give_no_rounds():
-    old = pd.DataFrame(_rows(1, {"a": [2.0, 2.8, 2.0], "b": [1.0, 1.41, 1.0]}, order=None))
-    assert host_rounds.rounds(old).empty and host_rounds.section_lines(old, 3.0) == []
-    no_column = old.drop(columns=["timing_order"])
-    assert host_rounds.rounds(no_column).empty
-    assert host_rounds.unstable_through_host(no_column, host_rounds.rounds(_frame()), 3.0) == []
+def test_tasks_of_one_variant_give_no_paragraph():
+    alone = pd.DataFrame(_rows(1, {"a": [2.0, 2.8, 2.0]}) + _rows(2, {"b": [1.0, 1.41, 1.0]}))
+    assert host_rounds.rounds(alone).empty and host_rounds.section_lines(alone, 3.0) == []
 
 
 def _sliced(task: int, slices: dict[str, list[list[float]]], cv: dict[str, float]) -> list[dict]:

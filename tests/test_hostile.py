@@ -271,7 +271,8 @@ def _row(vid: str, status: str = "ok", **kw) -> dict:
             "memory_format": "contiguous", "compile": "none", "cuda_graph": False, "bn_fold": False, "tta": "none",
             "status": status, "error": None if ok else "boom", "repeat": 0, "device": "cpu",
             "top1_pct": 90.0 if ok else None, "lat_p50_ms": 1.0 if ok else None, "lat_p95_ms": 1.2 if ok else None,
-            "host_p50_ms": 1.1 if ok else None, "host_p95_ms": 1.3 if ok else None, **kw}
+            "host_p50_ms": 1.1 if ok else None, "host_p95_ms": 1.3 if ok else None,
+            "timing_order": "round-robin" if ok else None, "slice_p50s_ms": "[1.0]" if ok else None, **kw}
 
 
 def _run_folder(root: Path, rows: list[dict]) -> Path:

@@ -202,16 +202,17 @@ def test_decisions_and_choice_say_not_distinguishable():
 def test_recheck_calibration_line():
     from runner import agreement, report_trust
     s = _summary_rows()
-    rechecks = pd.DataFrame([{"variant_id": "b1", "status": "ok", "recheck_p50_ms": 3.40},     # inside
-                             {"variant_id": "o1", "status": "ok", "recheck_p50_ms": 3.60},     # outside
-                             {"variant_id": "b2", "status": "ok", "recheck_p50_ms": 1.44}])    # no interval
+    timed = {"status": "ok", "recheck_repeats": 3, "recheck_slices": 5}
+    rechecks = pd.DataFrame([{"variant_id": "b1", "recheck_p50_ms": 3.40, **timed},     # inside
+                             {"variant_id": "o1", "recheck_p50_ms": 3.60, **timed},     # outside
+                             {"variant_id": "b2", "recheck_p50_ms": 1.44, **timed}])    # no interval
     table = agreement.agreement(s, rechecks)
     assert table.set_index("variant_id")["inside"].tolist() == [True, False, None]
     text = "\n".join(report_trust.recheck_section(table, True))
     assert "inside the in-sweep 95% interval for 1 of 2 re-checked rows (50%" in text
     assert "3.3000 [3.2000, 3.4500]" in text and "| **no** |" in text
-    old = agreement.agreement(s, rechecks[rechecks["variant_id"] == "b2"])
-    assert "Calibration" not in "\n".join(report_trust.recheck_section(old, True))
+    no_interval = agreement.agreement(s, rechecks[rechecks["variant_id"] == "b2"])
+    assert "Calibration" not in "\n".join(report_trust.recheck_section(no_interval, True))
 
 
 def test_plots_draw_interval_bars(tmp_path):

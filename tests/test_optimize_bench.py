@@ -313,10 +313,10 @@ def test_a_graph_callable_keeps_its_weights_alive():
 
 
 def test_measurement_flags_set_strict_fp32_and_cudnn_autotuning_only_when_asked():
-    """Autotuning picked different kernels in each fresh process (reports/h200-process-spread/): an actor
-    times with cuDNN's heuristics unless the bench says `cudnn_autotune: true`. The flags are process-wide
-    (the actor's process is its own), so this runs in a subprocess that, before each call, sets the
-    opposite values (one subprocess for both settings: each start imports torch, seconds on a 2-core CPU)."""
+    """Autotuning picked different kernels in each fresh process (docs/investigations/h200-process-spread/):
+    an actor times with cuDNN's heuristics unless the bench says `cudnn_autotune: true`. The flags are
+    process-wide (the actor's process is its own), so this runs in a subprocess that, before each call, sets
+    the opposite values (one subprocess for both settings: each start imports torch, seconds on a 2-core CPU)."""
     import subprocess
     import sys
 

@@ -65,7 +65,8 @@ def test_gpu_rows_are_not_called_cpu_timings(tmp_path):
 def _run_folder(tmp_path, sweep: dict):
     rows = [dict(sweep="s", variant_id=f"m-v{i}", model="m", precision="fp32", memory_format="contiguous",
                  compile="none", cuda_graph=False, bn_fold=False, status="ok", repeat=r, top1_pct=86.0 + i,
-                 lat_mean_ms=1.0 + i, lat_p50_ms=1.0 + i, lat_p95_ms=1.1 + i, timer="host", device="cpu")
+                 lat_mean_ms=1.0 + i, lat_p50_ms=1.0 + i, lat_p95_ms=1.1 + i, timer="host", device="cpu",
+                 timing_order="round-robin", timing_slices=1, slice_p50s_ms=json.dumps([1.0 + i]))
             for i in range(3) for r in range(2)]
     write_rows(rows, tmp_path / "results.parquet")
     (tmp_path / "sweep.json").write_text(json.dumps(sweep))

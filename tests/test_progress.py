@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import pytest
 
-from runner import agreement
+from runner import decisions
 from runner.engine.control import HEARTBEAT_S, Progress, plain_output, wait_one
 from runner.sweep import plan
 from variants import load_sweep
@@ -50,7 +50,7 @@ def test_the_total_is_the_whole_plan_from_the_first_line_to_the_last(spec):
     summary = pd.DataFrame({"variant_id": [v.variant_id for v in spec.variants], "status": "ok",
                             "brief_id": [v.brief_id for v in spec.variants], "top1_pct": 90.0,
                             "lat_p95_ms": range(1, n + 1)})
-    assert len(agreement.recheck_sample(summary, spec.bench.recheck, 85.0)) <= planned["recheck"]
+    assert len(decisions.recheck_sample(summary, spec.bench.recheck, 85.0)) <= planned["recheck"]
 
     lines: list[str] = []
     p = Progress(planned, log=lines.append)

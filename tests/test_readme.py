@@ -55,7 +55,7 @@ def inline_children(page: Path = README):
 def test_every_code_fence_closes_on_its_own_line(page):
     fences = [t for t in tokens(page) if t.type == "fence"]
     if page == README:
-        assert len(fences) >= 8
+        assert len(fences) >= 7
     src = lines(page)
     for f in fences:
         start, end = f.map
@@ -70,6 +70,28 @@ def test_expected_sections_are_headings():
     assert headings("h1") == ["cifar-latency-runner"]
     missing = [s for s in SECTIONS if s not in headings("h2") + headings("h3")]
     assert not missing, f"not rendered as headings: {missing}"
+
+
+def test_the_first_screen_holds_the_two_commands():
+    """A reference, not an essay (issue 26): what it is, the headline, then the quick start and the test
+    command within the first 40 lines, and the whole page within 220."""
+    src = lines()
+    assert len(src) <= 220, f"README.md is {len(src)} lines; the rationale belongs in docs/"
+    first = "\n".join(src[:40])
+    assert "python -m runner sweep --config variants/quick.yaml" in first, "the quick start is not on screen one"
+    assert ".venv/bin/python -m pytest -q" in first, "the test command is not on the first screen"
+    assert "**Headline**" in first
+
+
+def test_the_house_is_five_lines():
+    """The Layout section describes the packages in five bullets, one line each."""
+    src = lines()
+    start = src.index("## Layout")
+    end = next((i for i in range(start + 1, len(src)) if src[i].startswith("## ")), len(src))
+    bullets = [line for line in src[start:end] if line.startswith("- ")]
+    assert len(bullets) == 5, bullets
+    for pkg in ("models/", "variants/", "runner/", "runner/engine/", "runner/diagnostics/"):
+        assert any(f"`{pkg}`" in b for b in bullets), f"the house does not say what {pkg} is for"
 
 
 def test_every_docs_page_has_a_title_and_is_linked_from_the_readme():
@@ -203,3 +225,29 @@ def test_commands_fit_together():
             assert name in sweeps, f"`{' '.join(argv)}`: no sweep file in variants/ makes {run}"
             if getattr(args, "variant", None):
                 assert args.variant in {v.variant_id for v in sweeps[name].variants}, argv
+
+
+# ---- published runs and investigations ------------------------------------------------------------------
+
+REPORTS = ROOT / "reports"
+FROZEN_PAGES = sorted(REPORTS.rglob("*.md")) + sorted((ROOT / "docs" / "investigations").rglob("*.md"))
+
+
+@pytest.mark.parametrize("page", FROZEN_PAGES, ids=[p.relative_to(ROOT).as_posix() for p in FROZEN_PAGES])
+def test_links_in_published_runs_and_investigations_resolve(page):
+    """A folder moved (issue 26: investigations out of reports/) must leave no link behind, in any direction."""
+    test_links_point_at_real_files_and_headings(page)
+
+
+def test_reports_index_lists_every_published_run_newest_first():
+    index = REPORTS / "README.md"
+    table = any(t.type == "table_open" for t in tokens(index))
+    listed = re.findall(r"^\| \[`([^`]+)`\]\(\1/README\.md\) \|.*\| (\d{4}-\d\d-\d\d) \|$",
+                        index.read_text(), re.M)
+    assert table and listed, "reports/README.md: a table, one row per folder, ending in its date"
+    folders = sorted(p.name for p in REPORTS.iterdir() if p.is_dir())
+    assert sorted(name for name, _ in listed) == folders, "every folder under reports/ once, nothing else"
+    dates = [d for _, d in listed]
+    assert dates == sorted(dates, reverse=True), "newest first"
+    for name in folders:
+        assert (REPORTS / name / "README.md").is_file(), f"reports/{name}/ has no README saying what it is"

@@ -35,7 +35,8 @@ def _row(vid, bid, model, prec, mf, comp, graph, top1, rep, p50, **kw):
                compile_s=0.0, size_mb=6.0 if model == "mbv3" else 42.7, device="cuda:0", gpu_name="NVIDIA H200",
                gpu_uuid="GPU-1" if model == "mbv3" else "GPU-2", gpu_exclusive=True, driver_version="570.1", torch_version="2.11.0",
                cuda_version="12.8", cudnn_version="91000", ray_version="2.60.0", hostname="node1",
-               git_commit="abc123", data_source="cifar10-jpeg sha256:ab12")
+               git_commit="abc123", data_source="cifar10-jpeg sha256:ab12",
+               timing_order="round-robin", timing_slices=1, slice_p50s_ms=json.dumps([p50]))
     row.update(kw)
     return row
 

@@ -158,3 +158,94 @@ def test_merge_empty_run(tmp_path):
     out = merge(tmp_path)
     assert pd.read_parquet(out["results"]).empty
     assert list(pd.read_csv(out["csv"]).columns)[:2] == ["variant_id", "brief_id"]
+
+
+# ---- the schema version (issue 26): code reads only the files it writes -------------------------------------
+
+# The schemas' fingerprint at this SCHEMA_VERSION. A change to any table in runner/schema.py changes it: then
+# bump SCHEMA_VERSION (files of the old layout are refused by name from then on) and record the new value here.
+FINGERPRINTS = {1: "0c0485b30c2f"}
+
+
+def _fingerprint() -> str:
+    import hashlib
+
+    from runner.schema import SCHEMAS
+    text = ";".join(f"{name}:" + ",".join(f"{f.name}={f.type}" for f in schema)
+                    for name, schema in sorted(SCHEMAS.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def test_a_schema_change_bumps_the_version():
+    from runner.schema import SCHEMA_VERSION
+    assert FINGERPRINTS.get(SCHEMA_VERSION) == _fingerprint(), \
+        f"the Parquet schemas changed: bump SCHEMA_VERSION and record {_fingerprint()} for it in FINGERPRINTS"
+
+
+def test_every_write_carries_the_version_and_reads_back(tmp_path):
+    from runner.schema import SCHEMA_VERSION, read, version
+    path = write_rows([_ok("mb-fp32", 0, 1.0)], tmp_path / "r.parquet")
+    assert version(path) == str(SCHEMA_VERSION)
+    assert read(path)["variant_id"].tolist() == ["mb-fp32"]
+    frame = tmp_path / "f.parquet"  # write_frame (train-bench outputs) too
+    from runner.results import write_frame
+    write_frame(pd.DataFrame({"model": ["m"]}), frame)
+    assert version(frame) == str(SCHEMA_VERSION)
+
+
+def _old_file(path, rows, version: bytes | None = None):
+    """A results file as older code wrote it: the schema of the day, with another version or none."""
+    table = to_table(rows, RESULT_SCHEMA)
+    if version is not None:
+        table = table.replace_schema_metadata({b"cifar_runner.schema_version": version})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def test_a_file_of_another_version_is_refused_naming_file_and_version(tmp_path):
+    from runner.schema import SchemaError, check, read
+    none = _old_file(tmp_path / "none.parquet", [_ok("a", 0, 1.0)])
+    other = _old_file(tmp_path / "other.parquet", [_ok("a", 0, 1.0)], b"0")
+    with pytest.raises(SchemaError, match=r"none\.parquet: written with no schema version \(older code\); this "
+                                          r"code reads only version 1\."):
+        read(none)
+    with pytest.raises(SchemaError) as info:
+        check(other)
+    assert str(info.value).startswith(f"{other}: written with schema version 0;") and "\n" not in str(info.value)
+
+
+def test_an_old_part_stops_the_merge_instead_of_leaving_a_hole(tmp_path):
+    """Skipped like a damaged file, an old part would leave a table that looks whole; it is refused."""
+    from runner.results import SchemaError
+    write_rows([_ok("a", 0, 1.0)], tmp_path / "results" / "a.parquet")
+    _old_file(tmp_path / "results" / "b.parquet", [_ok("b", 0, 2.0)])
+    with pytest.raises(SchemaError, match=r"results/b\.parquet"):
+        merge(tmp_path)
+    assert not (tmp_path / "results.parquet").exists()
+
+
+def test_the_report_of_an_old_results_file_is_one_line_not_a_wrong_table(tmp_path, capsys):
+    """The published reports were written by older code: `runner report` on one of their results files says
+    which file and why, in one line, and writes no report.md."""
+    import shutil
+    from pathlib import Path
+
+    from runner.cli import main
+    published = Path(__file__).resolve().parents[1] / "reports" / "h200-1gpu-engine"
+    shutil.copy(published / "results.parquet", tmp_path / "results.parquet")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {tmp_path / 'results.parquet'}: written with no schema version (older code); this "
+                   f"code reads only version 1. Read it with the code of its commit (its rows' git_commit), or "
+                   f"measure again here: a sweep's --fresh sets the old files aside.")
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_a_resume_over_old_rows_stops_before_ray_naming_the_file(tmp_path, capsys):
+    from runner.cli import main
+    old = _old_file(tmp_path / "quick" / "results" / "tiny.parquet", [_ok("tiny", 0, 1.0)])
+    argv = ["sweep", "--config", "variants/quick.yaml", "--data", "synthetic", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {old}: written with no schema version" in err and "--fresh" in err

@@ -79,7 +79,7 @@ def _ok_row(vid: str, top1: float, p95: float, rep: int, spec_hash: str = "") ->
                 precision="fp32", memory_format="contiguous", compile="none", cuda_graph=False, bn_fold=False,
                 status="ok", repeat=rep, top1_pct=top1, lat_mean_ms=p95 * 0.9, lat_p50_ms=p95 * 0.8, lat_p95_ms=p95,
                 host_p50_ms=p95 * 0.8, host_p95_ms=p95, device="cpu", timer="host", size_mb=1.0, spec_hash=spec_hash,
-                finished_at=now())
+                finished_at=now(), timing_order="round-robin", timing_slices=1, slice_p50s_ms=f"[{p95 * 0.8}]")
 
 
 def _finished_run(tmp_path, spec, data, rows: list[dict]) -> Path:

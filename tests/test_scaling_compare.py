@@ -1,6 +1,7 @@
 """runner/scaling.py: one sweep on different numbers of GPUs compared. Wall time summed over invocations,
 tasks placed on one clock with resumed invocations end to end, a lane per GPU, speed-up and efficiency
-against the run with the fewest GPUs, unfair comparisons named; on real Parquet files and a published run."""
+against the run with the fewest GPUs, unfair comparisons named; on real Parquet files. A published run of older
+code is refused by name."""
 from __future__ import annotations
 
 import json
@@ -98,11 +99,12 @@ def test_a_folder_that_is_not_a_sweep_is_named(tmp_path, two_runs, capsys):
     assert "empty: no sweep.json" in capsys.readouterr().err
 
 
-def test_the_published_one_gpu_run_reads_whole():
-    """The actor engine's run (reports/h200-1gpu-engine): two invocations (479 s and 407 s in its sweep.json),
-    laid end to end, with steps in both."""
-    run = scaling.load_run(ROOT / "reports" / "h200-1gpu-engine")
-    assert round(run.wall_s) == 886 and run.gpus == 1 and len(run.invocations) == 2
-    assert run.tasks["lane"].nunique() == 1 and {"train", "time", "check", "recheck"} <= set(run.tasks["kind"])
-    assert (run.tasks["x0"] < 479).any() and (run.tasks["x0"] > 479).any()  # steps of both invocations
-    assert run.tasks["x1"].max() <= run.wall_s + 1
+def test_a_published_run_of_older_code_is_refused_in_one_line(tmp_path, two_runs, capsys):
+    """reports/h200-1gpu-engine was written by older code (its steps carry no schema version): it is read with
+    the code of its commit, and this code says so, naming the file, instead of drawing what it half-reads."""
+    published = ROOT / "reports" / "h200-1gpu-engine"
+    assert main(["scaling", str(two_runs[0]), str(published), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {published / 'steps'}/")
+    assert "written with no schema version" in err and "reads only version" in err
+    assert not (tmp_path / "o" / "scaling.md").exists()

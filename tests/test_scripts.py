@@ -279,3 +279,17 @@ def test_train_summary_bad_inputs_fail_cleanly(tmp_path, capsys):
     assert main(["train-summary", str(other)]) == 2
     err = capsys.readouterr().err
     assert "results.parquet: not a train_bench output" in err and "model" in err
+
+
+def test_train_summary_refuses_a_train_bench_output_of_older_code(tmp_path, capsys):
+    """The published rounds (reports/h200-training/) were written before files carried a schema version: their
+    tables are read with the code of their commit, and this one says so in one line."""
+    import shutil
+    from pathlib import Path
+
+    round2 = Path(__file__).resolve().parents[1] / "reports" / "h200-training" / "round2"
+    published = sorted(round2.glob("*.parquet"))
+    old = Path(shutil.copy(published[0], tmp_path / published[0].name))
+    assert main(["train-summary", str(old)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {old}: written with no schema version") and "\n" not in err

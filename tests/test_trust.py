@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from runner import agreement, evaluate, optimize, pairs
+from runner import agreement, decisions, evaluate, optimize, pairs
 from variants import Variant
 
 
@@ -135,14 +135,14 @@ def _summary():
 
 def test_chosen_on_what_a_caller_waits():
     # b has the lowest event p95 but a caller waits 0.45 ms for it; c is what a caller gets fastest.
-    assert agreement.choose_id(_summary(), 85.0) == "c"
+    assert decisions.choose_id(_summary(), 85.0) == "c"
 
 
 def test_recheck_sample_has_named_chosen_and_random_rows():
     s = _summary()
-    assert agreement.recheck_sample(s, 0, 85.0) == ["a", "c"]
-    assert sorted(agreement.recheck_sample(s, 5, 85.0)) == ["a", "b", "c"]   # never an error row
-    assert agreement.recheck_sample(s, -1, 85.0) == []
+    assert decisions.recheck_sample(s, 0, 85.0) == ["a", "c"]
+    assert sorted(decisions.recheck_sample(s, 5, 85.0)) == ["a", "b", "c"]   # never an error row
+    assert decisions.recheck_sample(s, -1, 85.0) == []
 
 
 def test_agreement_uses_graph_and_eager_tolerances():
@@ -157,38 +157,38 @@ def test_agreement_uses_graph_and_eager_tolerances():
     assert agreement.flags(_summary().iloc[0].to_dict(), set()) == ""
 
 
-def test_rechecks_from_before_repeats_still_load_and_say_one_repeat(tmp_path):
-    """A rechecks.parquet written before `recheck_repeats` / `recheck_cv_pct` existed reads through the part
-    reader and the report's, and its section says those rows had one repeat; newer rows say how many."""
+def test_rechecks_of_older_code_are_refused_by_name(tmp_path):
+    """Re-checks written by older code (before `recheck_repeats` existed, and before files had a schema
+    version) are not read as rows of one repeat: the part reader and the report's name the file. Rows of this
+    code say how they were timed."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from runner import report_trust, results
 
     older = pa.schema([f for f in results.RECHECK_SCHEMA if f.name not in ("recheck_repeats", "recheck_cv_pct")])
-    old_rows = [{"variant_id": "a", "status": "ok", "recheck_p50_ms": 1.85},
-                {"variant_id": "c", "status": "ok", "recheck_p50_ms": 0.140}]
-    for r in old_rows:
-        results.write_rows([r], tmp_path / "rechecks" / f"{r['variant_id']}.parquet", older)
-    parts = results.read_folder(tmp_path / "rechecks", results.RECHECK_SCHEMA)
-    assert list(parts.columns) == results.RECHECK_SCHEMA.names and parts["recheck_repeats"].isna().all()
-    results.write_rows(old_rows, tmp_path / "rechecks.parquet", older)  # a merged file of an older run
-    table = agreement.agreement(_summary(), report_trust.read(tmp_path, "rechecks"))
-    text = "\n".join(report_trust.recheck_section(table, True))
-    assert "one repeat each" in text and "round-robin" not in text and "1 of 2 agree" in text
+    rows = [{"variant_id": "a", "status": "ok", "recheck_p50_ms": 1.85},
+            {"variant_id": "c", "status": "ok", "recheck_p50_ms": 0.140}]
+    (tmp_path / "rechecks").mkdir()
+    pq.write_table(results.to_table(rows[:1], older), tmp_path / "rechecks" / "a.parquet")  # as older code did
+    with pytest.raises(results.SchemaError, match=r"rechecks/a\.parquet: written with no schema version"):
+        results.read_folder(tmp_path / "rechecks", results.RECHECK_SCHEMA)
+    pq.write_table(results.to_table(rows, older), tmp_path / "rechecks.parquet")  # its merged file
+    with pytest.raises(results.SchemaError, match=r"rechecks\.parquet: .*reads only version"):
+        report_trust.read(tmp_path, "rechecks")
 
-    new_rows = [{**r, "recheck_repeats": 3, "recheck_cv_pct": 1.2} for r in old_rows]
+    new_rows = [{**r, "recheck_repeats": 3, "recheck_cv_pct": 1.2, "recheck_slices": 1} for r in rows]
     results.write_rows(new_rows, tmp_path / "rechecks.parquet", results.RECHECK_SCHEMA)
     table = agreement.agreement(_summary(), report_trust.read(tmp_path, "rechecks"))
     text = "\n".join(report_trust.recheck_section(table, True))
     assert "3 repeats each, spread round-robin" in text and "median over repeats" in text
+    assert "1 of 2 agree" in text
 
 
 def test_the_recheck_text_says_how_its_repeats_were_spread():
     from runner.report_trust import _recheck_repeats
 
-    old = pd.DataFrame({"recheck_repeats": [None, None]})
-    assert _recheck_repeats(old) == "one repeat each"
-    plain = pd.DataFrame({"recheck_repeats": [3, 3]})
+    plain = pd.DataFrame({"recheck_repeats": [3, 3], "recheck_slices": [1, 1]})
     assert "hit at most one repeat" in _recheck_repeats(plain)
     sliced = pd.DataFrame({"recheck_repeats": [3, 3], "recheck_slices": [5, 5]})
     text = _recheck_repeats(sliced)

@@ -2,10 +2,11 @@
 
     python -m runner.diagnostics.actor_history [--iters 500] [--rounds 3] [--out history.json]
 
-The engine keeps one benchmark actor per GPU for a whole phase (runner/engine/), so a variant is timed
-in a process that has already prepared, captured, compiled and evaluated others. Earlier measurements
-(reports/h200-contention/, reports/h200-inflation/) showed that training or profiling in a process makes
-its later eager timings slower. This probe measures the remaining steps, in one process, on one GPU:
+The engine keeps one benchmark actor per GPU for a whole phase (runner/engine/), so a variant is timed in a
+process that has already prepared, captured, compiled and evaluated others. Earlier measurements
+(docs/investigations/h200-contention/, docs/investigations/h200-inflation/) showed that training or profiling
+in a process makes its later eager timings slower. This probe measures the remaining steps, in one process, on
+one GPU:
 
     fresh       eager MobileNetV3-Small fp32, batch 1 (the noisiest row of a sweep, B1), in a new process
     capture     after preparing and capturing CUDA graphs of three other models

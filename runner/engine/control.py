@@ -142,6 +142,9 @@ class Deadline:
         return self.at is not None and time.monotonic() >= self.at
 
 
+STOPPED_EXIT = 75  # EX_TEMPFAIL: the sweep stopped at its deadline, not finished; the same command goes on
+
+
 class Stopped(Exception):
     """The sweep reached its --stop-after deadline with `left` units of work not started."""
 

@@ -10,12 +10,12 @@
     compiling ones): prepare all, time all round-robin in slices, decide the pairs from those rounds, check
     all (accuracy and numerical checks; the rows land here) -> profile all, last
 
-Why this order, measured: a process that profiled times every later launch slower (reports/h200-inflation/),
-so the kernel breakdown comes after the actor's last timing; a process that trained times eager code slower
-(reports/h200-contention/), so actors never train. What an actor did before (graph capture, an accuracy pass,
-a compile) moved B1's eager timing by less than the host's own swings in one process (2.66-5.79 ms,
-reports/engine/actor_history.json), so nothing forced more; the order still times every variant of a stage
-before checking any, and eager before compiled, which costs nothing.
+Why this order, measured: a process that profiled times every later launch slower
+(docs/investigations/h200-inflation/), so the kernel breakdown comes after the actor's last timing; a process
+that trained times eager code slower (docs/investigations/h200-contention/), so actors never train. What an
+actor did before (graph capture, an accuracy pass, a compile) moved B1's eager timing by less than the host's
+own swings in one process (2.66-5.79 ms, reports/engine/actor_history.json), so nothing forced more; the order
+still times every variant of a stage before checking any, and eager before compiled, which costs nothing.
 
 **The gate.** On one host, a timing (`time`) runs alone: no other step of ours on that host starts
 while it runs, and it starts only when none runs (a neighbour's compile or evaluation inflated timings 1.2-2.7x

@@ -16,14 +16,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pyarrow as pa
-
 from runner import results
-
-STEPS_SCHEMA = pa.schema(
-    [("kind", pa.string()), ("name", pa.string()), ("status", pa.string()), ("actor", pa.string()),
-     ("submitted", pa.string()), ("start", pa.string()), ("end", pa.string()), ("landed", pa.string()),
-     ("gpu_uuid", pa.string()), ("node", pa.string()), ("hostname", pa.string()), ("pid", pa.int64())])
+from runner.schema import STEPS_SCHEMA
 
 
 def now() -> str:

@@ -1,10 +1,11 @@
 """The benchmark actor: one long-lived process per GPU that prepares, times, checks and (last) profiles.
 
-It never trains (a process that trained times eager code ~1.5x slower: reports/h200-contention/) and it
-never decides when to time: the driver calls one method at a time, in the order of runner/engine/program.py,
-and only when its host's gate allows. Every method returns `(result, step)`, `step` being when the method
-ran inside the actor (the driver adds when it submitted and landed it: runner/engine/steps.py).
-A variant's faults become rows (skipped / error); nothing here raises into the driver for a variant.
+It never trains (a process that trained times eager code ~1.5x slower: docs/investigations/h200-contention/)
+and it never decides when to time: the driver calls one method at a time, in the order of
+runner/engine/program.py, and only when its host's gate allows. Every method returns `(result, step)`, `step`
+being when the method ran inside the actor (the driver adds when it submitted and landed it:
+runner/engine/steps.py). A variant's faults become rows (skipped / error); nothing here raises into the driver
+for a variant.
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def measurement_flags(cudnn_autotune: bool) -> None:
 
     TF32 off (fp32 means fp32); cuDNN's autotuning off unless asked (its search picks different kernels in
     each process: one graphed variant read 1.15-1.24 ms over four processes, 1.144-1.146 ms with the
-    heuristics, reports/h200-process-spread/); one inductor compile thread (a neighbour compiling with
-    inductor's pool made eager timing on the other GPU ~1.5x slower, reports/h200-contention/); dynamo's
-    recompile limit raised so that no variant silently falls back to eager."""
+    heuristics, docs/investigations/h200-process-spread/); one inductor compile thread (a neighbour compiling
+    with inductor's pool made eager timing on the other GPU ~1.5x slower,
+    docs/investigations/h200-contention/); dynamo's recompile limit raised so that no variant silently falls
+    back to eager."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
@@ -227,7 +229,8 @@ class BenchWorker:
 
     def profile(self, ids: tuple[str, ...]) -> tuple[dict[str, dict], dict]:
         """Each held variant's kernel breakdown (runner/breakdown.py). Last in an actor's life: once the
-        profiler has run, every later launch of the process is slower (reports/h200-inflation/)."""
+        profiler has run, every later launch of the process is slower
+        (docs/investigations/h200-inflation/)."""
         from runner import breakdown
 
         t0 = R.stamp()
