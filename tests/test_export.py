@@ -57,7 +57,7 @@ def test_export_chosen_model_and_remeasure(run_dir, capsys):
     assert {p.name for p in out.iterdir()} == {"model.pt2", "model.onnx", "state_dict.pt", "export.json", "export.md"}
     info = json.loads((out / "export.json").read_text())
     acc = info["accuracy"]
-    assert acc["images"] == 128 and info["input"]["shape"] == ["N", 3, 32, 32]
+    assert acc["images"] == 64 and info["input"]["shape"] == ["N", 3, 32, 32]
     for f in ("model.pt2", "model.onnx"):
         assert acc[f]["agreement_pct"] >= 99.0 and acc[f]["max_abs_logit_diff"] < 1e-3
         assert abs(acc[f]["top1_pct"] - acc["reference_top1_pct"]) <= 1.0

@@ -74,7 +74,7 @@ def test_recheck_times_in_reverse_order(sweep_run):
 
 
 def test_ok_rows_carry_measurements_and_provenance(sweep_run):
-    _, data, run_dir, _, _ = sweep_run
+    spec, data, run_dir, _, _ = sweep_run
     df = pd.read_parquet(run_dir / "results.parquet")
     ok = df[df["status"] == "ok"]
     assert set(ok.groupby("variant_id")["repeat"].count()) == {3}
@@ -87,8 +87,12 @@ def test_ok_rows_carry_measurements_and_provenance(sweep_run):
     assert ok["data_source"].str.startswith(data.source).all()  # plus the recipe's subset, when one is used
     samples = pd.read_parquet(run_dir / "samples" / "tiny-fp32-nchw-eager.parquet")
     row = ok[ok["variant_id"] == "tiny-fp32-nchw-eager"]
-    # every call of every kept slice (4 calls each); a slow round's slices are replaced, so at least 5 per repeat
-    assert len(samples) == 4 * row["timing_slices"].sum() and (row["timing_slices"] >= 5).all()
+    # every call of every kept slice (iters / slices calls each); a slow round's slices are replaced, so at
+    # least `slices` per repeat
+    bench = spec.bench
+    per_slice = bench.iters // bench.slices
+    assert bench.iters % bench.slices == 0 and per_slice >= 2
+    assert len(samples) == per_slice * row["timing_slices"].sum() and (row["timing_slices"] >= bench.slices).all()
 
 
 def test_training_rows_and_merged_outputs(sweep_run):
