@@ -286,6 +286,7 @@ def _run_folder(root: Path, rows: list[dict]) -> Path:
 
 def _exportable(tmp_path: Path) -> Path:
     """A finished run folder of one variant with the checkpoint it was measured from (an untrained model)."""
+    from runner.data import load
     from runner.train import build_model
 
     cfg = tmp_path / "s.yaml"
@@ -299,7 +300,8 @@ def _exportable(tmp_path: Path) -> Path:
     state = build_model(m.arch, dict(m.arch_args)).state_dict()
     (run / "checkpoints").mkdir()
     torch.save({"key": m.key, "arch": m.arch, "arch_args": dict(m.arch_args), "spec_hash": m.spec_hash,
-                "state_dict": state, "top1_pct": 90.0, "data_source": "synthetic"}, run / "checkpoints" / "m.pt")
+                "state_dict": state, "top1_pct": 90.0, "data_source": load("synthetic").source},
+               run / "checkpoints" / "m.pt")
     return run
 
 
