@@ -1,4 +1,4 @@
-"""A hostile machine (issue 27): a full disk, a read-only file system.
+"""A hostile machine (issue 27): a full disk, a read-only file system, Parquet files whose metadata is a bomb.
 
 Each case ends in one line on stderr naming the path and the cause, exit 2, no traceback, and the run folder
 as it was: the earlier part files, results.parquet and report.md whole and readable, no temp file left.
@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from test_hostile import _exportable, _row, _run_folder
+from test_hostile import _exportable, _row, _run_folder, one_line, run_cli
 
+from runner import schema
 from runner.__main__ import main
-from runner.results import RESULT_SCHEMA, read_folder, write_rows
+from runner.results import RESULT_SCHEMA, check_folder, read_folder, to_table, write_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,3 +218,61 @@ def test_read_only_file_system_is_one_line(read_only, case, where):
     rc, err = read_only["results"][case]
     assert rc == 2 and err.strip() == f"error: {read_only['ro'] / where}: Read-only file system", err
     assert snapshot(read_only["ro"]) == read_only["before"]
+
+
+# ---- a Parquet footer over the cap ---------------------------------------------------------------------------
+
+def _bomb(path: Path, rows: list[dict], pad: int = 3 << 20) -> Path:
+    """A part file of this code in every way (schema, version, owner) but a key-value metadata entry of `pad`
+    bytes: its footer (metadata) is over 7 MB (pyarrow keeps the entry twice), all parsed into memory on a read."""
+    table = schema.stamp(to_table(rows, RESULT_SCHEMA))
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"pad": b"x" * pad}), path)
+    assert schema.MAX_FOOTER < int.from_bytes(path.read_bytes()[-8:-4], "little")
+    return path
+
+
+def _cap_words(path: Path) -> str:
+    return f"{path}: Parquet metadata of "
+
+
+def test_published_footers_are_far_under_the_cap():
+    """The cap's comment in runner/schema.py: the largest footer among reports/ was 56,458 bytes."""
+    sizes = {p: schema.footer_size(p) for p in ROOT.glob("reports/**/*.parquet")}
+    assert sizes and max(sizes.values()) < schema.MAX_FOOTER / 50, max(sizes.items(), key=lambda kv: kv[1])
+
+
+def test_a_part_with_a_footer_over_the_cap_is_skipped_by_report_and_resume(tmp_path, capsys):
+    run = _run_folder(tmp_path, [_row("a")])
+    bomb = _bomb(run / "results" / "b.parquet", [_row("b")])
+    assert pq.read_table(bomb).num_rows == 1  # without the cap it is read and merged like any part
+    rc, err = run_cli(["report", str(run)], capsys)
+    warnings = [line for line in err.splitlines() if line.startswith("warning: skipped")]
+    assert rc == 0 and len(warnings) == 1 and _cap_words(bomb) in warnings[0], err
+    assert f"over the cap of {schema.MAX_FOOTER:,}" in warnings[0] and "Traceback" not in err
+    assert list(pd.read_parquet(run / "results.parquet")["variant_id"]) == ["a"]
+    check_folder(run)  # a resume's reads before Ray: the part is not ours to refuse, it is re-run
+    assert list(read_folder(run / "results", RESULT_SCHEMA)["variant_id"]) == ["a"]
+    assert bomb.exists()  # never deleted: the user's file
+
+
+@pytest.mark.parametrize("verb", ["report", "export", "train-summary"])
+def test_a_merged_file_with_a_footer_over_the_cap_is_one_line(verb, tmp_path, capsys):
+    run = tmp_path / "pub"
+    run.mkdir()
+    bomb = _bomb(run / "results.parquet", [_row("a")])
+    argv = {"report": ["report", str(run)], "export": ["export", "--run", str(run), "--out", str(tmp_path / "x")],
+            "train-summary": ["train-summary", str(bomb)]}[verb]
+    rc, err = run_cli(argv, capsys)
+    assert rc == 2 and _cap_words(bomb) in err and one_line(err), err
+    assert sorted(p.name for p in run.iterdir()) == ["results.parquet"] and not (tmp_path / "x").exists()
+
+
+def test_a_file_that_is_not_parquet_is_named_before_pyarrow_reads_it(tmp_path):
+    path = tmp_path / "x.parquet"
+    for data, words in ((b"PAR1", "not a Parquet file (4 bytes)"),
+                        (b"PAR1" + b"\0" * 64, "not a Parquet file (it does not end in PAR1")):
+        path.write_bytes(data)
+        with pytest.raises(schema.FileError, match=re.escape(f"{path}: {words}")):
+            schema.read(path)
+    pq.write_table(pa.table({"a": [1]}), path)
+    assert 0 < schema.footer_size(path) < 4096
