@@ -14,6 +14,7 @@ zero-copy), so workers on other nodes need no data of their own.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import lzma
 import os
@@ -35,6 +36,8 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
+# The machine refusing the unpacked files (a full disk, a read-only or foreign cache), not a damaged archive.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class DataError(RuntimeError):
@@ -210,13 +213,18 @@ def _unpack(path: Path) -> Path:
     dest = cache_dir() / f"unpacked-{h.hexdigest()[:16]}"
     if not dest.is_dir():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        try:
+            tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        except OSError as e:
+            raise files.naming(e, dest, dest.parent / f".{dest.name}.") from e
         try:
             for archive in archives:
                 try:
                     with tarfile.open(archive) as t:
                         t.extractall(tmp, filter="data")
                 except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, OSError) as e:
+                    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:  # the cache said no, not the archive
+                        raise files.naming(e, dest, tmp) from e
                     raise DataError(f"{archive} cannot be unpacked ({type(e).__name__}: {e}); it looks "
                                     f"truncated or damaged: copy it again") from None
             (tmp / ".complete").touch()  # older caches marked a finished unpack so; kept for tools

@@ -88,6 +88,26 @@ def _grown(run: Path, n: int = 30) -> None:
         write_rows([_row(f"v{i:02d}", repeat=r) for r in range(3)], run / "results" / f"v{i:02d}.parquet")
 
 
+def _archives(folder: Path) -> Path:
+    """An image-folder copy as train.tar.xz + test.tar.xz, one noise image (~3 KB as PNG) per class."""
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from runner.data import CLASSES
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in CLASSES:
+            (folder / split / c).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / split / c / "0.png")
+        with tarfile.open(folder / f"{split}.tar.xz", "w:xz") as t:
+            t.add(folder / split, arcname=split)
+        shutil.rmtree(folder / split)
+    return folder
+
+
 SWEEP = "sweep: s\nmodels: {m: {arch: airbench_cifar}}\ngrid: [{}]\n"
 TINY = ("sweep: tiny\ndata: {source: synthetic}\nmodels: {t: {arch: airbench_cifar, arch_args: {width_mult: 0.125}, "
         "recipe: {epochs: 1, batch_size: 32, train_subset: 32, test_subset: 32}}}\ngrid: [{}]\n")
@@ -113,12 +133,14 @@ def full_disk(tmp_path_factory):
     train = ["train", "--config", str(root / "tiny.yaml"), "--model", "t", "--out", str(root / "trained"),
              "--device", "cpu"]
     export = ["export", "--run", str(export_run), "--out", str(root / "exported"), "--data", "synthetic"]
+    unpack = [*train, "--data", str(_archives(root / "tars"))]  # an image-folder copy as archives
     cases = {  # name: [argv, bytes a file may have, environment]; the comment: the write that fails
         "report": [["report", str(report_run)], 4096, {}],  # the merge's first: results.parquet, ~56 KB
         "sweep-lock": [sweep, 64, {}],                      # the lock, ~150 bytes
         "sweep-config": [sweep, 512, {}],                   # then resolved_config.json, ~1.3 KB
         "train": [train, 4096, {}],                         # the checkpoint, torch.save
         "export": [export, 4096, {}],                       # model.pt2, torch.export.save
+        "unpack": [unpack, 1024, {"CIFAR_RUNNER_CACHE": str(root / "unpacked")}],  # the first image
     }
     results = dict(zip(cases, drive(list(cases.values()), root / "cache")))
     return {"root": root, "results": results, "before": before,
@@ -159,6 +181,15 @@ def test_full_disk_during_export(full_disk):
     assert list(out.iterdir()) == []
     run = full_disk["runs"]["export"]
     assert snapshot(run) == full_disk["before"][run]
+
+
+def test_full_disk_while_the_data_archives_are_unpacked(full_disk):
+    cache = full_disk["root"] / "unpacked"
+    rc, err = full_disk["results"]["unpack"]
+    # was "train.tar.xz cannot be unpacked (OSError: [Errno 27] File too large); it looks truncated or damaged:
+    # copy it again": the archive was whole, the disk full
+    assert rc == 2 and err.startswith(f"error: {cache}/unpacked-") and err.strip().endswith(": File too large"), err
+    assert one_line(err) and list(cache.iterdir()) == []  # no half tree a later run could take as whole
 
 
 # ---- a read-only file system --------------------------------------------------------------------------------
