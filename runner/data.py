@@ -133,9 +133,11 @@ def _load_official(root: Path) -> Cifar:
     try:
         tr = torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         te = torchvision.datasets.CIFAR10(str(root), train=False, download=True)
-    except Exception as e:  # no network, proxy, disk full ...
+    except Exception as e:  # no network, a proxy ...
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS | {errno.EEXIST, errno.ENOTDIR}:
+            raise e if e.filename else files.naming(e, root, root)  # the machine said no, not the network
         raise DataError(
-            f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}).\n"
+            f"could not download CIFAR-10 into {root} ({type(e).__name__}: {files.short(e, 200)}). "
             f"Either give the machine internet access once, copy torchvision's cifar-10-batches-py/ into {root}, "
             f"or point --data at an image-folder copy (train/<class>/*.png, test/<class>/*.png) "
             f"or at a folder holding train.tar.xz and test.tar.xz of one.") from None

@@ -216,6 +216,7 @@ def read_only(tmp_path_factory):
     ro = root / "ro"
     run = _run_folder(ro, [_row("m-fp32-contiguous-none")])
     (root / "s.yaml").write_text(SWEEP)
+    (root / "cifar.yaml").write_text(f"data: {{source: cifar10, root: {ro / 'cifar'}}}\n" + SWEEP)
     export_run = _exportable(_made(root / "rw"))
     for split in ("train", "test"):
         for c in CLASSES:
@@ -227,12 +228,15 @@ def read_only(tmp_path_factory):
     export = ["export", "--run", str(export_run), "--out", str(ro / "exported"), "--data", "synthetic"]
     train = ["train", "--config", str(root / "s.yaml"), "--model", "m", "--data", str(root / "imgs"),
              "--out", str(root / "rw" / "runs"), "--device", "cpu"]
+    cifar = ["train", "--config", str(root / "cifar.yaml"), "--model", "m", "--out", str(root / "rw" / "runs"),
+             "--device", "cpu"]  # the sweep file's data: cifar10, downloaded into data.root
     cases = {
         "sweep-new": [sweep + ["--out", str(ro / "new")], 0, {}],
         "sweep-resume": [sweep + ["--out", str(ro / "runs")], 0, {}],
         "report": [["report", str(run)], 0, {}],
         "export": [export, 0, {}],
         "data-cache": [train, 0, {"CIFAR_RUNNER_CACHE": str(ro / "cache")}],
+        "data-root": [cifar, 0, {}],
     }
     results = dict(zip(cases, drive(list(cases.values()), root / "cache", prefix)))
     return {"ro": ro, "run": run, "results": results, "before": before}
@@ -244,6 +248,7 @@ def read_only(tmp_path_factory):
     ("report", "runs/s/results.parquet"),    # the merge's first write
     ("export", "exported"),                  # export --out
     ("data-cache", "cache"),                 # CIFAR_RUNNER_CACHE, where the decoded images go
+    ("data-root", "cifar"),                  # data.root, where cifar10 is downloaded to (before any download)
 ])
 def test_read_only_file_system_is_one_line(read_only, case, where):
     rc, err = read_only["results"][case]
