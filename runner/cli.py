@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 import textwrap
 from typing import Any
@@ -42,12 +43,42 @@ def _at_least(low: int):
     return count
 
 
+SEEDS = (-2**63, 2**63 - 1)
+
+
+def _seed(text: str) -> int:
+    """A whole number that fits the int64 seed column (torch takes these; 2**64 was a traceback once the
+    models had loaded, and 2**63 made train-bench's seed column uint64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not SEEDS[0] <= value <= SEEDS[1]:
+        raise argparse.ArgumentTypeError(f"{text}: give a seed from -2**63 to 2**63-1")
+    return value
+
+
 def _seeds(text: str) -> str:
     """Comma-separated whole numbers (kept as text: runner.train_bench.parse_seeds reads it)."""
     bad = [s for s in text.split(",") if s.strip() and not s.strip().lstrip("-").isdigit()]
     if bad or not text.strip(","):
         raise argparse.ArgumentTypeError(f"'{text}': give comma-separated whole numbers, e.g. 0,1,2")
+    for s in filter(str.strip, text.split(",")):
+        _seed(s)
     return text
+
+
+def _positive(unit: str):
+    """An argparse type: a finite number of `unit` above 0 (nan, inf and 1e999 are refused, not waited for)."""
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number of {unit}") from None
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"{text}: give a finite number of {unit} above 0")
+        return value
+    return number
 
 
 # The options several verbs take, defined once. A verb's code is imported only when that verb runs, so
@@ -67,18 +98,6 @@ SHARED: dict[str, dict[str, Any]] = {
     "--device": dict(metavar="DEV", help="torch device such as cuda:0 or cpu; None means cuda when "
                                          "available, else cpu"),
 }
-
-
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0")
-    return value
 
 
 def shared(p: argparse.ArgumentParser, *flags: str, **override: Any) -> None:
@@ -102,7 +121,7 @@ def _sweep_verbs(sub) -> None:
     shared(p, "--config", "--data", "--address", "--out", "--max-epochs", "--bench-iters")
     p.add_argument("--fresh", action="store_true",
                    help="measure everything again; earlier outputs move to OUT/<sweep>/previous/<time>/")
-    p.add_argument("--stop-after", type=_seconds, metavar="SECONDS",
+    p.add_argument("--stop-after", type=_positive("seconds"), metavar="SECONDS",
                    help="submit no task after SECONDS; the tasks in flight land, then the sweep stops with "
                         f"exit {STOPPED_EXIT} and the same command resumes it (for GPU leases with a time "
                         "limit: nothing finished is lost); None runs to the end")
@@ -130,7 +149,7 @@ def _training_verbs(sub) -> None:
     p.add_argument("--models", metavar="KEYS", help="comma-separated model keys of the sweep file; None: all")
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds; repeat one (0,0) to check run-to-run "
                                    "reproducibility; None: the sweep file's seed")
-    p.add_argument("--teacher-seed", type=int, metavar="N",
+    p.add_argument("--teacher-seed", type=_seed, metavar="N",
                    help="train each teacher once with this seed; None: once per student seed")
     shared(p, "--data", "--max-epochs", "--device")
     shared(p, "--out", default="runs/train_bench.parquet", metavar="FILE", help="Parquet file to write")
@@ -174,9 +193,10 @@ def _diagnostic_verbs(sub) -> None:
     p.add_argument("--repeats", type=_at_least(1), default=3, help="repeats of our bench")
     p.add_argument("--timer", choices=("auto", "triton", "torch"), default="auto",
                    help="independent timer: auto = triton on CUDA when installed, else torch's Timer")
-    p.add_argument("--indep-warmup-ms", type=float, default=100.0, help="do_bench warm-up budget (ms)")
-    p.add_argument("--indep-rep-ms", type=float, default=1000.0, help="do_bench measuring budget (ms)")
-    p.add_argument("--min-run-time", type=float, default=1.0, help="torch Timer blocked_autorange budget (s)")
+    p.add_argument("--indep-warmup-ms", type=_positive("ms"), default=100.0, help="do_bench warm-up budget (ms)")
+    p.add_argument("--indep-rep-ms", type=_positive("ms"), default=1000.0, help="do_bench measuring budget (ms)")
+    p.add_argument("--min-run-time", type=_positive("seconds"), default=1.0,
+                   help="torch Timer blocked_autorange budget (s)")
     p.add_argument("--only", metavar="ARCHS", help="comma-separated architectures to keep of the three; None: all")
     shared(p, "--device")
     shared(p, "--out", default="runs/crosscheck.json", metavar="FILE", help="JSON report to write")
@@ -185,10 +205,11 @@ def _diagnostic_verbs(sub) -> None:
               "show that a second process on the benchmark GPU is noticed (needs a GPU)",
               "Bench alone, with a second process loading the same GPU, and after: NVML must list the "
               "other process (gpu_exclusive False) and host latency must rise.")
-    p.add_argument("--seconds", type=float, default=20.0, help="how long the second process keeps the GPU busy")
+    p.add_argument("--seconds", type=_positive("seconds"), default=20.0,
+                   help="how long the second process keeps the GPU busy")
     p.add_argument("--warmup", type=_at_least(0), default=50, help="warm-up iterations of each bench")
     p.add_argument("--iters", type=_at_least(1), default=300, help="timed iterations of each bench")
-    p.add_argument("--device-index", type=int, default=0, help="CUDA device index (both processes use it)")
+    p.add_argument("--device-index", type=_at_least(0), default=0, help="CUDA device index (both processes use it)")
     shared(p, "--out", default="runs/exclusivity.json", metavar="FILE", help="JSON report to write")
 
 

@@ -149,7 +149,7 @@ def cmd_train(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = train(m, _data(spec, args, Path(args.out) / spec.name), device)
     out = train_checkpoint_path(Path(args.out), spec.name, m.key)
-    files.write_new(out, lambda f: torch.save(ckpt, f))
+    files.write_via_memory(out, lambda f: torch.save(ckpt, f))
     print(f"{m.key}: top1 {ckpt['top1_pct']:.2f}% (fp32) in {ckpt['train_s']:.1f}s "
           f"({ckpt['train_img_per_s']:,.0f} img/s on {device}); checkpoint {out}")
     return 0

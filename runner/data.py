@@ -14,6 +14,7 @@ zero-copy), so workers on other nodes need no data of their own.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import lzma
 import os
@@ -35,6 +36,8 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
+# The machine refusing the unpacked files (a full disk, a read-only or foreign cache), not a damaged archive.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class DataError(RuntimeError):
@@ -130,9 +133,11 @@ def _load_official(root: Path) -> Cifar:
     try:
         tr = torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         te = torchvision.datasets.CIFAR10(str(root), train=False, download=True)
-    except Exception as e:  # no network, proxy, disk full ...
+    except Exception as e:  # no network, a proxy ...
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS | {errno.EEXIST, errno.ENOTDIR}:
+            raise e if e.filename else files.naming(e, root, root)  # the machine said no, not the network
         raise DataError(
-            f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}).\n"
+            f"could not download CIFAR-10 into {root} ({type(e).__name__}: {files.short(e, 200)}). "
             f"Either give the machine internet access once, copy torchvision's cifar-10-batches-py/ into {root}, "
             f"or point --data at an image-folder copy (train/<class>/*.png, test/<class>/*.png) "
             f"or at a folder holding train.tar.xz and test.tar.xz of one.") from None
@@ -210,13 +215,18 @@ def _unpack(path: Path) -> Path:
     dest = cache_dir() / f"unpacked-{h.hexdigest()[:16]}"
     if not dest.is_dir():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        try:
+            tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        except OSError as e:
+            raise files.naming(e, dest, dest.parent / f".{dest.name}.") from e
         try:
             for archive in archives:
                 try:
                     with tarfile.open(archive) as t:
                         t.extractall(tmp, filter="data")
                 except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, OSError) as e:
+                    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:  # the cache said no, not the archive
+                        raise files.naming(e, dest, tmp) from e
                     raise DataError(f"{archive} cannot be unpacked ({type(e).__name__}: {e}); it looks "
                                     f"truncated or damaged: copy it again") from None
             (tmp / ".complete").touch()  # older caches marked a finished unpack so; kept for tools

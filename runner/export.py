@@ -88,7 +88,7 @@ def write_program(model: torch.nn.Module, out: Path) -> torch.export.ExportedPro
     example = torch.randn(2, 3, 32, 32)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
-    files.write_by_name(out / "model.pt2", lambda name: torch.export.save(program, name))
+    files.write_via_memory(out / "model.pt2", lambda f: torch.export.save(program, f))
     return program
 
 
@@ -168,7 +168,7 @@ def export(run_dir: Path, variant_id: str | None = None, out: Path | None = None
     program = write_program(model, out)
     onnx_method = files.write_by_name(out / "model.onnx", lambda name: write_onnx(program, model, name))
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
-    files.write_new(out / "state_dict.pt", lambda f: torch.save(state, f))
+    files.write_via_memory(out / "state_dict.pt", lambda f: torch.save(state, f))
     info = describe(row, why, cfg, ckpt, ckpt_path, onnx_method)
     info["accuracy"] = {"test_set": test_source, **remeasure(out, model, x, y)}
     info["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": sha256(out / f)}

@@ -5,12 +5,18 @@
     write_new(path, write)   `write(f)` fills a new file made beside `path` (O_CREAT|O_EXCL|O_NOFOLLOW, mode
                              0666 less the umask), then os.replace: a reader never sees half a file, and a
                              link planted at `path` is itself replaced, never followed to the file it names
-    write_by_name(path, write)   the same for writers that want a file name (torch.export, torch.onnx)
+    write_by_name(path, write)   the same for writers that want a file name (torch.onnx)
+    write_via_memory(path, save) the same for torch.save / torch.export.save: they write into memory, then
+                             write_new writes the bytes (torch's own zip writer fails or aborts on a full disk)
     write_text(path, text)   write_new for text (UTF-8)
     oserror_line(e)          an OSError as one line naming the path and the cause (runner/cli.py prints it)
+
+A write that fails (a full disk, a read-only file system) raises OSError naming the file asked for (not the
+temp file, nor no file: a write() past the end of the disk names none), and leaves `path` as it was.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -59,27 +65,53 @@ def write_new(path: str | Path, write: Callable[[Any], Any], *, text: bool = Fal
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, 0o666)  # 0666 & ~umask, as open() would; mkstemp's 0600 survived the rename
+    try:
+        fd = os.open(tmp, flags, 0o666)  # 0666 & ~umask, as open() would; mkstemp's 0600 survived the rename
+    except OSError as e:
+        raise naming(e, path, tmp) from e
     try:
         with open(fd, "w" if text else "wb", encoding="utf-8" if text else None) as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise naming(e, path, tmp) from e
         raise
     return path
 
 
+def write_via_memory(path: str | Path, save: Callable[[Any], Any]) -> Path:
+    """`save(buffer)` into memory, then the bytes to `path` by write_new (checkpoints are a few MB). Written
+    straight to a full disk, torch.save raised RuntimeError ('unexpected pos') and torch.export.save killed the
+    process (a C++ destructor's exception: abort); a write from Python is an OSError, which the CLI reports."""
+    buffer = io.BytesIO()
+    save(buffer)
+    return write_new(path, lambda f: f.write(buffer.getbuffer()))
+
+
+def naming(e: OSError, path: str | Path, temp: Path) -> OSError:
+    """`e` naming `path` alone (an OSError of the same errno) where it named the temp file or no file; an
+    error about another file is left as it is."""
+    if e.filename is not None and not str(e.filename).startswith(str(temp)):
+        return e
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
 def write_by_name(path: str | Path, write: Callable[[Path], Any]) -> Any:
-    """write_new for writers that take a file name (torch.export.save, torch.onnx.export): `write(name)`
-    makes the file in a new private folder beside `path` (mkdtemp: nothing there to follow), then renamed.
-    Returns what `write` returns."""
+    """write_new for writers that take a file name (torch.onnx.export): `write(name)` makes the file in a new
+    private folder beside `path` (mkdtemp: nothing there to follow), then renamed. Returns what `write` returns."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except OSError as e:
+        raise naming(e, path, path.parent / f".{path.name}.") from e
     try:
         result = write(tmp / path.name)
         os.replace(tmp / path.name, path)
+    except OSError as e:
+        raise naming(e, path, tmp) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result

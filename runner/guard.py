@@ -100,16 +100,20 @@ def _read_lock(path: Path) -> dict | None:
 def _create_lock(path: Path, info: dict) -> bool:
     """Create `path` holding `info` in one step (write a temp file, hard-link it): a reader never sees an
     empty lock. False when the lock already exists."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{LOCK_NAME}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{LOCK_NAME}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
         os.link(tmp, path)
         return True
     except FileExistsError:
         return False
+    except OSError as e:  # a full disk or a read-only run folder: the lock is what could not be written
+        raise files.naming(e, path, path.parent / f"{LOCK_NAME}.") from e
     finally:
-        os.unlink(tmp)
+        if tmp is not None:
+            os.unlink(tmp)
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from runner.files import write_json  # noqa: F401 (the check scripts import it f
 from runner.intervals import COLUMNS as INTERVAL_COLUMNS, across_processes
 # The tables are runner/schema.py's; most callers import them from here, beside the writes and reads.
 from runner.schema import (PAIR_SCHEMA, RECHECK_SCHEMA, RESULT_SCHEMA, SAMPLES_SCHEMA, SCHEMAS,  # noqa: F401
-                           STATS, STEPS_SCHEMA, TRAINING_SCHEMA, SchemaError, check, stamp)
+                           STATS, STEPS_SCHEMA, TRAINING_SCHEMA, SchemaError, check, read_schema, stamp)
 
 
 def to_table(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -90,7 +90,7 @@ def _part_problem(path: Path, schema: pa.Schema) -> str | None:
     written as the number 3 became a variant named '3'. Its rows belong to the variant (model) it is named
     after: a part is written as <variant_id>.parquet, and resume trusts the name."""
     try:
-        part = pq.read_schema(path)
+        part = read_schema(path)  # its footer within schema.MAX_FOOTER, else FileError: skipped
         missing = [n for n in schema.names[:2] if n not in part.names]
         if missing:
             return f"no column {', '.join(missing)}"

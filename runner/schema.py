@@ -3,6 +3,11 @@
     stamp(table)     the table with SCHEMA_VERSION in its metadata (results.write_atomic stamps every file)
     check(path)      SchemaError unless the file carries this code's version: one line, naming the file
     read(path)       check, then the file as a DataFrame
+    read_schema(path)    the file's schema, once its footer is within MAX_FOOTER
+
+Every Parquet file the runner reads (it may be a copy from elsewhere, or planted) is read through
+read_schema first: a footer larger than MAX_FOOTER is refused from the file's last 8 bytes, before
+pyarrow parses it into memory (a 40 MB metadata entry made a 98 MB footer; 100,000 columns, 19 MB).
 
 Code reads only the version it writes. A file from older code is refused, never read into a table whose
 missing columns would print as blanks, or whose columns meant something else: published runs under
@@ -22,6 +27,11 @@ from runner.intervals import COLUMNS as INTERVAL_COLUMNS
 
 SCHEMA_VERSION = 1
 VERSION_KEY = b"cifar_runner.schema_version"
+# The largest footer among the published runs' Parquet files (reports/*/, measured at acf46aa) is 56,458
+# bytes: reports/h200-1gpu-engine/results.parquet, one row group of 116 columns with pandas' metadata. Files
+# of these tables have one row group (under 2**20 rows) and Parquet keeps at most 4 KiB of statistics per
+# column: 4 MiB is far above any of them, and a footer that size parses in a fraction of a second.
+MAX_FOOTER = 4 << 20
 STATS = ("mean", "p50", "p90", "p95", "p99", "std", "min")
 
 # One row per (variant, repeat). Latency columns `lat_*` are the primary timer: CUDA events on a GPU,
@@ -128,9 +138,31 @@ def stamp(table: pa.Table) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
+def footer_size(path: str | Path) -> int:
+    """The size of the file's Parquet footer (its metadata), read from its last 8 bytes (the footer's length,
+    then b"PAR1"); FileError when it is over MAX_FOOTER or the file is not Parquet."""
+    with open(path, "rb") as f:
+        if f.seek(0, 2) < 12:  # b"PAR1" + footer length + b"PAR1"
+            raise FileError(f"{path}: not a Parquet file ({f.tell()} bytes)")
+        f.seek(-8, 2)
+        tail = f.read(8)
+    if tail[4:] != b"PAR1":
+        raise FileError(f"{path}: not a Parquet file (it does not end in PAR1: truncated?)")
+    size = int.from_bytes(tail[:4], "little")
+    if size > MAX_FOOTER:
+        raise FileError(f"{path}: Parquet metadata of {size:,} bytes, over the cap of {MAX_FOOTER:,} "
+                        f"(this runner's files have under 100 KB); not read")
+    return size
+
+
+def read_schema(path: str | Path) -> pa.Schema:
+    footer_size(path)
+    return pq.read_schema(path)
+
+
 def version(path: str | Path) -> str | None:
     """The schema version a file says it was written with; None when it says none."""
-    found = (pq.read_schema(path).metadata or {}).get(VERSION_KEY)
+    found = (read_schema(path).metadata or {}).get(VERSION_KEY)
     return None if found is None else found.decode("utf-8", "replace")
 
 

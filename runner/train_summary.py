@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from runner import files
 from runner.report_format import markdown_table
 from runner.results import write_frame
-from runner.schema import read
+from runner.schema import read, read_schema
 
 
 # The train_bench columns the summary reads; a file without them is not a train_bench output.
@@ -35,7 +34,7 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
         if not p.is_file():  # pyarrow's own error names only the path
             raise ValueError(f"{p}: {'a folder, not a file' if p.is_dir() else 'no such file'} (expected a "
                              "train-bench Parquet output)")
-        missing = [c for c in NEEDED if c not in pq.read_schema(p).names]
+        missing = [c for c in NEEDED if c not in read_schema(p).names]  # a footer over the cap: FileError
         if missing:
             raise ValueError(f"{p}: not a train_bench output (no column {', '.join(missing)})")
         df = read(p)  # of this code's schema version, else a SchemaError naming the file

@@ -169,6 +169,17 @@ def test_train_never_writes_over_a_sweeps_checkpoint(tmp_path, capsys):
     (["sweep", "--bench-iters", "1.5"], "argument --bench-iters: '1.5' is not a whole number"),
     (["train-bench", "--seeds", "a,b"], "argument --seeds: 'a,b': give comma-separated whole numbers"),
     (["train-bench", "--seeds", ","], "argument --seeds: ',': give comma-separated whole numbers"),
+    # torch.manual_seed(2**64) was a traceback once the models had loaded; 2**63 made an uint64 seed column
+    (["train-bench", "--seeds", "0,18446744073709551616"], "--seeds: 18446744073709551616: give a seed from -2**63"),
+    (["train-bench", "--teacher-seed", "9223372036854775808"], "--teacher-seed: 9223372036854775808: give a seed"),
+    # budgets in seconds / ms: nan, inf, 0 or less were taken (nan and inf never end a blocked_autorange)
+    (["crosscheck", "--min-run-time", "nan"], "argument --min-run-time: nan: give a finite number of seconds above 0"),
+    (["crosscheck", "--indep-rep-ms", "inf"], "argument --indep-rep-ms: inf: give a finite number of ms above 0"),
+    (["crosscheck", "--indep-warmup-ms", "0"], "argument --indep-warmup-ms: 0: give a finite number of ms above 0"),
+    (["exclusivity", "--seconds", "-5"], "argument --seconds: -5: give a finite number of seconds above 0"),
+    (["exclusivity", "--device-index", "-1"], "argument --device-index: -1: give a number >= 0"),
+    (["sweep", "--stop-after", "1e999"], "argument --stop-after: 1e999: give a finite number of seconds above 0"),
+    (["sweep", "--stop-after", "soon"], "argument --stop-after: 'soon' is not a number of seconds"),
 ])
 def test_numeric_flags_are_refused_at_parse_time(argv, words, capsys):
     """Issue 27: a count of 0 or a word where a number belongs ends in argparse's one-line usage error (exit
@@ -181,5 +192,7 @@ def test_numeric_flags_are_refused_at_parse_time(argv, words, capsys):
 
 def test_valid_seeds_still_reach_the_verb():
     from runner.cli import build_parser
-    args = build_parser().parse_args(["train-bench", "--seeds", "0,1,-2"])
-    assert args.seeds == "0,1,-2"
+    args = build_parser().parse_args(["train-bench", "--seeds", "0,1,-2", "--teacher-seed", str(2**63 - 1)])
+    assert args.seeds == "0,1,-2" and args.teacher_seed == 2**63 - 1
+    args = build_parser().parse_args(["crosscheck", "--min-run-time", "0.5", "--indep-rep-ms", "20"])
+    assert (args.min_run_time, args.indep_rep_ms) == (0.5, 20.0)

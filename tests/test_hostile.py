@@ -179,6 +179,18 @@ def test_data_cache_naming_a_file_is_one_line(tmp_path, capsys, monkeypatch):
     assert rc == 2 and f"{tmp_path / 'cache'}: File exists" in err and one_line(err), err  # was a traceback
 
 
+def test_data_root_naming_a_file_is_one_line(tmp_path, capsys):
+    """data.root is where cifar10 is downloaded to; naming a file it said 'could not download CIFAR-10' and gave
+    network advice over two lines (torchvision fails on os.makedirs, before any download)."""
+    (tmp_path / "root").write_text("not a folder")
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"sweep: s\ndata: {{source: cifar10, root: {tmp_path / 'root'}}}\n" + MODELS + "grid: [{}]\n")
+    rc, err = run_cli(["train", "--config", str(cfg), "--model", "m", "--out", str(tmp_path / "runs"),
+                       "--device", "cpu"], capsys)
+    assert rc == 2 and err.strip() == f"error: {tmp_path / 'root'}: File exists", err
+    assert (tmp_path / "root").read_text() == "not a folder"
+
+
 def test_export_out_naming_a_file_is_one_line(tmp_path, capsys):
     run = _exportable(tmp_path)
     (tmp_path / "taken").write_text("mine")
@@ -286,6 +298,7 @@ def _run_folder(root: Path, rows: list[dict]) -> Path:
 
 def _exportable(tmp_path: Path) -> Path:
     """A finished run folder of one variant with the checkpoint it was measured from (an untrained model)."""
+    from runner.data import load
     from runner.train import build_model
 
     cfg = tmp_path / "s.yaml"
@@ -299,7 +312,8 @@ def _exportable(tmp_path: Path) -> Path:
     state = build_model(m.arch, dict(m.arch_args)).state_dict()
     (run / "checkpoints").mkdir()
     torch.save({"key": m.key, "arch": m.arch, "arch_args": dict(m.arch_args), "spec_hash": m.spec_hash,
-                "state_dict": state, "top1_pct": 90.0, "data_source": "synthetic"}, run / "checkpoints" / "m.pt")
+                "state_dict": state, "top1_pct": 90.0, "data_source": load("synthetic").source},
+               run / "checkpoints" / "m.pt")
     return run
 
 

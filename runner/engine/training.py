@@ -90,7 +90,7 @@ def land(ref, m: TrainSpec, run_dir: Path, sweep: str, progress: Progress) -> tu
         progress.landed(f"train:{m.key}", "error", msg.splitlines()[0][:200])
         return msg, None
     rows, step = ckpt.pop("rows"), ckpt.pop("step", None)
-    files.write_new(run_dir / "checkpoints" / f"{m.key}.pt", lambda f: torch.save(ckpt, f))
+    files.write_via_memory(run_dir / "checkpoints" / f"{m.key}.pt", lambda f: torch.save(ckpt, f))
     results.write_rows(rows, run_dir / "training" / f"{m.key}.parquet", TRAINING_SCHEMA)
     progress.landed(f"train:{m.key}", "ok", f"top1 {ckpt['top1_pct']:.2f}%  {ckpt['train_s']:.1f}s "
                     f"{ckpt['train_img_per_s']:,.0f} img/s")
