@@ -501,12 +501,12 @@ def fault_runs(tmp_path_factory):
     out["term_rows"] = pd.read_parquet(run_dir / "results.parquet")
     listings.append(listing(root))
 
-    # 2. a stale lock of a dead process; two Ctrl-C as soon as the plan is printed (tasks in flight)
+    # 2. a stale lock of a dead process; two Ctrl-C once the first bench line is printed
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (run_dir / guard.LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
                                                        "started_at": "2026-01-01T00:00:00+00:00"}))
-    out["int"] = _run_until(_start(root), r"^plan:", [signal.SIGINT, signal.SIGINT])
+    out["int"] = _run_until(_start(root), "bench:", [signal.SIGINT, signal.SIGINT])
     out["int_rows"] = pd.read_parquet(run_dir / "results.parquet")
     listings.append(listing(root))
 
