@@ -1,15 +1,5 @@
-"""`python -m runner <verb>` (also installed as `cifar-runner <verb>`): every command a user runs.
-
-    sweep          train every model of a sweep file, measure every variant, write the report
-    list           print what a sweep file expands to, without running anything
-    report         rebuild report.md and its plots from a sweep folder
-    train          train one model of a sweep file, outside a sweep
-    train-bench    train models on one device (no Ray) and tabulate time, throughput and accuracy
-    train-summary  merge train-bench outputs into one table
-    export         write the chosen (or a named) model as torch.export + ONNX files that load without this project
-    scaling        compare one sweep run on different numbers of GPUs: wall time, speed-up, timelines
-    crosscheck     check our latency timer against an independent one (GPU check, runs on CPU too)
-    exclusivity    show that a second process on the benchmark GPU is noticed (needs a GPU)
+"""`python -m runner <verb>` (also installed as `cifar-runner <verb>`): every command a user runs, listed
+below once (each verb's line is the help it was declared with).
 
 `python -m runner <verb> --help` lists a verb's options with their defaults. Options that several verbs
 take (--config, --data, --out, --address, --device, ...) mean the same in every verb.

@@ -22,6 +22,12 @@ def git_commit() -> str:
     if sha:
         return sha
     try:
+        # Only the project's own checkout: a copy unpacked inside another repository must not record that
+        # repository's commit (git walks up from `root` to the first .git it finds).
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not top or Path(top).resolve() != root:
+            return "unknown"
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

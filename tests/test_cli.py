@@ -106,6 +106,15 @@ def test_every_verb_is_a_subcommand_with_a_handler():
         assert callable(getattr(importlib.import_module(module), func)), verb
 
 
+def test_top_level_help_lists_each_verb_once():
+    import re
+
+    from runner.cli import build_parser
+    text = build_parser().format_help()
+    for verb in VERBS:
+        assert len(re.findall(rf"^\s+{re.escape(verb)}(\s|$)", text, flags=re.M)) == 1, (verb, text)
+
+
 def test_help_shows_a_default_for_every_option():
     for verb, p in _subparsers().items():
         text = p.format_help()
