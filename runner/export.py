@@ -33,7 +33,7 @@ from runner import files
 from runner.data import CLASSES, MEAN, STD, DataError, load, normalizer, recorded
 from runner.results import summarize
 from runner.schema import read
-from variants.spec import stable_hash
+from variants.spec import ACCURACY_BAR_PCT, stable_hash
 
 EVAL_BATCH = 500
 
@@ -55,7 +55,8 @@ def pick(run_dir: Path, variant_id: str | None) -> tuple[pd.Series, str]:
                               + (f" ({why})" if why else "") + ": nothing measured to export")
         return row, "named with --variant"
     sweep_json = run_dir / "sweep.json"
-    bar = float(files.read_json(sweep_json).get("accuracy_bar_pct", 85.0)) if sweep_json.exists() else 85.0
+    meta = files.read_json(sweep_json) if sweep_json.exists() else {}
+    bar = float(meta.get("accuracy_bar_pct", ACCURACY_BAR_PCT))
     best = choose(summary, bar)
     if best["chosen"] is not None:
         return best["chosen"], f"lowest host-clock p95 among ok variants with top-1 >= {bar:g}%"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from variants.spec import ACCURACY_BAR_PCT
+
 
 def pareto_front(df: pd.DataFrame, acc_col: str, lat_col: str) -> pd.DataFrame:
     """Rows no other row dominates (at least as accurate and at least as fast, strictly better in one),
@@ -29,7 +31,7 @@ def pareto_front(df: pd.DataFrame, acc_col: str, lat_col: str) -> pd.DataFrame:
 
 
 def plot_pareto(df: pd.DataFrame, acc_col: str, lat_col: str, *, label_col: str | None = None,
-                lat_scale: float = 1.0, lat_unit: str = "ms", acc_bars: tuple[float, ...] = (85.0, 90.0),
+                lat_scale: float = 1.0, lat_unit: str = "ms", acc_bars: tuple[float, ...] = (ACCURACY_BAR_PCT, 90.0),
                 title: str | None = None, ax=None):
     """All rows as points (log latency axis; a horizontal bar for the 95% interval of rows that carry
     `<lat_col>_lo_ms` / `_hi_ms`, runner/intervals.py), the front as a step line, labels on front points only, and a

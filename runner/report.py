@@ -25,6 +25,7 @@ from runner.report_tables import (BRIEF_ROWS, _all_section, _brief_section, _cho
 from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, cv_pct, summarize
 from runner.schema import read
 from runner.timeline import section as timeline_section
+from variants.spec import ACCURACY_BAR_PCT
 
 # build_report is this module's job; the rest is re-exported for callers that import it from here.
 __all__ = ["build_report", "AXES", "BRIEF_ROWS", "DASH", "MAX_ACC_DROP_PTS", "choose", "decide", "markdown_table",
@@ -108,7 +109,7 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     if not summary.empty:
         summary["flags"] = summary.apply(lambda r: agreement.flags(r, bad), axis=1)
     on_gpu = bool((results["device"] == "cuda").any())
-    bar = float(sweep.get("accuracy_bar_pct", 85.0))
+    bar = float(sweep.get("accuracy_bar_pct", ACCURACY_BAR_PCT))
     name = sweep.get("name") or next(iter(_distinct(results["sweep"])), None) or run_dir.name
 
     lines = _header(name, sweep, results)

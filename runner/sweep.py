@@ -232,7 +232,7 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
         bench_phase.run(bench_phase.Phase(variants=twins, witness="twin", **common))
     if spec.bench.recheck >= 0:
         chosen = _witnessed_by(spec, run_dir, data, models,
-                               decisions.recheck_sample(summary, spec.bench.recheck, 85.0), "rechecks")
+                               decisions.recheck_sample(summary, spec.bench.recheck, spec.accuracy_bar_pct), "rechecks")
         progress.skip("recheck", progress.plan["recheck"] - len(chosen), "not drawn, or re-checked already")
         progress.begin("recheck")
         bench_phase.run(bench_phase.Phase(variants=chosen, witness="recheck", **common))

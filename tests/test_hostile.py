@@ -322,7 +322,7 @@ def _exportable(tmp_path: Path) -> Path:
 KEYS = ["sweep", "seed", "data", "bench", "train", "models", "grid", "exclude", "named", "arch", "arch_args",
         "arch_grid", "recipe", "teacher", "model", "label", "source", "root", "epochs", "batch_size", "lr",
         "train_subset", "warmup", "iters", "repeats", "precision", "memory_format", "compile", "cuda_graph",
-        "bn_fold", "tta", "per_gpu", "width_mult", "m", "B1", "airbench_cifar", "<<", "x" * 120, "a/b", "ü"]
+        "bn_fold", "tta", "per_gpu", "accuracy_bar_pct", "width_mult", "m", "B1", "airbench_cifar", "<<", "x" * 120, "a/b", "ü"]
 SCALARS = ["fp32", "bf16", "fp16", "channels_last", "contiguous", "none", "default", "on", "off", "flip",
            "airbench_cifar", "resnet18_cifar", "synthetic", "m", "~", "null", ".nan", "-.inf", "0x1F", "1e400",
            "true", "2**70", "-1", "0", "1", "64", "0.05", "99999999999999999999999", '"a\\nb"', "'..'", "2001-12-14"]

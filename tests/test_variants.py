@@ -215,13 +215,25 @@ def test_arch_args_and_seed(tmp_path):
     assert [v.variant_id for v in spec.variants] == ["tiny-fp32-nchw-eager"]
 
 
+@pytest.mark.parametrize("text, bar", [("", 85.0), ("accuracy_bar_pct: 90\n", 90.0), ("accuracy_bar_pct: 92.5\n", 92.5)])
+def test_the_accuracy_bar_comes_from_the_sweep_file(tmp_path, text, bar):
+    assert load_sweep(_sweep(tmp_path, text + "grid: [{}]\n")).accuracy_bar_pct == bar
+
+
+@pytest.mark.parametrize("value, words", [("0", "out of range"), ("101", "out of range"), (".nan", "out of range"),
+                                          ("'85'", "expected a number, got str"), ("true", "expected a number")])
+def test_a_bad_accuracy_bar_names_the_key(tmp_path, value, words):
+    msg = _spec_error(_sweep(tmp_path, f"accuracy_bar_pct: {value}\n"))
+    assert "accuracy_bar_pct" in msg and words in msg
+
+
 # ---- errors --------------------------------------------------------------------------------------------
 
 def test_unknown_top_level_key(tmp_path):
     p = _sweep(tmp_path, "grids: []\n")
     msg = _spec_error(p)
     assert "grids: unknown key" in msg
-    assert "allowed keys: bench, data, exclude, grid, models, named, seed, sweep" in msg
+    assert "allowed keys: accuracy_bar_pct, bench, data, exclude, grid, models, named, seed, sweep" in msg
 
 
 def test_misspelled_recipe_key(tmp_path):

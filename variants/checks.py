@@ -152,6 +152,14 @@ def seed(fail: Fail, value: Any) -> int:
     return value
 
 
+def accuracy_bar(fail: Fail, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail("accuracy_bar_pct", f"expected a number, got {type(value).__name__}")
+    if not 0 < value <= 100:  # NaN fails too
+        raise fail("accuracy_bar_pct", f"{value!r} is out of range; expected a top-1 % in (0, 100]")
+    return float(value)
+
+
 def bench(fail: Fail, spec: Any) -> None:
     """Each bench field in range: a value that passes here cannot fail later as an error row."""
     for name, (lo, hi, lo_in) in BENCH_RANGES.items():

@@ -26,15 +26,15 @@ from typing import Any
 from variants import checks, families
 from variants.axes import AXES, BY_NAME, COMPILE_MODES, MEMORY_FORMATS, OPTIMISATION_ORDER, PRECISIONS, norm
 from variants.checker import Checker
-from variants.spec import (BenchSpec, DataSpec, TrainPlan, Recipe, RECIPE_RANGES, SpecError, SweepSpec, TrainSpec, Variant,
-                           recipe_range_error, stable_hash)
+from variants.spec import (ACCURACY_BAR_PCT, BenchSpec, DataSpec, TrainPlan, Recipe, RECIPE_RANGES, SpecError,
+                           SweepSpec, TrainSpec, Variant, recipe_range_error, stable_hash)
 
 # Re-exported: variants/__init__.py and runner/ import these from here.
 __all__ = ["AXES", "OPTIMISATION_ORDER", "COMPILE_MODES", "MEMORY_FORMATS", "PRECISIONS", "BenchSpec", "DataSpec",
            "Recipe", "RECIPE_RANGES", "SpecError", "SweepSpec", "TrainSpec", "Variant", "load_sweep",
            "recipe_range_error", "stable_hash"]
 
-_TOP_KEYS = {"sweep", "seed", "data", "bench", "train", "models", "grid", "exclude", "named"}
+_TOP_KEYS = {"sweep", "seed", "data", "bench", "train", "models", "grid", "exclude", "named", "accuracy_bar_pct"}
 _MODEL_KEYS = {"arch", "arch_args", "arch_grid", "recipe", "teacher"}
 _GRID_KEYS = {"models", *AXES}
 _NAMED_KEYS = {"model", "label", *AXES}
@@ -58,9 +58,11 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
     train = c.dataclass(TrainPlan, raw.get("train"), "train")
     if not 1 <= train.per_gpu <= 8:
         raise c.fail("train.per_gpu", f"{train.per_gpu}: expected an integer from 1 to 8")
+    bar = checks.accuracy_bar(c.fail, raw.get("accuracy_bar_pct", ACCURACY_BAR_PCT))
     # name
     return SweepSpec(name=name, source_file=path, seed=seed, data=data, bench=bench, train=train,
-                     models=tuple(models.values()), variants=_ordered(c, variants, list(models)))
+                     models=tuple(models.values()), variants=_ordered(c, variants, list(models)),
+                     accuracy_bar_pct=bar)
 
 
 # ---- validate ---------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def write_meta(spec, data, run_dir: Path, cluster: dict, started: str, shortened
     meta = {"name": spec.name, "source_file": spec.source_file, "shortened": bool(shortened_note),
             "interrupted": interrupted, "shortened_note": shortened_note, "data_source": data.source,
             "data": {**cfg["data"], "sweep_file": spec.data.source}, "started_at": started,
-            "finished_at": now(), "cluster": cluster, "config": cfg, "accuracy_bar_pct": 85.0,
+            "finished_at": now(), "cluster": cluster, "config": cfg, "accuracy_bar_pct": spec.accuracy_bar_pct,
             "git_commit": env.git_commit(), "code_digest": code}
     if isinstance(old, dict):  # a resumed sweep keeps the times of its earlier invocations
         meta["previous_runs"] = old.get("previous_runs", []) + [
