@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from datetime import datetime, timezone
 from typing import Any
@@ -33,6 +34,14 @@ def place() -> dict[str, Any]:
     """Where a row was measured: versions, code digest, Ray node and process."""
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     return {**env.versions(), "code_digest": env.code_digest(), "ray_node_id": node, "pid": os.getpid()}
+
+
+def task_threads() -> int:
+    """torch threads for the running Ray task or actor on a CPU: one per whole CPU Ray gave it (at least one);
+    outside Ray, torch's current count."""
+    if not ray.is_initialized():
+        return torch.get_num_threads()
+    return max(1, math.floor(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)))
 
 
 def base_row(variant, model_spec, ckpt: dict, bench, sweep: str, spec_hash: str, where: dict) -> dict:
