@@ -159,7 +159,10 @@ def checks(model, prepared, fn1, x1, data, model_spec, bench, device, variant) -
                 problems.append(f"BN folding changed the logits by {err:.2e} of their scale (bound {FOLD_REL_ERR_MAX:.0e})")
     try:
         eval_bs = min(bench.eval_batch_size, len(test.test_y))
-        eval_fn, _, _ = prepared.callable_for(eval_bs)
+        # On a CPU no warm-up calls: there is no graph to capture or cuDNN search to run (a compile happens on
+        # the first batch anyway), and each would be a whole batch (ResNet-18, 3 x 200 images: 25 s).
+        on_cpu = device.type != "cuda"
+        eval_fn, _, _ = prepared.callable_for(eval_bs, warm_calls=0) if on_cpu else prepared.callable_for(eval_bs)
         logits = evaluate.predict(eval_fn, test.test_x, device, eval_bs, prepared.cast_input)
         out["top1_pct"] = evaluate.top1(logits, test.test_y)
         out["path_max_rel_err"] = path_err = evaluate.max_rel_err(logits[:n_check], ref.cpu())
