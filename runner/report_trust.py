@@ -150,8 +150,8 @@ def checks_section(summary: pd.DataFrame) -> list[str]:
     ok = summary[summary["status"] == "ok"]
     lines = ["## Numerical checks and flags", "",
              "Every variant's batch-1 callable is checked against its evaluation callable on up to 500 test "
-             "images (agreement of predicted classes), its logits against the fp32 eager model's (max error "
-             "over the largest logit), and, when BN is folded, the folded fp32 model against the unfolded one; "
+             "images (100 on a CPU; agreement of predicted classes), its logits against the fp32 eager model's "
+             "(max error over the largest logit), and, when BN is folded, the folded fp32 model against the unfolded one; "
              "a row over its bound is an error row (bounds in runner/engine/rows.py). Flags: *re-check disagrees* "
              "(outside the table above's tolerance), *host >> event* (host p50 above "
              f"{agreement.HOST_GAP_FACTOR}x the event p50 + {agreement.HOST_GAP_SLACK_MS * 1000:.0f} us: the "

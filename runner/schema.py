@@ -113,7 +113,8 @@ TRAINING_SCHEMA = pa.schema(
      ("seed", pa.int64()), ("device", pa.string()), ("gpu_name", pa.string()), ("gpu_uuid", pa.string()),
      ("torch_version", pa.string()), ("git_commit", pa.string()), ("data_source", pa.string()),
      ("spec_hash", pa.string()), ("recipe_json", pa.string()), ("finished_at", pa.string()),
-     ("ray_node_id", pa.string()), ("pid", pa.int64()), ("started_at", pa.string())]
+     ("ray_node_id", pa.string()), ("pid", pa.int64()), ("started_at", pa.string()),
+     ("torch_threads", pa.int32()), ("nice", pa.int32())]   # the training process's torch threads and niceness
 )
 
 SAMPLES_SCHEMA = pa.schema([("variant_id", pa.string()), ("repeat", pa.int32()), ("iter", pa.int32()),

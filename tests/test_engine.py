@@ -169,3 +169,22 @@ def test_an_unsupported_variant_is_a_skipped_row_and_drops_out_of_timing(worker)
     assert rows_[0]["status"] == "skipped" and "CUDA" in rows_[0]["error"] and raw == []
     assert w.time((graph.variant_id,), 0, "m")[1]["kind"] == "time"
     assert w.finish(graph.variant_id)[0] is None
+
+
+def test_a_cpu_actor_times_on_the_threads_its_bench_asks_for():
+    """`bench.cpu_threads` sets a CPU actor's torch threads; 0 leaves them at one per CPU Ray gave the actor
+    (outside Ray, as they were)."""
+    import torch
+
+    from runner.engine.worker import BenchWorker
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        BenchWorker("t", BenchSpec(cpu_threads=1), {})
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        BenchWorker("t", BenchSpec(), {})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -109,6 +109,18 @@ def test_training_rows_and_merged_outputs(sweep_run):
     assert "3 repeats each, spread round-robin over the re-checked variants of a group, each repeat in 5 slices" in text
 
 
+def test_trainings_run_at_the_drivers_priority_with_a_thread_per_cpu(sweep_run):
+    """Every training process ran at nice 0, as the driver (Ray's default of 15 let any other program on a
+    shared host come first), and on a CPU with one torch thread per CPU its task held: one, as trainings
+    share the node."""
+    _, _, run_dir, _, _ = sweep_run
+    ok = pd.read_parquet(run_dir / "training.parquet").query("status == 'ok'")
+    assert set(ok["model"]) == {"tiny", "tiny_kd"}
+    assert (ok["nice"] == 0).all()
+    if not GPU:
+        assert (ok["torch_threads"] == 1).all()
+
+
 def test_steps_account_for_the_work_and_timings_run_alone(sweep_run):
     """The step log has every kind of work, the failed training as an error step, and no step of ours ran on
     the host while a timing did (the driver's gate); the report's time breakdown comes from it."""

@@ -219,3 +219,16 @@ def test_cudnn_mode_is_set_for_the_run_and_restored(deterministic):
         with cudnn_mode(deterministic=deterministic):
             raise RuntimeError("a failed run still restores the flags")
     assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, False)
+
+
+def test_cpu_training_runs_one_accuracy_pass_per_epoch(data, monkeypatch):
+    """On a CPU the last epoch's pass is already the fp32, contiguous, no-autocast one the checkpoint reports,
+    so it is not run again (test_checkpoint_roundtrips_through_torch_save checks the number against a fresh pass)."""
+    import runner.train as train_mod
+
+    passes = []
+    real = train_mod.accuracy
+    monkeypatch.setattr(train_mod, "accuracy", lambda *a, **k: passes.append(1) or real(*a, **k))
+    out = train(_spec(epochs=2, train_subset=64, batch_size=32), data, CPU, log=lambda s: None)
+    assert len(passes) == 2
+    assert out["top1_pct"] == out["log"][-1]["top1_pct"]

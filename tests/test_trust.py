@@ -193,3 +193,32 @@ def test_the_recheck_text_says_how_its_repeats_were_spread():
     sliced = pd.DataFrame({"recheck_repeats": [3, 3], "recheck_slices": [5, 5]})
     text = _recheck_repeats(sliced)
     assert text.startswith("3 repeats each") and "each repeat in 5 slices spread over the task" in text
+
+
+def test_cpu_checks_make_fewer_calls():
+    """On a CPU the batch-1 agreement runs AGREE_IMAGES_CPU calls (each one is slow there), on the test
+    subset's first images, and still compares every one of them with the eval callable's predictions; the
+    accuracy pass makes no warm-up calls (each would be a whole batch)."""
+    from runner.data import synthetic
+    from runner.engine import rows
+    from variants import BenchSpec, Recipe, TrainSpec
+
+    cpu = torch.device("cpu")
+    model = _conv_bn()
+    prepared = optimize.prepare(model, Variant("m"), cpu)
+    fn1, x1, _ = prepared.callable_for(1)
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return fn1(x)
+    batches = []
+    forward = prepared.forward
+    object.__setattr__(prepared, "forward", lambda x: batches.append(x.shape[0]) or forward(x))
+    spec = TrainSpec(key="m", arch="airbench_cifar", recipe=Recipe(test_subset=150))
+    bench = BenchSpec(eval_batch_size=64)
+    out = rows.checks(model, prepared, counted, x1, synthetic(n_train=64, n_test=150), spec, bench, cpu, Variant("m"))
+    assert rows.AGREE_IMAGES_CPU < rows.AGREE_IMAGES
+    assert calls == [1] * rows.AGREE_IMAGES_CPU
+    assert batches == [64, 64, 64]  # 150 images in batches of 64 (the last padded), and nothing more
+    assert out["b1_agree_pct"] == 100.0 and out["top1_pct"] is not None and "check_error" not in out

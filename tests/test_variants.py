@@ -110,8 +110,10 @@ def test_quick_grid():
     assert {"mobilenet-fp32-nchw-eager", "mobilenet-fp32-cl-eager", "mobilenet-fp32-nchw-eager-fold"} <= ids
     assert not any("-bf16-" in i for i in ids)  # ~100 ms a call on a 2-core CPU: not in the quick start
     assert {v.model for v in spec.variants} == {m.key for m in spec.models}
-    assert spec.bench.iters == 100 and spec.bench.cv_flag_pct == 10.0 and spec.bench.processes == 1
-    assert spec.model("mobilenet").recipe.train_subset == 2048
+    assert spec.bench.iters == 50 and spec.bench.cv_flag_pct == 10.0 and spec.bench.processes == 1
+    assert spec.bench.cpu_threads == 1  # single-thread CPU timings; the GPU sweeps leave it at 0 (unused there)
+    assert load_sweep(DEFAULT).bench.cpu_threads == 0
+    assert spec.model("mobilenet").recipe.train_subset == 1024
 
 
 # ---- expansion -----------------------------------------------------------------------------------------

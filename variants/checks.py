@@ -39,6 +39,7 @@ BENCH_RANGES: dict[str, tuple[float, float, bool]] = {
     "target_pct": (0, 100, True),
     "max_s": (0, 86400, False),
     "processes": (1, 2, True),
+    "cpu_threads": (0, 4096, True),
 }
 
 

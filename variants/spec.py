@@ -111,6 +111,7 @@ class BenchSpec:
     target_pct: float = 0.0         # time more slices until the p50's 95% interval is this narrow (+-%); 0: off
     max_s: float = 60.0             # ... or a variant's timing has taken this long (runner/intervals.plan_more)
     processes: int = 2              # processes that time every variant (2: a twin phase; runner/intervals.py)
+    cpu_threads: int = 0            # torch threads of a benchmark actor on a CPU; 0: every CPU of its node
 
 
 @dataclass(frozen=True)

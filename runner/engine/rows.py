@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from datetime import datetime, timezone
 from typing import Any
@@ -18,6 +19,10 @@ import torch
 from runner import env
 
 AGREE_IMAGES = 500        # test images the batch-1 callable is checked on against the eval callable
+# ... on a CPU: each image is one batch-1 call (ResNet-18 ~41 ms on 2 cores, so 500 were 20 s of the quick
+# start) and the faults the check is for (a static input buffer not refilled, a graph fed stale input) change
+# most predictions, so 100 images show them as surely; on a GPU a call is ~1 ms and 500 cost nothing.
+AGREE_IMAGES_CPU = 100
 FOLD_REL_ERR_MAX = 1e-3   # BN folding in fp32: max |logit error| / max |logit| above this is an error
 # A prepared variant's logits vs the fp32 eager model's, relative to the logit scale: catches a broken
 # fused / compiled path (wrong layout, a dropped epilogue) while allowing half-precision rounding.
@@ -33,6 +38,14 @@ def place() -> dict[str, Any]:
     """Where a row was measured: versions, code digest, Ray node and process."""
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     return {**env.versions(), "code_digest": env.code_digest(), "ray_node_id": node, "pid": os.getpid()}
+
+
+def task_threads() -> int:
+    """torch threads for the running Ray task or actor on a CPU: one per whole CPU Ray gave it (at least one);
+    outside Ray, torch's current count."""
+    if not ray.is_initialized():
+        return torch.get_num_threads()
+    return max(1, math.floor(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)))
 
 
 def base_row(variant, model_spec, ckpt: dict, bench, sweep: str, spec_hash: str, where: dict) -> dict:
@@ -133,7 +146,7 @@ def checks(model, prepared, fn1, x1, data, model_spec, bench, device, variant) -
     from runner import evaluate, optimize
 
     test = data.subset(0, model_spec.recipe.test_subset)
-    n_check = min(AGREE_IMAGES, len(test.test_y))
+    n_check = min(AGREE_IMAGES if device.type == "cuda" else AGREE_IMAGES_CPU, len(test.test_y))
     check_x = evaluate.normalized(test.test_x[:n_check], device)
     out: dict[str, Any] = {"folded_layers": prepared.folded_layers}
     problems = []
@@ -146,7 +159,10 @@ def checks(model, prepared, fn1, x1, data, model_spec, bench, device, variant) -
                 problems.append(f"BN folding changed the logits by {err:.2e} of their scale (bound {FOLD_REL_ERR_MAX:.0e})")
     try:
         eval_bs = min(bench.eval_batch_size, len(test.test_y))
-        eval_fn, _, _ = prepared.callable_for(eval_bs)
+        # On a CPU no warm-up calls: there is no graph to capture or cuDNN search to run (a compile happens on
+        # the first batch anyway), and each would be a whole batch (ResNet-18, 3 x 200 images: 25 s).
+        on_cpu = device.type != "cuda"
+        eval_fn, _, _ = prepared.callable_for(eval_bs, warm_calls=0) if on_cpu else prepared.callable_for(eval_bs)
         logits = evaluate.predict(eval_fn, test.test_x, device, eval_bs, prepared.cast_input)
         out["top1_pct"] = evaluate.top1(logits, test.test_y)
         out["path_max_rel_err"] = path_err = evaluate.max_rel_err(logits[:n_check], ref.cpu())

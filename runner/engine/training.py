@@ -8,6 +8,7 @@ weights whatever runs beside it.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,14 @@ def train_job(spec: TrainSpec, data, teacher_ckpt: dict | None, sweep: str) -> d
     started = R.stamp()
     use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+    if not use_gpu:
+        # One torch thread per CPU the task holds, said here rather than left to the OMP_NUM_THREADS that Ray
+        # sets only when the variable is unset (a worker started with it set would use as many as it says).
+        torch.set_num_threads(R.task_threads())
     ckpt = train(spec, data, device, teacher_ckpt=teacher_ckpt)
     info, where = env.device_info(device), R.place()
     base = {"sweep": sweep, "model": spec.key, "arch": spec.arch, "teacher": spec.teacher, "status": "ok",
+            "torch_threads": torch.get_num_threads(), "nice": os.nice(0),
             "epochs": ckpt["epochs"], "seed": spec.seed, "spec_hash": spec.spec_hash, "recipe_json": ckpt["recipe_json"],
             "data_source": ckpt["data_source"], "started_at": started, **info,
             **{k: where[k] for k in ("torch_version", "git_commit", "ray_node_id", "pid")}}

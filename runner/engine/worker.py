@@ -74,6 +74,8 @@ class BenchWorker:
         if use_gpu:
             torch.cuda.set_device(0)
             torch.empty(1, device=self.device)  # the CUDA context now, not inside a first timing
+        else:  # the actor holds every CPU of its node (nothing of ours runs beside it); it times on these threads
+            torch.set_num_threads(bench.cpu_threads or R.task_threads())
         measurement_flags(bench.cudnn_autotune)
         self.where = {**R.place(), **env.device_info(self.device)}
         self.models: dict[str, tuple[Any, dict, Any]] = {}
