@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
-SECTIONS = ["Quick start (CPU, about 12 minutes)", "Tests", "The full sweep on GPUs", "How latency is measured",
+SECTIONS = ["Quick start (CPU, about 4 minutes)", "Tests", "The full sweep on GPUs", "How latency is measured",
             "On a cluster", "The Ray dashboard", "Where results go", "Data", "Declaring variants", "Command line",
             "Published results", "Layout"]
 MAX_LINE = 120
