@@ -1,26 +1,28 @@
 """Where a row says its code came from: `env.git_commit` names this project's own checkout and nothing else."""
 from __future__ import annotations
 
-import os
+import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ASK = "from runner import env; print(env.git_commit())"
 
 
-def _commit_of(project: Path) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("RUNNER_GIT_COMMIT", "PYTHONPATH")}
-    return subprocess.run([sys.executable, "-c", ASK], cwd=project, env={**env, "PYTHONPATH": str(project)},
-                          capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+def _commit_of(project: Path, monkeypatch) -> str:
+    """git_commit() as the copy of runner/env.py under `project` answers it (loaded from that file in this
+    process: it finds its checkout from its own path), without the driver's RUNNER_GIT_COMMIT."""
+    monkeypatch.delenv("RUNNER_GIT_COMMIT", raising=False)
+    spec = importlib.util.spec_from_file_location("env_of_a_copy", project / "runner" / "env.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.git_commit()
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_a_copy_inside_another_repository_does_not_take_its_commit(tmp_path):
+def test_a_copy_inside_another_repository_does_not_take_its_commit(tmp_path, monkeypatch):
     outer = tmp_path / "someone-elses-repo"
     outer.mkdir()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(outer)]
@@ -30,11 +32,11 @@ def test_a_copy_inside_another_repository_does_not_take_its_commit(tmp_path):
     subprocess.run([*git, "commit", "-q", "-m", "theirs"], check=True)
     copy = outer / "vendored" / "cifar-latency-runner"
     shutil.copytree(ROOT / "runner", copy / "runner", ignore=shutil.ignore_patterns("__pycache__"))
-    assert _commit_of(copy) == "unknown"
+    assert _commit_of(copy, monkeypatch) == "unknown"
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="runs from a git checkout of the project")
-def test_the_projects_own_checkout_gives_its_commit():
+def test_the_projects_own_checkout_gives_its_commit(monkeypatch):
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
-    assert _commit_of(ROOT).removesuffix("-dirty") == head
+    assert _commit_of(ROOT, monkeypatch).removesuffix("-dirty") == head

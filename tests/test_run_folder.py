@@ -141,9 +141,9 @@ def test_a_fresh_move_cut_short_is_finished_by_the_next_invocation(tmp_path):
     assert {p.name for p in (run_dir / "previous" / "20260101T000000").iterdir()} == before
 
 
-@pytest.mark.slow
 def test_a_no_op_resume_keeps_the_real_timing_section(tmp_path):
-    """Running a finished sweep again (real local Ray) leaves the report's timing as the real run measured it."""
+    """Running a finished sweep again leaves the report's timing as the real run measured it, and starts no
+    Ray: what a local cluster would have is known without one (runner.sweep.local_devices)."""
     from runner.sweep import run_sweep, variant_hash
 
     spec, data = _spec(tmp_path, "synthetic"), load("synthetic")
@@ -157,6 +157,8 @@ def test_a_no_op_resume_keeps_the_real_timing_section(tmp_path):
     lines: list[str] = []
     report = run_sweep(spec, data, run_dir, log=lines.append)
     assert any("resuming: 1 variant(s) already measured" in line for line in lines)
+    assert "nothing left to run: every variant, twin and re-check is on disk (Ray not started)" in lines, lines
+    assert not any("starting Ray" in line for line in lines)
     after = report.read_text()
     assert _section(after, "Where the time went") == timing
     assert after.splitlines()[2] == before.splitlines()[2]  # the header's wall time: still the real run's

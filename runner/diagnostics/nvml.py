@@ -31,6 +31,23 @@ def query(gpu_uuid: str, fn: Callable[[Any, Any], Any]) -> Any:
         nv.nvmlShutdown()
 
 
+def device_names() -> list[str] | None:
+    """The name of every GPU NVML sees on this machine ("NVIDIA H200"), without a CUDA context; None when
+    NVML cannot tell (no pynvml, no driver)."""
+    try:
+        import pynvml as nv
+        nv.nvmlInit()
+    except Exception:
+        return None
+    try:
+        names = [nv.nvmlDeviceGetName(nv.nvmlDeviceGetHandleByIndex(i)) for i in range(nv.nvmlDeviceGetCount())]
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except Exception:
+        return None
+    finally:
+        nv.nvmlShutdown()
+
+
 def compute_pids(gpu_uuid: str | None) -> list[int] | None:
     """Every compute pid NVML lists on the GPU, ours included; None when NVML cannot tell.
     In a container NVML reports host pids, so our own pid may be missing from the list."""

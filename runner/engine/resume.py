@@ -1,8 +1,8 @@
 """What an invocation still has to do besides its pending variants: the pairs to time, the re-checks left.
 
-A pair is decided when its child is measured in this invocation (from the rounds that timed it); a re-check is
-due when a row has none that ended after it landed (a twin, the second process of runner/intervals.py, alike) (a sweep stopped in its re-check phase, a resumed one
-whose sample grew, or a row measured again since).
+A pair is decided when its child is measured in this invocation (from the rounds that timed it); a re-check
+(or a twin, the second process of runner/intervals.py) is due when a row has none that ended after it landed:
+a sweep stopped in its re-check phase, a resumed one whose sample grew, or a row measured again since.
 """
 from __future__ import annotations
 
