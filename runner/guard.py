@@ -199,7 +199,7 @@ def _stderr(line: str) -> None:
     os.write(2, (line + "\n").encode(errors="replace"))
 
 
-_signals: dict[str, Any] = {"installed": False, "first": None, "log": _stderr}
+_signals: dict[str, Any] = {"installed": False, "first": None, "cleanup": False, "log": _stderr}
 
 
 @contextmanager
@@ -211,7 +211,7 @@ def handle_signals(log: Callable[[str], None] = _stderr) -> Iterator[None]:
         yield  # signals reach the main thread only
         return
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    _signals.update(installed=True, first=None, log=log)
+    _signals.update(installed=True, first=None, cleanup=False, log=log)
     for s in before:
         signal.signal(s, _on_signal)
     try:
@@ -229,9 +229,16 @@ def reclaim_signals() -> None:
         signal.signal(signal.SIGTERM, _on_signal)
 
 
+def cleaning_up() -> None:
+    """The sweep's clean-up (stop Ray, merge, write the report) has begun: from now on a signal only says so.
+    Raised there, it cut the merge short: a Ctrl-C as the last result landed left the report unbuilt and a
+    traceback from Ray's own shutdown."""
+    _signals["cleanup"] = True
+
+
 def _on_signal(signum: int, frame) -> None:
     name = signal.Signals(signum).name
-    if _signals["first"] is None:
+    if _signals["first"] is None and not _signals["cleanup"]:
         _signals["first"] = signum
         _signals["log"](f"{name}: stopping the sweep (shutting Ray down, merging the results that landed)")
         raise KeyboardInterrupt(name)

@@ -140,6 +140,7 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
         _run(spec, data, run_dir, pending, hashes, cluster, log, deadline, steps)
         completed = True
     finally:  # also on Ctrl-C or a crash: whatever landed is merged, and the report describes exactly that
+        guard.cleaning_up()  # a Ctrl-C from here on waits for the merge
         log("stopping Ray, merging the results and writing the report")
         ray.shutdown()
         reaper.stop()  # and whatever ray.shutdown left of a cluster we started

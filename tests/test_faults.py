@@ -534,6 +534,23 @@ def test_a_stopped_sweep_says_so_and_the_same_command_finishes_it(fault_runs):
     # ... and the same command (three more invocations) finishes it: test_resume_recovers_damaged_files_...
 
 
+def test_a_signal_during_the_clean_up_only_says_so():
+    """The first Ctrl-C or SIGTERM stops a sweep (KeyboardInterrupt into its `finally`); once that clean-up has
+    begun, a signal only says so. Raised there, a Ctrl-C as the last result landed cut the merge short and
+    ended in a traceback from Ray's shutdown."""
+    lines: list[str] = []
+    with guard.handle_signals(log=lines.append):
+        guard.cleaning_up()
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+    assert [line.split(":")[0] for line in lines] == ["SIGINT", "SIGTERM"]
+    assert all("already shutting down; please wait" in line for line in lines)
+    with guard.handle_signals(log=lines.append):  # the next sweep: its first signal stops it again
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+    assert "SIGTERM: stopping the sweep" in lines[-1] and guard.interrupted_exit_code() == 143
+
+
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_with_143(fault_runs):
     rc, text, children = fault_runs["term"]
@@ -551,6 +568,7 @@ def test_second_ctrl_c_does_not_cut_the_cleanup_short(fault_runs):
     rc, text, children = fault_runs["int"]
     assert rc == 130, text
     assert "taking over a stale lock" in text and "no longer running" in text
+    assert "reusing checkpoint of tiny" in text  # trained by run 1 before its SIGTERM: not lost
     assert "SIGINT: stopping the sweep" in text and "SIGINT: already shutting down" in text
     assert "Traceback" not in text
     before, after = fault_runs["term_rows"], fault_runs["int_rows"]
