@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 
 from runner import agreement
+from runner.pairs import MAX_ACC_DROP_PTS
 from runner.report_format import _missing, _ok
 from variants import OPTIMISATION_ORDER
 
 # Optimisation axes from last-applied to first, with the value that means "not applied".
 AXES = tuple(reversed(OPTIMISATION_ORDER))
-MAX_ACC_DROP_PTS = 0.5  # an optimisation may cost at most this much top-1 accuracy to be kept
 
 
 def _axis_value(row: pd.Series, axis: str, base: Any) -> Any:
@@ -77,14 +77,11 @@ def _verdict(gain: float, noise: float, acc_drop: float, ci=None, parent_ci=None
 def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
     """Keep / drop each ok variant against its parent (the same variant, last optimisation undone).
 
-    gain_ms = median p50 of the parent - median p50 of the variant (over repeats);
-    noise_ms = the larger of the two max-min ranges of p50 over repeats;
-    keep when gain_ms > noise_ms and the accuracy drop is at most MAX_ACC_DROP_PTS points.
-    Where both rows carry 95% p50 intervals (runner/intervals.py) the intervals decide instead: keep when the
-    variant's lies wholly below its parent's, "slower" when wholly above, "not distinguishable" on overlap;
-    the intervals are in p50_lo_ms / p50_hi_ms and parent_p50_lo_ms / parent_p50_hi_ms.
-    Given per-repeat rows (RESULT_SCHEMA) the noise is measured; given a one-line-per-variant summary
-    there is no spread to measure, so the decision says "undecided" rather than pretend the noise is 0.
+    gain_ms = median p50 of the parent - median p50 of the variant (over repeats); noise_ms = the larger of
+    the two max-min ranges of p50 over repeats; keep when gain_ms > noise_ms and the accuracy drop is at most
+    MAX_ACC_DROP_PTS points. Where both rows carry 95% p50 intervals (runner/intervals.py) the intervals
+    decide instead (`_verdict`). Given a one-line-per-variant summary there is no spread to measure, so the
+    decision says "undecided" rather than pretend the noise is 0.
     """
     cols = ["variant_id", "brief_id", "model", "parent_id", "axis", "change", "parent_p50_ms", "p50_ms",
             "gain_ms", "gain_pct", "noise_ms", "parent_top1_pct", "top1_pct", "acc_delta_pts", "decision",
@@ -92,8 +89,7 @@ def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
     frame = summary_or_results
     if frame.empty:
         return pd.DataFrame(columns=cols)
-    ok = _ok(frame)
-    firsts = ok.drop_duplicates("variant_id")
+    firsts = _ok(frame).drop_duplicates("variant_id")
     by_key = {}
     for _, r in firsts.iterrows():
         by_key.setdefault(_own_key(r), r)  # first variant wins if two share every axis
