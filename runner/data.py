@@ -197,24 +197,19 @@ def _tree_key(tree: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_hash(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-
-
 def _unpack(path: Path) -> tuple[Path, str]:
     """Unpack train.tar.xz + test.tar.xz into the cache, keyed on the archives' bytes (a replaced archive
     is unpacked again); return the tree and that key. Unpacked into a temporary folder and renamed when
     complete, so a truncated archive or a kill half-way never leaves a half tree that a later run would
     take as whole."""
     archives = [path / f"{split}.tar.xz" for split in ("train", "test")]
+    h = hashlib.sha256()
     for archive in archives:
         if not archive.exists():
             raise DataError(f"{archive} is missing next to {archives[0]}")
-    h = hashlib.sha256()
-    for archive in archives:
-        _file_hash(h, archive)
+        with open(archive, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     key = h.hexdigest()[:16]
     dest = cache_dir() / f"unpacked-{key}"
     if not dest.is_dir():

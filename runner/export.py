@@ -54,8 +54,7 @@ def pick(run_dir: Path, variant_id: str | None) -> tuple[pd.Series, str]:
             raise LookupError(f"variant '{variant_id}' ended as '{row['status']}' in the sweep"
                               + (f" ({why})" if why else "") + ": nothing measured to export")
         return row, "named with --variant"
-    sweep_json = run_dir / "sweep.json"
-    meta = files.read_json(sweep_json) if sweep_json.exists() else {}
+    meta = files.read_json(run_dir / "sweep.json") if (run_dir / "sweep.json").exists() else {}
     bar = float(meta.get("accuracy_bar_pct", ACCURACY_BAR_PCT))
     best = choose(summary, bar)
     if best["chosen"] is not None:
@@ -125,11 +124,9 @@ def remeasure(out: Path, reference: torch.nn.Module, x: torch.Tensor, y: np.ndar
     outs = {"model.pt2": logits_of(lambda b: pt2(b).numpy(), x),
             "model.onnx": logits_of(lambda b: session.run(None, {"input": b.numpy()})[0], x)}
 
-    def top1(logits: np.ndarray) -> float:
-        return float((logits.argmax(1) == y).mean() * 100)
-    res: dict[str, Any] = {"images": int(len(y)), "reference_top1_pct": top1(ref)}
+    res: dict[str, Any] = {"images": int(len(y)), "reference_top1_pct": float((ref.argmax(1) == y).mean() * 100)}
     for name, logits in outs.items():
-        res[name] = {"top1_pct": top1(logits),
+        res[name] = {"top1_pct": float((logits.argmax(1) == y).mean() * 100),
                      "agreement_pct": float((logits.argmax(1) == ref.argmax(1)).mean() * 100),
                      "max_abs_logit_diff": float(np.abs(logits - ref).max())}
     return res
@@ -146,10 +143,6 @@ def sweep_test_set(run_dir: Path, ckpt: dict, model_cfg: dict, data_arg: str | N
     test = data.subset(0, model_cfg["recipe"].get("test_subset", 0))
     x = normalizer(torch.device("cpu"))(torch.from_numpy(np.array(test.test_x)))
     return x, np.asarray(test.test_y), test.source
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def export(run_dir: Path, variant_id: str | None = None, out: Path | None = None,
@@ -172,7 +165,7 @@ def export(run_dir: Path, variant_id: str | None = None, out: Path | None = None
     files.write_via_memory(out / "state_dict.pt", lambda f: torch.save(state, f))
     info = describe(row, why, cfg, ckpt, ckpt_path, onnx_method)
     info["accuracy"] = {"test_set": test_source, **remeasure(out, model, x, y)}
-    info["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": sha256(out / f)}
+    info["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": hashlib.sha256((out / f).read_bytes()).hexdigest()}
                      for f in ("model.pt2", "model.onnx", "state_dict.pt")}
     files.write_json(info, out / "export.json")
     text = loading_snippet(info, out)

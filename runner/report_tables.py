@@ -114,17 +114,11 @@ def _header(name: str, sweep: dict, results: pd.DataFrame) -> list[str]:
 
 
 def _where_line(sweep: dict, results: pd.DataFrame) -> str:
-    when = ""
-    if sweep.get("started_at"):
-        when = f"Ran {sweep['started_at']} to {sweep.get('finished_at') or '?'}"
-    else:
-        when = "Ran (start time not recorded)"
-    wall_txt = _wall_text(sweep)
+    when = (f"Ran {sweep['started_at']} to {sweep.get('finished_at') or '?'}" if sweep.get("started_at")
+            else "Ran (start time not recorded)")
     devices = _distinct(results["device"])
     cluster = sweep.get("cluster") or {}
-    on_cpu = (devices and all(d.startswith("cpu") for d in devices)) or \
-        (not devices and cluster.get("gpus") == 0)
-    if on_cpu:
+    if (devices and all(d.startswith("cpu") for d in devices)) or (not devices and cluster.get("gpus") == 0):
         where = "CPU only: latencies are CPU timings, not GPU latency"
     else:
         # How many distinct GPUs (by UUID) of each name actually ran benchmarks.
@@ -133,9 +127,8 @@ def _where_line(sweep: dict, results: pd.DataFrame) -> str:
         kinds = ", ".join(f"{n} x{c}" for n, c in counts.items()) or "GPU names not recorded"
         kinds += " ran benchmarks" if not used.empty else ""
         gpus = cluster.get("gpus", len(used) if not used.empty else "?")
-        nodes = cluster.get("nodes", "?")
-        where = f"on {gpus} GPU(s), {nodes} node(s): {kinds}"
-    return f"{when}, {where}; {wall_txt}."
+        where = f"on {gpus} GPU(s), {cluster.get('nodes', '?')} node(s): {kinds}"
+    return f"{when}, {where}; {_wall_text(sweep)}."
 
 
 def _wall_text(sweep: dict) -> str:
