@@ -1,4 +1,4 @@
-"""CIFAR-10 as uint8 tensors, decoded once and cached (batches and augmentation: runner/batches.py).
+"""CIFAR-10 as uint8 tensors, decoded once and cached (batches and augmentation: runner/train.py).
 
     python -m runner sweep --config variants/default.yaml --data /path/to/cifar10-jpeg
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from runner.plots import pareto_front
-from runner.report_format import DASH, _missing, _num
-from runner.report_tables import ci_note, with_ci
+from runner.report_format import DASH, _missing, _num, ci_note, with_ci
 
 TARGETS = ((85.0, 25.0), (90.0, 40.0), (93.0, 100.0))   # (top-1 % at least, event p95 us at most), batch 1
 HOST_RATIO = 1.5   # a target row's host-clock p95 at most this times its event p95 (what a caller waits)

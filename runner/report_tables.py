@@ -7,7 +7,7 @@ import pandas as pd
 from runner import report_trust
 from runner.decisions import MAX_ACC_DROP_PTS, RULE, choose
 from runner.report_format import (DASH, _distinct, _first_line, _flag, _is_true, _missing, _num, _ok, _txt,
-                                  markdown_table)
+                                  ci_note, has_ci, markdown_table, with_ci)
 
 BRIEF_ROWS = [  # the brief's table, in its order, with its own wording of each row
     ("B1", "MobileNetV3 / ShuffleNet (FP32)"),
@@ -23,39 +23,6 @@ def _name(r: pd.Series) -> str:
     bid = "" if _missing(r.get("brief_id")) else f" ({r['brief_id']})"
     label = "" if _missing(r.get("label")) else f", {r['label']}"
     return f"`{r['variant_id']}`{bid}{label}"
-
-
-def with_ci(r: pd.Series, col: str, nd: int = 3, scale: float = 1.0) -> str:
-    """`col`'s value with its 95% interval, `3.420 [3.100, 3.900]` (runner/intervals.py: `lat_p95_ms` ->
-    `lat_p95_lo_ms` / `lat_p95_hi_ms`), in the same number format; the plain value where the row has none."""
-    v = r.get(col)
-    if _missing(v):
-        return DASH
-    lo, hi = r.get(col.removesuffix("_ms") + "_lo_ms"), r.get(col.removesuffix("_ms") + "_hi_ms")
-    text = f"{float(v) * scale:.{nd}f}"
-    return text if _missing(lo) or _missing(hi) else f"{text} [{float(lo) * scale:.{nd}f}, {float(hi) * scale:.{nd}f}]"
-
-
-def has_ci(frame: pd.DataFrame, col: str = "lat_p50_lo_ms") -> bool:
-    """Does any row carry a 95% interval (a variant timed in too few slices has none)?"""
-    return col in frame.columns and bool(frame[col].notna().any())
-
-
-def ci_note(frame: pd.DataFrame) -> str:
-    """The sentence that says what the brackets are, when any row has them."""
-    if not has_ci(frame):
-        return ""
-    units = pd.to_numeric(frame.get("ci_units"), errors="coerce").dropna().astype(int).unique()
-    n = f"{min(units)}-{max(units)}" if len(units) > 1 else (str(units[0]) if len(units) else "its")
-    two = int((pd.to_numeric(frame.get("ci_processes"), errors="coerce") == 2).sum()) if "ci_processes" in frame else 0
-    if two:  # runner/intervals.across_processes
-        return (f" In brackets: the 95% interval for the value a fresh process would read, from two processes "
-                f"({two} variants): each one's slices ({n} per variant, order statistics) for the within-process "
-                f"error, the gap between the two, pooled over graphed or eager variants, for the between-process "
-                f"one (runner/intervals.py); a value without brackets had too few slices for one.")
-    return (f" In brackets: the 95% interval, distribution-free, from the order statistics of the statistic "
-            f"taken per timing slice ({n} slices per variant; runner/intervals.py), one process: it does not "
-            f"hold what changes between processes; a value without brackets had too few slices for one.")
 
 
 def _chosen_section(summary: pd.DataFrame, decisions: pd.DataFrame, bar: float) -> list[str]:

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from runner import agreement, pairs
-from runner.report_format import DASH, _missing
+from runner.report_format import DASH, _missing, markdown_table, with_ci
 from runner.schema import PAIR_SCHEMA, RECHECK_SCHEMA, SchemaError
 from runner.schema import read as read_file
 
@@ -83,19 +83,14 @@ def recheck_section(table: pd.DataFrame, any_gpu: bool) -> list[str]:
     if calibration:
         lines += [calibration, ""]
     ci = calibration is not None
-    lines += ["| Variant | Brief | Kind | In-sweep p50 (ms) | Re-check p50 (ms) | Ratio | Within |"
-              + (" Inside 95% interval |" if ci else ""), "|---|---|---|---|---|---|---|" + ("---|" if ci else "")]
+    rows = []
     for _, r in table.iterrows():
-        sweep = f"{r['sweep_p50_ms']:.4f}" + (f" [{r['sweep_p50_lo_ms']:.4f}, {r['sweep_p50_hi_ms']:.4f}]"
-                                              if ci and not _missing(r.get("inside")) else "")
-        recheck = f"{r['recheck_p50_ms']:.4f}" + (
-            f" [{r['recheck_p50_lo_ms']:.4f}, {r['recheck_p50_hi_ms']:.4f}]"
-            if ci and not _missing(r.get("recheck_p50_lo_ms")) and not _missing(r.get("recheck_p50_hi_ms")) else "")
-        inside = "" if not ci else f" {DASH} |" if _missing(r.get("inside")) else \
-            (" yes |" if bool(r["inside"]) else " **no** |")
-        lines.append(f"| `{r['variant_id']}` | {r['brief_id'] or DASH} | {r['kind']} | {sweep} | "
-                     f"{recheck} | {r['ratio']:.3f} | {'yes' if r['within'] else '**no**'} |" + inside)
-    return lines + [""]
+        p50s = [with_ci(r, c, 4) if ci else f"{r[c]:.4f}" for c in ("sweep_p50_ms", "recheck_p50_ms")]
+        inside = [DASH if _missing(r.get("inside")) else "yes" if bool(r["inside"]) else "**no**"] * ci
+        rows.append([f"`{r['variant_id']}`", r["brief_id"] or DASH, r["kind"], *p50s, f"{r['ratio']:.3f}",
+                     "yes" if r["within"] else "**no**", *inside])
+    return lines + markdown_table(["Variant", "Brief", "Kind", "In-sweep p50 (ms)", "Re-check p50 (ms)", "Ratio",
+                                   "Within"] + ["Inside 95% interval"] * ci, rows) + [""]
 
 
 def calibration_line(table: pd.DataFrame) -> str | None:
