@@ -97,12 +97,11 @@ def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in firsts.iterrows():
         key, axis = parent_key(r)
-        row = {c: None for c in cols}
-        row.update(variant_id=r["variant_id"], brief_id=r.get("brief_id"), model=r["model"], axis=axis,
-                   top1_pct=r.get("top1_pct"))
         v = values.get(r["variant_id"], [])
-        row["p50_ms"] = pd.Series(v).median() if v else None
-        row["p50_lo_ms"], row["p50_hi_ms"] = _p50_interval(r) or (None, None)
+        lo, hi = _p50_interval(r) or (None, None)
+        row = dict.fromkeys(cols) | dict(variant_id=r["variant_id"], brief_id=r.get("brief_id"), model=r["model"],
+                                         axis=axis, top1_pct=r.get("top1_pct"), p50_lo_ms=lo, p50_hi_ms=hi,
+                                         p50_ms=pd.Series(v).median() if v else None)
         parent = by_key.get(key) if key else None
         if key is None:
             row["decision"] = "baseline (no parent)"
@@ -117,24 +116,19 @@ def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
 
 def _compare(r: pd.Series, parent: pd.Series, axis: str, v: list[float], pv: list[float]) -> dict:
     base = dict(AXES)[axis]
-    out: dict[str, Any] = {"parent_id": parent["variant_id"], "parent_top1_pct": parent.get("top1_pct"),
-                           "change": f"{axis}: {_axis_value(parent, axis, base)} -> {_axis_value(r, axis, base)}"}
-    pm = pd.Series(pv).median() if pv else None
-    vm = pd.Series(v).median() if v else None
-    out["parent_p50_ms"] = pm
+    pm, vm = (pd.Series(x).median() if x else None for x in (pv, v))
     gain = None if _missing(pm) or _missing(vm) else pm - vm
-    out["gain_ms"] = gain
-    out["gain_pct"] = None if gain is None or not pm else gain / pm * 100
     # With one value on either side there is no spread, so no noise estimate.
     noise = max(max(v) - min(v), max(pv) - min(pv)) if len(v) > 1 and len(pv) > 1 else None
-    out["noise_ms"] = noise
     pt, vt = parent.get("top1_pct"), r.get("top1_pct")
     drop = None if _missing(pt) or _missing(vt) else float(pt) - float(vt)
-    out["acc_delta_pts"] = None if drop is None else -drop
     ci, parent_ci = _p50_interval(r), _p50_interval(parent)
-    out["parent_p50_lo_ms"], out["parent_p50_hi_ms"] = parent_ci or (None, None)
-    out["decision"] = _verdict(gain, noise, drop, ci, parent_ci)
-    return out
+    lo, hi = parent_ci or (None, None)
+    return {"parent_id": parent["variant_id"], "parent_top1_pct": pt, "parent_p50_ms": pm,
+            "change": f"{axis}: {_axis_value(parent, axis, base)} -> {_axis_value(r, axis, base)}",
+            "gain_ms": gain, "gain_pct": None if gain is None or not pm else gain / pm * 100, "noise_ms": noise,
+            "acc_delta_pts": None if drop is None else -drop, "parent_p50_lo_ms": lo, "parent_p50_hi_ms": hi,
+            "decision": _verdict(gain, noise, drop, ci, parent_ci)}
 
 
 # ---------------------------------------------------------------- the chosen model
