@@ -173,16 +173,13 @@ def _load_folder(path: Path) -> Cifar:
                             f"{tree}/test/<class>/ with one sub-folder per class ({', '.join(CLASSES)}).")
         parts[split] = _decode_split(split_dir)
     (trx, tr_y), (tex, te_y) = parts["train"], parts["test"]
-    jpeg = " (JPEG copy: accuracy is a proxy for the official test set)" if _is_jpeg(tree) else ""
+    first = next((tree / "test").rglob("*.*"), None)
+    jpeg = " (JPEG copy: accuracy is a proxy for the official test set)" if first is not None and \
+        first.suffix.lower() in (".jpg", ".jpeg") else ""
     source = f"image folder {path} sha256:{_checksum(trx, tex)}{jpeg}"
     files.write_new(cached, lambda f: np.savez(f, train_x=trx, train_y=tr_y, test_x=tex, test_y=te_y,
                                                source=np.array(source)))
     return Cifar(trx, tr_y, tex, te_y, source)
-
-
-def _is_jpeg(tree: Path) -> bool:
-    first = next((tree / "test").rglob("*.*"), None)
-    return first is not None and first.suffix.lower() in (".jpg", ".jpeg")
 
 
 def _tree_key(tree: Path) -> str:
