@@ -21,10 +21,6 @@ HOST_GAP_FACTOR = 1.5
 HOST_GAP_SLACK_MS = 0.03
 
 
-def is_graphed(row) -> bool:
-    return bool(row.get("cuda_graph")) or str(row.get("compile")) in GRAPHING_COMPILE
-
-
 def host_gap(row) -> bool:
     h, e = row.get("host_p50_ms"), row.get("lat_p50_ms")
     return not _missing(h) and not _missing(e) and float(h) > HOST_GAP_FACTOR * float(e) + HOST_GAP_SLACK_MS
@@ -66,22 +62,18 @@ def agreement(summary: pd.DataFrame, rechecks: pd.DataFrame) -> pd.DataFrame:
         if s.empty:
             continue
         s = s.iloc[0]
-        kind = "graph" if is_graphed(s) else "eager"
-        ratio = float(s["lat_p50_ms"]) / float(r["recheck_p50_ms"])
+        kind = "graph" if bool(s.get("cuda_graph")) or str(s.get("compile")) in GRAPHING_COMPILE else "eager"
+        p50 = float(r["recheck_p50_ms"])
+        ratio = float(s["lat_p50_ms"]) / p50
+        lo, hi = s.get("lat_p50_lo_ms"), s.get("lat_p50_hi_ms")
+        lo, hi = (None, None) if _missing(lo) or _missing(hi) else (float(lo), float(hi))
         rows.append({"variant_id": r["variant_id"], "brief_id": s.get("brief_id"), "kind": kind,
-                     "sweep_p50_ms": float(s["lat_p50_ms"]), "recheck_p50_ms": float(r["recheck_p50_ms"]),
+                     "sweep_p50_ms": float(s["lat_p50_ms"]), "recheck_p50_ms": p50,
                      "ratio": ratio, "tolerance": TOLERANCE[kind], "within": abs(ratio - 1) <= TOLERANCE[kind],
                      "recheck_repeats": r.get("recheck_repeats"), "recheck_slices": r.get("recheck_slices"),
-                     **_inside(s, float(r["recheck_p50_ms"])),
+                     "sweep_p50_lo_ms": lo, "sweep_p50_hi_ms": hi, "inside": None if lo is None else lo <= p50 <= hi,
                      "recheck_p50_lo_ms": r.get("recheck_p50_lo_ms"), "recheck_p50_hi_ms": r.get("recheck_p50_hi_ms")})
     return pd.DataFrame(rows, columns=cols)
-
-
-def _inside(s, recheck_p50: float) -> dict:
-    lo, hi = s.get("lat_p50_lo_ms"), s.get("lat_p50_hi_ms")
-    if _missing(lo) or _missing(hi):
-        return {"sweep_p50_lo_ms": None, "sweep_p50_hi_ms": None, "inside": None}
-    return {"sweep_p50_lo_ms": float(lo), "sweep_p50_hi_ms": float(hi), "inside": float(lo) <= recheck_p50 <= float(hi)}
 
 
 def flags(row, disagreeing: set[str]) -> str:

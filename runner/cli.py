@@ -200,17 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _handler(target: str):
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runner import guard
     try:
+        module, func = args.target.split(":")
         with guard.handle_signals():  # Ctrl-C / SIGTERM: clean shutdown, exit 130 / 143
-            return _handler(args.target)(args)
+            return getattr(importlib.import_module(module), func)(args)
     except KeyboardInterrupt:
         code = guard.interrupted_exit_code()
         print(f"interrupted (exit {code}); a sweep keeps what landed: re-run the same command to resume",

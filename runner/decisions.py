@@ -37,16 +37,6 @@ def parent_key(row: pd.Series) -> tuple[tuple, str | None]:
     return None, None
 
 
-def _own_key(row: pd.Series) -> tuple:
-    return (str(row["model"]), *[_axis_value(row, a, b) for a, b in AXES])
-
-
-def _p50_values(frame: pd.DataFrame) -> dict[str, list[float]]:
-    """variant_id -> per-repeat p50. A summary (one line per variant) gives one value per variant."""
-    ok = _ok(frame).dropna(subset=["lat_p50_ms"])
-    return {vid: list(g["lat_p50_ms"]) for vid, g in ok.groupby("variant_id", sort=False)}
-
-
 def _p50_interval(r: pd.Series) -> tuple[float, float] | None:
     """The row's 95% p50 interval (per variant, so any repeat row's), None where it has none."""
     lo, hi = r.get("lat_p50_lo_ms"), r.get("lat_p50_hi_ms")
@@ -91,9 +81,11 @@ def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     firsts = _ok(frame).drop_duplicates("variant_id")
     by_key = {}
-    for _, r in firsts.iterrows():
-        by_key.setdefault(_own_key(r), r)  # first variant wins if two share every axis
-    values = _p50_values(frame)
+    for _, r in firsts.iterrows():  # first variant wins if two share every axis
+        by_key.setdefault((str(r["model"]), *[_axis_value(r, a, b) for a, b in AXES]), r)
+    # variant_id -> per-repeat p50; a summary (one line per variant) gives one value per variant
+    timed = _ok(frame).dropna(subset=["lat_p50_ms"])
+    values = {vid: list(g["lat_p50_ms"]) for vid, g in timed.groupby("variant_id", sort=False)}
     rows = []
     for _, r in firsts.iterrows():
         key, axis = parent_key(r)

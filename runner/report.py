@@ -52,11 +52,6 @@ def _plots(summary: pd.DataFrame, chosen: pd.Series | None, bar: float, out_dir:
     if ok.empty:
         return ["## Plots", "", "No plots: no variant finished with a latency and an accuracy.", ""]
     plots.acc_vs_latency(ok, chosen, bar, out_dir / "acc_vs_latency.png", cpu=cpu)  # shown with the front
-    _plot_latency_by_variant(ok, out_dir / "latency_by_variant.png")
-    return ["## Plots", "", "![p50 latency by variant, min..max over repeats](latency_by_variant.png)", ""]
-
-
-def _plot_latency_by_variant(ok: pd.DataFrame, path: Path) -> None:
     ok = ok.dropna(subset=["lat_p50_ms"]).sort_values("lat_p50_ms", ascending=False, kind="stable")
     fig = plots.figure((8, 1.5 + 0.35 * len(ok)))
     ax = fig.add_subplot()
@@ -69,7 +64,8 @@ def _plot_latency_by_variant(ok: pd.DataFrame, path: Path) -> None:
     ax.set_title("Latency by variant (fastest at the top)")
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    files.write_figure(fig, path)
+    files.write_figure(fig, out_dir / "latency_by_variant.png")
+    return ["## Plots", "", "![p50 latency by variant, min..max over repeats](latency_by_variant.png)", ""]
 
 
 # ---------------------------------------------------------------- entry point
