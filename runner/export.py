@@ -2,19 +2,10 @@
 
     python -m runner export --run runs/<sweep> [--variant ID] [--out DIR] [--data SOURCE]
 
-The model is the sweep's chosen one (lowest host-clock p95 among ok variants at or above the accuracy
-bar, as in the report; the most accurate one, the fastest of equals, when none reaches it) or `--variant`.
-What is exported is the fp32 eval model of that variant's checkpoint, with its BatchNorms folded when the
-variant folds them: precision, memory format, compile mode and CUDA graph are deployment choices of the
-runtime that loads the file.
-The folder (default runs/<sweep>/export/<variant_id>/) holds:
-
-    model.pt2       torch.export program (dynamic batch); torch.export.load(...).module()(x)
-    model.onnx      the same program through torch.onnx (input "input", output "logits", dynamic batch)
-    state_dict.pt   fp32 weights of the unfolded model (for `models.get_model(arch, **arch_args)`)
-    export.json     what was exported and the accuracy re-measured FROM THOSE FILES on the sweep's test
-                    images (ONNX through onnxruntime on CPU), with agreement vs the project's own model
-    export.md       how to load it; also appended to runs/<sweep>/export.md
+The model is the report's chosen one (runner/decisions.choose) or `--variant`. What is exported is the fp32
+eval model of that variant's checkpoint, with its BatchNorms folded when the variant folds them: precision,
+memory format, compile mode and CUDA graph are deployment choices of the runtime that loads the file. What
+the folder holds, and how its accuracy is re-measured from the files themselves: docs/export.md.
 """
 from __future__ import annotations
 

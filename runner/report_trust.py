@@ -96,8 +96,6 @@ def recheck_section(table: pd.DataFrame, any_gpu: bool) -> list[str]:
 def calibration_line(table: pd.DataFrame) -> str | None:
     """The re-check as the calibration test of the in-sweep 95% intervals (runner/intervals.py): how many
     re-checked rows' re-check p50 fell inside the row's interval. None when no row has an interval."""
-    if table.empty:
-        return None
     inside = table["inside"].dropna()
     if inside.empty:
         return None
