@@ -23,12 +23,8 @@ def _axis_value(row: pd.Series, axis: str, base: Any) -> Any:
 
 
 def parent_key(row: pd.Series) -> tuple[tuple, str | None]:
-    """(axes of the parent, name of the axis undone): the last-applied optimisation reset to its base.
-
-    Optimisations apply in the order precision -> memory_format -> compile -> cuda_graph -> bn_fold, so the
-    last one applied is the highest-order axis not at its base value. A variant with every axis at base is
-    a root: its parent key is None.
-    """
+    """(axes of the parent, name of the axis undone): the last-applied optimisation (the highest-order axis
+    not at its base value, in OPTIMISATION_ORDER) reset to its base; (None, None) for a root."""
     axes = {a: _axis_value(row, a, b) for a, b in AXES}
     for axis, base in AXES:
         if axes[axis] != base:

@@ -49,10 +49,6 @@ def _distinct(series: pd.Series) -> list[str]:
     return sorted(str(v) for v in vals)
 
 
-def _is_true(x: Any) -> bool:
-    return not _missing(x) and bool(x)
-
-
 def _ok(results: pd.DataFrame) -> pd.DataFrame:
     return results[results["status"] == "ok"]
 

@@ -6,7 +6,7 @@ import pandas as pd
 
 from runner import report_trust
 from runner.decisions import MAX_ACC_DROP_PTS, RULE, choose
-from runner.report_format import (DASH, _distinct, _first_line, _flag, _is_true, _missing, _num, _ok, _txt,
+from runner.report_format import (DASH, _distinct, _first_line, _flag, _missing, _num, _ok, _txt,
                                   ci_note, has_ci, markdown_table, with_ci)
 
 BRIEF_ROWS = [  # the brief's table, in its order, with its own wording of each row
@@ -171,7 +171,7 @@ def _all_section(summary: pd.DataFrame) -> list[str]:
         return lines + ["No rows in results.parquet.", ""]
     rows = []
     for _, r in summary.iterrows():
-        cv = _num(r.get("p50_cv_pct"), 1) + (" unstable" if _is_true(r.get("unstable")) else "")
+        cv = _num(r.get("p50_cv_pct"), 1) + (" unstable" if _flag(r.get("unstable")) == "yes" else "")
         rows.append([f"`{r['variant_id']}`", _txt(r["brief_id"]), _txt(r["model"]), _txt(r["precision"]),
                      _txt(r["memory_format"]), _txt(r["compile"]), _flag(r["cuda_graph"]), _flag(r["bn_fold"]),
                      r["status"], _num(r["top1_pct"]), _num(r["top1_drift_pts"]), with_ci(r, "lat_mean_ms"),
@@ -234,13 +234,13 @@ def _tried_section(decisions: pd.DataFrame) -> list[str]:
     d = d[d["axis"].astype(str).str.len() > 0]
     if d.empty:
         return []
-    out = ["## What was tried", "",
-           "Each optimisation, over every model and setting it was applied to (from the decisions below):", "",
-           "| Change | Tried | Kept | Dropped / slower | Median gain (%) | Best gain (%) |", "|---|---|---|---|---|---|"]
+    rows = []
     for change, g in d.groupby(d["change"] if "change" in d else d["axis"], sort=True):
         kept = int((g["decision"] == "keep").sum())
         gains = pd.to_numeric(g["gain_pct"], errors="coerce").dropna()
-        med = f"{gains.median():+.1f}" if not gains.empty else DASH
-        best = f"{gains.max():+.1f}" if not gains.empty else DASH
-        out.append(f"| {change} | {len(g)} | {kept} | {len(g) - kept} | {med} | {best} |")
-    return out + [""]
+        med, best = (f"{gains.median():+.1f}", f"{gains.max():+.1f}") if not gains.empty else (DASH, DASH)
+        rows.append([change, len(g), kept, len(g) - kept, med, best])
+    head = ["## What was tried", "",
+            "Each optimisation, over every model and setting it was applied to (from the decisions below):", ""]
+    return head + markdown_table(["Change", "Tried", "Kept", "Dropped / slower", "Median gain (%)", "Best gain (%)"],
+                                 rows) + [""]

@@ -143,12 +143,11 @@ class DeviceBatches:
 
 def train_one_epoch(model, batches, opt, sched, *, amp_dtype, label_smoothing, teacher=None, recipe=None):
     model.train()
-    device_type = batches.x.device.type
     loss_sum = torch.zeros((), device=batches.x.device)
     correct = torch.zeros((), device=batches.x.device, dtype=torch.long)
     seen = 0
     for xb, yb in batches:
-        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(xb.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(xb)
             if teacher is not None:
                 with torch.inference_mode():
