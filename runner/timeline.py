@@ -146,9 +146,7 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, float, int]:
         sweep = {}
     invs = invocations(sweep if isinstance(sweep, dict) else {})
     steps = read_steps(run_dir).dropna(subset=["start", "end"])
-    if steps.empty:
-        return steps, sum(w for _, w in invs), len(invs)
-    return place(assign_lanes(steps), invs), sum(w for _, w in invs), len(invs)
+    return (place(assign_lanes(steps), invs) if len(steps) else steps), sum(w for _, w in invs), len(invs)
 
 
 def section(run_dir: str | Path, out_dir: str | Path | None = None) -> list[str]:
