@@ -190,13 +190,38 @@ def train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: d
         return _train(spec, data, device, teacher_ckpt=teacher_ckpt, log=log)
 
 
-def _epochs(spec, model, step_model, train_b, test_b, opt, sched, teacher, amp_dtype, log):
-    """The epoch loop: train, time (synchronized on a GPU), test; returns (per-epoch log, seconds, images)."""
-    recipe, device = spec.recipe, train_b.x.device
+def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: dict | None,
+           log: Callable[[str], None]) -> dict[str, Any]:
+    recipe = spec.recipe
+    torch.manual_seed(spec.seed)
+    data = data.subset(recipe.train_subset, recipe.test_subset)
     on_gpu = device.type == "cuda"
+    # Mixed precision and channels_last are GPU speed-ups; on CPU they only slow a test run down.
+    amp_dtype = AMP_DTYPES[recipe.amp] if on_gpu else None
+    channels_last = recipe.channels_last and on_gpu
+
+    model = build_model(spec.arch, dict(spec.arch_args)).to(device)
+    if has_whitening_stem(model):  # a whitening stem is set from the training patches, then frozen
+        first = torch.from_numpy(np.array(data.train_x[:5000])).to(device)
+        init_whitening(model, normalizer(device)(first))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    teacher = model_from_checkpoint(teacher_ckpt, device) if teacher_ckpt is not None else None
+    if teacher is not None and channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if (recipe.compile and on_gpu) else model
+
+    train_b = DeviceBatches(data.train_x, data.train_y, device, recipe.batch_size, train=True, seed=spec.seed,
+                            channels_last=channels_last, cutout_size=recipe.cutout)
+    test_b = DeviceBatches(data.test_x, data.test_y, device, 1000, train=False, channels_last=channels_last)
+    if len(train_b) == 0:
+        raise ValueError(f"batch_size {recipe.batch_size} is larger than the {len(data.train_y)} training images")
+    opt = make_optimizer(model, recipe)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(recipe.epochs * len(train_b), recipe.warmup_frac))
+
+    # The epoch loop: train, time (synchronized on a GPU), test.
     epochs_log: list[dict[str, Any]] = []
-    train_s = 0.0
-    images = 0
+    train_s, images = 0.0, 0
     for epoch in range(1, recipe.epochs + 1):
         if on_gpu:
             torch.cuda.synchronize(device)
@@ -214,40 +239,6 @@ def _epochs(spec, model, step_model, train_b, test_b, opt, sched, teacher, amp_d
                            "epoch_s": dt, "train_img_per_s": seen / dt})
         log(f"[train {spec.key}] epoch {epoch}/{recipe.epochs} loss {loss:.3f} train {acc:.1f}% "
             f"test {top1:.2f}% {dt:.1f}s {seen / dt:,.0f} img/s")
-    return epochs_log, train_s, images
-
-
-def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: dict | None,
-           log: Callable[[str], None]) -> dict[str, Any]:
-    recipe = spec.recipe
-    torch.manual_seed(spec.seed)
-    data = data.subset(recipe.train_subset, recipe.test_subset)
-    on_gpu = device.type == "cuda"
-    # Mixed precision and channels_last are GPU speed-ups; on CPU they only slow a test run down.
-    amp_dtype = AMP_DTYPES[recipe.amp] if on_gpu else None
-    channels_last = recipe.channels_last and on_gpu
-
-    model = build_model(spec.arch, dict(spec.arch_args)).to(device)
-    if has_whitening_stem(model):  # a whitening stem is set from the training patches, then frozen
-        images = torch.from_numpy(np.array(data.train_x[:5000])).to(device)
-        init_whitening(model, normalizer(device)(images))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    teacher = model_from_checkpoint(teacher_ckpt, device) if teacher_ckpt is not None else None
-    if teacher is not None and channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if (recipe.compile and on_gpu) else model
-
-    train_b = DeviceBatches(data.train_x, data.train_y, device, recipe.batch_size, train=True, seed=spec.seed,
-                            channels_last=channels_last, cutout_size=recipe.cutout)
-    test_b = DeviceBatches(data.test_x, data.test_y, device, 1000, train=False, channels_last=channels_last)
-    if len(train_b) == 0:
-        raise ValueError(f"batch_size {recipe.batch_size} is larger than the {len(data.train_y)} training images")
-    opt = make_optimizer(model, recipe)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(recipe.epochs * len(train_b), recipe.warmup_frac))
-
-    epochs_log, train_s, images = _epochs(spec, model, step_model, train_b, test_b, opt, sched, teacher,
-                                          amp_dtype, log)
 
     model.eval()
     # The number the sweep reports for the trained model: full fp32 (TF32 off), no autocast, contiguous.
