@@ -156,7 +156,8 @@ def export(run_dir: Path, variant_id: str | None = None, out: Path | None = None
     files.write_via_memory(out / "state_dict.pt", lambda f: torch.save(state, f))
     info = describe(row, why, cfg, ckpt, ckpt_path, onnx_method)
     info["accuracy"] = {"test_set": test_source, **remeasure(out, model, x, y)}
-    info["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": hashlib.sha256((out / f).read_bytes()).hexdigest()}
+    info["files"] = {f: {"bytes": (out / f).stat().st_size,
+                         "sha256": hashlib.sha256((out / f).read_bytes()).hexdigest()}
                      for f in ("model.pt2", "model.onnx", "state_dict.pt")}
     files.write_json(info, out / "export.json")
     text = loading_snippet(info, out)
