@@ -2,15 +2,15 @@
 
 Every sweep ends by timing some of its own rows again, in new actor processes (runner/engine/bench_phase.py):
 the brief's named rows, the chosen variant and `bench.recheck` others drawn at random (seeded:
-runner/decisions.recheck_sample). `agreement(summary, rechecks)` compares the in-sweep p50 with the re-check's; a row outside tolerance is flagged wherever it appears.
-`host_gap` flags a row whose host-clock time (what a caller waits) far exceeds its CUDA-event time: the
-sign of contention that event time alone hides.
+runner/decisions.recheck_sample). `agreement(summary, rechecks)` compares the in-sweep p50 with the
+re-check's; a row outside tolerance is flagged wherever it appears. `host_gap` flags a row whose host-clock
+time (what a caller waits) far exceeds its CUDA-event time: the sign of contention that event time alone hides.
 """
 from __future__ import annotations
 
-import math
-
 import pandas as pd
+
+from runner.report_format import _missing
 
 # In-sweep p50 / re-check p50 must stay within these (eager rows are dispatch-bound and noisier).
 TOLERANCE = {"graph": 0.05, "eager": 0.10}
@@ -21,40 +21,22 @@ HOST_GAP_FACTOR = 1.5
 HOST_GAP_SLACK_MS = 0.03
 
 
-def is_graphed(row) -> bool:
-    return bool(row.get("cuda_graph")) or str(row.get("compile")) in GRAPHING_COMPILE
-
-
 def host_gap(row) -> bool:
     h, e = row.get("host_p50_ms"), row.get("lat_p50_ms")
-    if h is None or e is None or _nan(h) or _nan(e):
-        return False
-    return float(h) > HOST_GAP_FACTOR * float(e) + HOST_GAP_SLACK_MS
-
-
-def _is(x, value: bool) -> bool:
-    """x is (numpy or Python) boolean `value`; None / NaN are neither."""
-    return x is not None and not _nan(x) and bool(x) == value
-
-
-def _nan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)
+    return not _missing(h) and not _missing(e) and float(h) > HOST_GAP_FACTOR * float(e) + HOST_GAP_SLACK_MS
 
 
 def rank_latency(row) -> float:
     """What the chosen model is ranked on: host-clock p95 (what a caller waits), event p95 without one."""
     h = row.get("host_p95_ms")
-    return float(row.get("lat_p95_ms")) if h is None or _nan(h) else float(h)
+    return float(row.get("lat_p95_ms")) if _missing(h) else float(h)
 
 
 def rank_interval(row) -> tuple[float, float] | None:
     """The 95% interval (runner/intervals.py) of what rank_latency ranks on, None where the row has none."""
-    h = row.get("host_p95_ms")
-    clock = "lat" if h is None or _nan(h) else "host"
+    clock = "lat" if _missing(row.get("host_p95_ms")) else "host"
     lo, hi = row.get(f"{clock}_p95_lo_ms"), row.get(f"{clock}_p95_hi_ms")
-    if lo is None or hi is None or _nan(lo) or _nan(hi):
-        return None
-    return float(lo), float(hi)
+    return None if _missing(lo) or _missing(hi) else (float(lo), float(hi))
 
 
 def overlaps(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool | None:
@@ -80,22 +62,18 @@ def agreement(summary: pd.DataFrame, rechecks: pd.DataFrame) -> pd.DataFrame:
         if s.empty:
             continue
         s = s.iloc[0]
-        kind = "graph" if is_graphed(s) else "eager"
-        ratio = float(s["lat_p50_ms"]) / float(r["recheck_p50_ms"])
+        kind = "graph" if bool(s.get("cuda_graph")) or str(s.get("compile")) in GRAPHING_COMPILE else "eager"
+        p50 = float(r["recheck_p50_ms"])
+        ratio = float(s["lat_p50_ms"]) / p50
+        lo, hi = s.get("lat_p50_lo_ms"), s.get("lat_p50_hi_ms")
+        lo, hi = (None, None) if _missing(lo) or _missing(hi) else (float(lo), float(hi))
         rows.append({"variant_id": r["variant_id"], "brief_id": s.get("brief_id"), "kind": kind,
-                     "sweep_p50_ms": float(s["lat_p50_ms"]), "recheck_p50_ms": float(r["recheck_p50_ms"]),
+                     "sweep_p50_ms": float(s["lat_p50_ms"]), "recheck_p50_ms": p50,
                      "ratio": ratio, "tolerance": TOLERANCE[kind], "within": abs(ratio - 1) <= TOLERANCE[kind],
                      "recheck_repeats": r.get("recheck_repeats"), "recheck_slices": r.get("recheck_slices"),
-                     **_inside(s, float(r["recheck_p50_ms"])),
+                     "sweep_p50_lo_ms": lo, "sweep_p50_hi_ms": hi, "inside": None if lo is None else lo <= p50 <= hi,
                      "recheck_p50_lo_ms": r.get("recheck_p50_lo_ms"), "recheck_p50_hi_ms": r.get("recheck_p50_hi_ms")})
     return pd.DataFrame(rows, columns=cols)
-
-
-def _inside(s, recheck_p50: float) -> dict:
-    lo, hi = s.get("lat_p50_lo_ms"), s.get("lat_p50_hi_ms")
-    if lo is None or hi is None or _nan(lo) or _nan(hi):
-        return {"sweep_p50_lo_ms": None, "sweep_p50_hi_ms": None, "inside": None}
-    return {"sweep_p50_lo_ms": float(lo), "sweep_p50_hi_ms": float(hi), "inside": float(lo) <= recheck_p50 <= float(hi)}
 
 
 def flags(row, disagreeing: set[str]) -> str:
@@ -105,9 +83,9 @@ def flags(row, disagreeing: set[str]) -> str:
         out.append("re-check disagrees")
     if host_gap(row):
         out.append("host >> event")
-    if _is(row.get("unstable"), True):
+    if not _missing(row.get("unstable")) and bool(row["unstable"]):
         out.append("unstable")
-    if _is(row.get("gpu_exclusive"), False):
+    if not _missing(row.get("gpu_exclusive")) and not bool(row["gpu_exclusive"]):
         out.append("GPU not exclusive")
     ev = row.get("eval_error")
     if isinstance(ev, str) and ev:

@@ -20,32 +20,31 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Every option's help ends with its default; descriptions keep their line breaks."""
 
 
-def _at_least(low: int):
-    """An argparse type: a whole number >= `low`, refused at parse time with the flag's value named."""
-    def count(text: str) -> int:
+def _number(convert, ok, what: str, want: str):
+    """An argparse type: `convert(text)` that passes `ok`, refused at parse time with the flag's value named."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text}: give a number >= {low}")
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text}: give {want}")
         return value
-    return count
+    return parse
 
 
-SEEDS = (-2**63, 2**63 - 1)
+def _at_least(low: int):
+    return _number(int, lambda v: v >= low, "a whole number", f"a number >= {low}")
 
 
-def _seed(text: str) -> int:
-    """A whole number that fits the int64 seed column (torch takes these; 2**64 was a traceback once the
-    models had loaded, and 2**63 made train-bench's seed column uint64)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if not SEEDS[0] <= value <= SEEDS[1]:
-        raise argparse.ArgumentTypeError(f"{text}: give a seed from -2**63 to 2**63-1")
-    return value
+def _positive(unit: str):
+    """A finite number of `unit` above 0 (nan, inf and 1e999 are refused, not waited for)."""
+    return _number(float, lambda v: 0 < v < math.inf, f"a number of {unit}", f"a finite number of {unit} above 0")
+
+
+# A seed fits the int64 seed column (torch takes these; 2**64 was a traceback once the models had loaded,
+# and 2**63 made train-bench's seed column uint64).
+_seed = _number(int, lambda v: -2**63 <= v <= 2**63 - 1, "a whole number", "a seed from -2**63 to 2**63-1")
 
 
 def _seeds(text: str) -> str:
@@ -56,19 +55,6 @@ def _seeds(text: str) -> str:
     for s in filter(str.strip, text.split(",")):
         _seed(s)
     return text
-
-
-def _positive(unit: str):
-    """An argparse type: a finite number of `unit` above 0 (nan, inf and 1e999 are refused, not waited for)."""
-    def number(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number of {unit}") from None
-        if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"{text}: give a finite number of {unit} above 0")
-        return value
-    return number
 
 
 # The options several verbs take, defined once. A verb's code is imported only when that verb runs, so
@@ -214,48 +200,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _handler(target: str):
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runner import guard
-    from variants import SpecError
     try:
+        module, func = args.target.split(":")
         with guard.handle_signals():  # Ctrl-C / SIGTERM: clean shutdown, exit 130 / 143
-            return _handler(args.target)(args)
-    except SpecError as e:
-        print(f"error in sweep file: {e}", file=sys.stderr)
-        return 2
-    except guard.GuardError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the machine said no: permission, read-only or full disk, a file where a folder goes
-        from runner.files import oserror_line
-        print(f"error: {oserror_line(e)}", file=sys.stderr)
-        return 2
-    except UnicodeError as e:  # a name or file that is not text in the encoding it is read with
-        from runner.files import short
-        print(f"error: {short(e)}", file=sys.stderr)
-        return 2
+            return getattr(importlib.import_module(module), func)(args)
     except KeyboardInterrupt:
         code = guard.interrupted_exit_code()
         print(f"interrupted (exit {code}); a sweep keeps what landed: re-run the same command to resume",
               file=sys.stderr)
         return code
     except Exception as e:
-        from runner.data import DataError
-        from runner.files import FileError
-        if isinstance(e, FileError):  # a run-folder file too large, not JSON, nested too deeply
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if isinstance(e, DataError):
-            print(f"data error: {e}", file=sys.stderr)
-            return 2
-        sweep = sys.modules.get("runner.sweep")  # imported only if a verb used it (it pulls in Ray)
-        if sweep is not None and isinstance(e, sweep.WorkerStartError):
-            print(f"ray error: {e}", file=sys.stderr)
-            return 2
-        raise
+        line = _user_error(e)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
+
+
+def _user_error(e: Exception) -> str | None:
+    """One line for an error a user can fix (exit 2); None for anything else (its traceback is shown)."""
+    from runner.files import FileError, oserror_line, short
+    from runner.guard import GuardError
+    from variants import SpecError
+    if isinstance(e, SpecError):
+        return f"error in sweep file: {e}"
+    if isinstance(e, OSError):  # the machine said no: permission, read-only or full disk, a file where a folder goes
+        return f"error: {oserror_line(e)}"
+    if isinstance(e, UnicodeError):  # a name or file that is not text in the encoding it is read with
+        return f"error: {short(e)}"
+    if isinstance(e, (GuardError, FileError)):  # FileError: a run-folder file too large, not JSON, nested too deeply
+        return f"error: {e}"
+    from runner.data import DataError
+    if isinstance(e, DataError):
+        return f"data error: {e}"
+    sweep = sys.modules.get("runner.sweep")  # imported only if a verb used it (it pulls in Ray)
+    if sweep is not None and isinstance(e, sweep.WorkerStartError):
+        return f"ray error: {e}"
+    return None

@@ -125,12 +125,6 @@ def cmd_report(args) -> int:
     return 0
 
 
-def train_checkpoint_path(out: Path, sweep: str, model: str) -> Path:
-    """Where `train` saves: runs/<sweep>/train/<model>.pt, beside (never over) the sweep's own
-    runs/<sweep>/checkpoints/<model>.pt, which a sweep reuses on resume and its rows were measured from."""
-    return out / sweep / "train" / f"{model}.pt"
-
-
 def cmd_train(args) -> int:
     import torch
 
@@ -148,7 +142,9 @@ def cmd_train(args) -> int:
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = train(m, _data(spec, args, Path(args.out) / spec.name), device)
-    out = train_checkpoint_path(Path(args.out), spec.name, m.key)
+    # Beside (never over) the sweep's own checkpoints/<model>.pt, which a sweep reuses on resume and its rows
+    # were measured from.
+    out = Path(args.out) / spec.name / "train" / f"{m.key}.pt"
     files.write_via_memory(out, lambda f: torch.save(ckpt, f))
     print(f"{m.key}: top1 {ckpt['top1_pct']:.2f}% (fp32) in {ckpt['train_s']:.1f}s "
           f"({ckpt['train_img_per_s']:,.0f} img/s on {device}); checkpoint {out}")

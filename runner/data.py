@@ -1,4 +1,4 @@
-"""CIFAR-10 as uint8 tensors, decoded once and cached (batches and augmentation: runner/batches.py).
+"""CIFAR-10 as uint8 tensors, decoded once and cached (batches and augmentation: runner/train.py).
 
     python -m runner sweep --config variants/default.yaml --data /path/to/cifar10-jpeg
 
@@ -173,16 +173,13 @@ def _load_folder(path: Path) -> Cifar:
                             f"{tree}/test/<class>/ with one sub-folder per class ({', '.join(CLASSES)}).")
         parts[split] = _decode_split(split_dir)
     (trx, tr_y), (tex, te_y) = parts["train"], parts["test"]
-    jpeg = " (JPEG copy: accuracy is a proxy for the official test set)" if _is_jpeg(tree) else ""
+    first = next((tree / "test").rglob("*.*"), None)
+    jpeg = " (JPEG copy: accuracy is a proxy for the official test set)" if first is not None and \
+        first.suffix.lower() in (".jpg", ".jpeg") else ""
     source = f"image folder {path} sha256:{_checksum(trx, tex)}{jpeg}"
     files.write_new(cached, lambda f: np.savez(f, train_x=trx, train_y=tr_y, test_x=tex, test_y=te_y,
                                                source=np.array(source)))
     return Cifar(trx, tr_y, tex, te_y, source)
-
-
-def _is_jpeg(tree: Path) -> bool:
-    first = next((tree / "test").rglob("*.*"), None)
-    return first is not None and first.suffix.lower() in (".jpg", ".jpeg")
 
 
 def _tree_key(tree: Path) -> str:
@@ -197,24 +194,19 @@ def _tree_key(tree: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_hash(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-
-
 def _unpack(path: Path) -> tuple[Path, str]:
     """Unpack train.tar.xz + test.tar.xz into the cache, keyed on the archives' bytes (a replaced archive
     is unpacked again); return the tree and that key. Unpacked into a temporary folder and renamed when
     complete, so a truncated archive or a kill half-way never leaves a half tree that a later run would
     take as whole."""
     archives = [path / f"{split}.tar.xz" for split in ("train", "test")]
+    h = hashlib.sha256()
     for archive in archives:
         if not archive.exists():
             raise DataError(f"{archive} is missing next to {archives[0]}")
-    h = hashlib.sha256()
-    for archive in archives:
-        _file_hash(h, archive)
+        with open(archive, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     key = h.hexdigest()[:16]
     dest = cache_dir() / f"unpacked-{key}"
     if not dest.is_dir():

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 
 from runner import agreement
+from runner.pairs import MAX_ACC_DROP_PTS
 from runner.report_format import _missing, _ok
 from variants import OPTIMISATION_ORDER
 
 # Optimisation axes from last-applied to first, with the value that means "not applied".
 AXES = tuple(reversed(OPTIMISATION_ORDER))
-MAX_ACC_DROP_PTS = 0.5  # an optimisation may cost at most this much top-1 accuracy to be kept
 
 
 def _axis_value(row: pd.Series, axis: str, base: Any) -> Any:
@@ -23,28 +23,14 @@ def _axis_value(row: pd.Series, axis: str, base: Any) -> Any:
 
 
 def parent_key(row: pd.Series) -> tuple[tuple, str | None]:
-    """(axes of the parent, name of the axis undone): the last-applied optimisation reset to its base.
-
-    Optimisations apply in the order precision -> memory_format -> compile -> cuda_graph -> bn_fold, so the
-    last one applied is the highest-order axis not at its base value. A variant with every axis at base is
-    a root: its parent key is None.
-    """
+    """(axes of the parent, name of the axis undone): the last-applied optimisation (the highest-order axis
+    not at its base value, in OPTIMISATION_ORDER) reset to its base; (None, None) for a root."""
     axes = {a: _axis_value(row, a, b) for a, b in AXES}
     for axis, base in AXES:
         if axes[axis] != base:
             parent = dict(axes, **{axis: base})
             return (str(row["model"]), *[parent[a] for a, _ in AXES]), axis
     return None, None
-
-
-def _own_key(row: pd.Series) -> tuple:
-    return (str(row["model"]), *[_axis_value(row, a, b) for a, b in AXES])
-
-
-def _p50_values(frame: pd.DataFrame) -> dict[str, list[float]]:
-    """variant_id -> per-repeat p50. A summary (one line per variant) gives one value per variant."""
-    ok = _ok(frame).dropna(subset=["lat_p50_ms"])
-    return {vid: list(g["lat_p50_ms"]) for vid, g in ok.groupby("variant_id", sort=False)}
 
 
 def _p50_interval(r: pd.Series) -> tuple[float, float] | None:
@@ -77,14 +63,11 @@ def _verdict(gain: float, noise: float, acc_drop: float, ci=None, parent_ci=None
 def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
     """Keep / drop each ok variant against its parent (the same variant, last optimisation undone).
 
-    gain_ms = median p50 of the parent - median p50 of the variant (over repeats);
-    noise_ms = the larger of the two max-min ranges of p50 over repeats;
-    keep when gain_ms > noise_ms and the accuracy drop is at most MAX_ACC_DROP_PTS points.
-    Where both rows carry 95% p50 intervals (runner/intervals.py) the intervals decide instead: keep when the
-    variant's lies wholly below its parent's, "slower" when wholly above, "not distinguishable" on overlap;
-    the intervals are in p50_lo_ms / p50_hi_ms and parent_p50_lo_ms / parent_p50_hi_ms.
-    Given per-repeat rows (RESULT_SCHEMA) the noise is measured; given a one-line-per-variant summary
-    there is no spread to measure, so the decision says "undecided" rather than pretend the noise is 0.
+    gain_ms = median p50 of the parent - median p50 of the variant (over repeats); noise_ms = the larger of
+    the two max-min ranges of p50 over repeats; keep when gain_ms > noise_ms and the accuracy drop is at most
+    MAX_ACC_DROP_PTS points. Where both rows carry 95% p50 intervals (runner/intervals.py) the intervals
+    decide instead (`_verdict`). Given a one-line-per-variant summary there is no spread to measure, so the
+    decision says "undecided" rather than pretend the noise is 0.
     """
     cols = ["variant_id", "brief_id", "model", "parent_id", "axis", "change", "parent_p50_ms", "p50_ms",
             "gain_ms", "gain_pct", "noise_ms", "parent_top1_pct", "top1_pct", "acc_delta_pts", "decision",
@@ -92,21 +75,21 @@ def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
     frame = summary_or_results
     if frame.empty:
         return pd.DataFrame(columns=cols)
-    ok = _ok(frame)
-    firsts = ok.drop_duplicates("variant_id")
+    firsts = _ok(frame).drop_duplicates("variant_id")
     by_key = {}
-    for _, r in firsts.iterrows():
-        by_key.setdefault(_own_key(r), r)  # first variant wins if two share every axis
-    values = _p50_values(frame)
+    for _, r in firsts.iterrows():  # first variant wins if two share every axis
+        by_key.setdefault((str(r["model"]), *[_axis_value(r, a, b) for a, b in AXES]), r)
+    # variant_id -> per-repeat p50; a summary (one line per variant) gives one value per variant
+    timed = _ok(frame).dropna(subset=["lat_p50_ms"])
+    values = {vid: list(g["lat_p50_ms"]) for vid, g in timed.groupby("variant_id", sort=False)}
     rows = []
     for _, r in firsts.iterrows():
         key, axis = parent_key(r)
-        row = {c: None for c in cols}
-        row.update(variant_id=r["variant_id"], brief_id=r.get("brief_id"), model=r["model"], axis=axis,
-                   top1_pct=r.get("top1_pct"))
         v = values.get(r["variant_id"], [])
-        row["p50_ms"] = pd.Series(v).median() if v else None
-        row["p50_lo_ms"], row["p50_hi_ms"] = _p50_interval(r) or (None, None)
+        lo, hi = _p50_interval(r) or (None, None)
+        row = dict.fromkeys(cols) | dict(variant_id=r["variant_id"], brief_id=r.get("brief_id"), model=r["model"],
+                                         axis=axis, top1_pct=r.get("top1_pct"), p50_lo_ms=lo, p50_hi_ms=hi,
+                                         p50_ms=pd.Series(v).median() if v else None)
         parent = by_key.get(key) if key else None
         if key is None:
             row["decision"] = "baseline (no parent)"
@@ -121,24 +104,19 @@ def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
 
 def _compare(r: pd.Series, parent: pd.Series, axis: str, v: list[float], pv: list[float]) -> dict:
     base = dict(AXES)[axis]
-    out: dict[str, Any] = {"parent_id": parent["variant_id"], "parent_top1_pct": parent.get("top1_pct"),
-                           "change": f"{axis}: {_axis_value(parent, axis, base)} -> {_axis_value(r, axis, base)}"}
-    pm = pd.Series(pv).median() if pv else None
-    vm = pd.Series(v).median() if v else None
-    out["parent_p50_ms"] = pm
+    pm, vm = (pd.Series(x).median() if x else None for x in (pv, v))
     gain = None if _missing(pm) or _missing(vm) else pm - vm
-    out["gain_ms"] = gain
-    out["gain_pct"] = None if gain is None or not pm else gain / pm * 100
     # With one value on either side there is no spread, so no noise estimate.
     noise = max(max(v) - min(v), max(pv) - min(pv)) if len(v) > 1 and len(pv) > 1 else None
-    out["noise_ms"] = noise
     pt, vt = parent.get("top1_pct"), r.get("top1_pct")
     drop = None if _missing(pt) or _missing(vt) else float(pt) - float(vt)
-    out["acc_delta_pts"] = None if drop is None else -drop
     ci, parent_ci = _p50_interval(r), _p50_interval(parent)
-    out["parent_p50_lo_ms"], out["parent_p50_hi_ms"] = parent_ci or (None, None)
-    out["decision"] = _verdict(gain, noise, drop, ci, parent_ci)
-    return out
+    lo, hi = parent_ci or (None, None)
+    return {"parent_id": parent["variant_id"], "parent_top1_pct": pt, "parent_p50_ms": pm,
+            "change": f"{axis}: {_axis_value(parent, axis, base)} -> {_axis_value(r, axis, base)}",
+            "gain_ms": gain, "gain_pct": None if gain is None or not pm else gain / pm * 100, "noise_ms": noise,
+            "acc_delta_pts": None if drop is None else -drop, "parent_p50_lo_ms": lo, "parent_p50_hi_ms": hi,
+            "decision": _verdict(gain, noise, drop, ci, parent_ci)}
 
 
 # ---------------------------------------------------------------- the chosen model

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,17 @@ def git_commit() -> str:
     sha = os.environ.get("RUNNER_GIT_COMMIT")  # the driver passes its commit to workers on other nodes
     if sha:
         return sha
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
     try:
         # Only the project's own checkout: a copy unpacked inside another repository must not record that
         # repository's commit (git walks up from `root` to the first .git it finds).
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
+        top = git("rev-parse", "--show-toplevel")
         if not top or Path(top).resolve() != root:
             return "unknown"
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return (sha + ("-dirty" if dirty else "")) or "unknown"
+        sha = git("rev-parse", "--short=12", "HEAD")
+        return (sha + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")) or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -104,8 +104,6 @@ class GpuMonitor:
         self._thread = None
 
     def __enter__(self) -> "GpuMonitor":
-        import threading
-
         first = nvml_state(self.uuid)
         if not self.uuid:
             self.note = "no GPU: NVML not read"

@@ -22,13 +22,11 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, *,
     `prepare_input` casts each batch the way the variant's inputs are cast (dtype, memory format);
     it runs outside the model so the callable sees exactly what the benchmark feeds it.
     """
-    correct = 0
-    total = 0
+    correct = total = 0
     for xb, yb in batches:
         if prepare_input is not None:
             xb = prepare_input(xb)
-        device_type = xb.device.type
-        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(xb.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = fn(xb)
         correct += (logits.argmax(1) == yb).sum().item()
         total += len(yb)

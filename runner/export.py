@@ -2,19 +2,10 @@
 
     python -m runner export --run runs/<sweep> [--variant ID] [--out DIR] [--data SOURCE]
 
-The model is the sweep's chosen one (lowest host-clock p95 among ok variants at or above the accuracy
-bar, as in the report; the most accurate one, the fastest of equals, when none reaches it) or `--variant`.
-What is exported is the fp32 eval model of that variant's checkpoint, with its BatchNorms folded when the
-variant folds them: precision, memory format, compile mode and CUDA graph are deployment choices of the
-runtime that loads the file.
-The folder (default runs/<sweep>/export/<variant_id>/) holds:
-
-    model.pt2       torch.export program (dynamic batch); torch.export.load(...).module()(x)
-    model.onnx      the same program through torch.onnx (input "input", output "logits", dynamic batch)
-    state_dict.pt   fp32 weights of the unfolded model (for `models.get_model(arch, **arch_args)`)
-    export.json     what was exported and the accuracy re-measured FROM THOSE FILES on the sweep's test
-                    images (ONNX through onnxruntime on CPU), with agreement vs the project's own model
-    export.md       how to load it; also appended to runs/<sweep>/export.md
+The model is the report's chosen one (runner/decisions.choose) or `--variant`. What is exported is the fp32
+eval model of that variant's checkpoint, with its BatchNorms folded when the variant folds them: precision,
+memory format, compile mode and CUDA graph are deployment choices of the runtime that loads the file. What
+the folder holds, and how its accuracy is re-measured from the files themselves: docs/export.md.
 """
 from __future__ import annotations
 
@@ -54,8 +45,7 @@ def pick(run_dir: Path, variant_id: str | None) -> tuple[pd.Series, str]:
             raise LookupError(f"variant '{variant_id}' ended as '{row['status']}' in the sweep"
                               + (f" ({why})" if why else "") + ": nothing measured to export")
         return row, "named with --variant"
-    sweep_json = run_dir / "sweep.json"
-    meta = files.read_json(sweep_json) if sweep_json.exists() else {}
+    meta = files.read_json(run_dir / "sweep.json") if (run_dir / "sweep.json").exists() else {}
     bar = float(meta.get("accuracy_bar_pct", ACCURACY_BAR_PCT))
     best = choose(summary, bar)
     if best["chosen"] is not None:
@@ -125,11 +115,9 @@ def remeasure(out: Path, reference: torch.nn.Module, x: torch.Tensor, y: np.ndar
     outs = {"model.pt2": logits_of(lambda b: pt2(b).numpy(), x),
             "model.onnx": logits_of(lambda b: session.run(None, {"input": b.numpy()})[0], x)}
 
-    def top1(logits: np.ndarray) -> float:
-        return float((logits.argmax(1) == y).mean() * 100)
-    res: dict[str, Any] = {"images": int(len(y)), "reference_top1_pct": top1(ref)}
+    res: dict[str, Any] = {"images": int(len(y)), "reference_top1_pct": float((ref.argmax(1) == y).mean() * 100)}
     for name, logits in outs.items():
-        res[name] = {"top1_pct": top1(logits),
+        res[name] = {"top1_pct": float((logits.argmax(1) == y).mean() * 100),
                      "agreement_pct": float((logits.argmax(1) == ref.argmax(1)).mean() * 100),
                      "max_abs_logit_diff": float(np.abs(logits - ref).max())}
     return res
@@ -146,10 +134,6 @@ def sweep_test_set(run_dir: Path, ckpt: dict, model_cfg: dict, data_arg: str | N
     test = data.subset(0, model_cfg["recipe"].get("test_subset", 0))
     x = normalizer(torch.device("cpu"))(torch.from_numpy(np.array(test.test_x)))
     return x, np.asarray(test.test_y), test.source
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def export(run_dir: Path, variant_id: str | None = None, out: Path | None = None,
@@ -172,7 +156,8 @@ def export(run_dir: Path, variant_id: str | None = None, out: Path | None = None
     files.write_via_memory(out / "state_dict.pt", lambda f: torch.save(state, f))
     info = describe(row, why, cfg, ckpt, ckpt_path, onnx_method)
     info["accuracy"] = {"test_set": test_source, **remeasure(out, model, x, y)}
-    info["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": sha256(out / f)}
+    info["files"] = {f: {"bytes": (out / f).stat().st_size,
+                         "sha256": hashlib.sha256((out / f).read_bytes()).hexdigest()}
                      for f in ("model.pt2", "model.onnx", "state_dict.pt")}
     files.write_json(info, out / "export.json")
     text = loading_snippet(info, out)

@@ -1,18 +1,11 @@
 """Every file the runner reads or writes goes through here, on a machine that may say no or lie (issue 27).
 
-    read_json(path)          at most MAX_READ bytes, depth bounded: a file that never ends or a JSON nested
-                             10**5 deep is a one-line FileError (a ValueError), not a hang or a RecursionError
-    write_new(path, write)   `write(f)` fills a new file made beside `path` (O_CREAT|O_EXCL|O_NOFOLLOW, mode
-                             0666 less the umask), then os.replace: a reader never sees half a file, and a
-                             link planted at `path` is itself replaced, never followed to the file it names
-    write_by_name(path, write)   the same for writers that want a file name (torch.onnx)
-    write_via_memory(path, save) the same for torch.save / torch.export.save: they write into memory, then
-                             write_new writes the bytes (torch's own zip writer fails or aborts on a full disk)
-    write_text(path, text)   write_new for text (UTF-8)
-    oserror_line(e)          an OSError as one line naming the path and the cause (runner/cli.py prints it)
-
-A write that fails (a full disk, a read-only file system) raises OSError naming the file asked for (not the
-temp file, nor no file: a write() past the end of the disk names none), and leaves `path` as it was.
+Reads are capped (MAX_READ bytes, JSON depth bounded): a file that never ends or a JSON nested 10**5 deep
+is a one-line FileError (a ValueError), not a hang or a RecursionError. Writes fill a new file beside the
+path and rename it over the path: a reader never sees half a file, and a link planted at the path is itself
+replaced, never followed to the file it names. A write that fails (a full disk, a read-only file system)
+raises OSError naming the file asked for (not the temp file, nor no file: a write() past the end of the
+disk names none), and leaves the path as it was; the CLI prints it as one line (`oserror_line`).
 """
 from __future__ import annotations
 
@@ -60,7 +53,7 @@ def read_json(path: str | Path, limit: int = MAX_READ) -> Any:
 
 
 def write_new(path: str | Path, write: Callable[[Any], Any], *, text: bool = False) -> Path:
-    """Create `path` by writing a new temp file in its folder and renaming it over `path` (see above)."""
+    """Create `path`: `write(f)` fills a new file made beside it (O_CREAT|O_EXCL|O_NOFOLLOW), renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")

@@ -67,22 +67,16 @@ def check_paths(spec: Any, run_dir: Path) -> None:
 
 # ---- one sweep per run folder --------------------------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def _owner_gone(lock: dict) -> str | None:
     """Why the process a lock of this host names is no longer its owner, or None while it is. A pid alone
     is not enough: after a reboot or many processes the same pid runs something else, so the lock also
     keeps the owner's start time (/proc/<pid>/stat); a lock without one (older code) is judged by pid."""
-    if not _pid_alive(lock["pid"]):
+    try:
+        os.kill(lock["pid"], 0)
+    except ProcessLookupError:
         return "is no longer running"
+    except PermissionError:  # alive, owned by someone else
+        pass
     recorded, now = lock.get("pid_start"), start_ticks(lock["pid"])
     if isinstance(recorded, int) and now is not None and now != recorded:
         return "is no longer running (that pid now belongs to a process started later)"

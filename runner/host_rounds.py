@@ -89,11 +89,10 @@ def section_lines(results: pd.DataFrame, cv_bound_pct: float) -> list[str]:
     n_unstable = int(results.loc[results["status"] == "ok"].groupby("variant_id")["lat_cv_pct"].first()
                      .gt(cv_bound_pct).sum())
     through = unstable_through_host(results, table, cv_bound_pct)
-    lines = [f"**The host's rounds.** Each bench task timed its variants round-robin, each repeat in slices "
-             f"spread over the task; a round (one slice of one repeat of every variant of a task) in which the "
-             f"median variant read {SLOW_ROUND:.2f}x or more of its own median is a slow phase of the host, "
-             f"not of a variant (runner/host_rounds.py). {len(slow)} of {len(table)} rounds were slow"
-             + (f" (factors {slow['factor'].min():.2f}-{slow['factor'].max():.2f})" if len(slow) else "")
-             + f"; {len(through)} of the {n_unstable} unstable row(s) are unstable only through them"
-             + (": " + ", ".join(f"`{v}`" for v in through) if through else "") + ".", ""]
-    return lines
+    return [f"**The host's rounds.** Each bench task timed its variants round-robin, each repeat in slices "
+            f"spread over the task; a round (one slice of one repeat of every variant of a task) in which the "
+            f"median variant read {SLOW_ROUND:.2f}x or more of its own median is a slow phase of the host, "
+            f"not of a variant (runner/host_rounds.py). {len(slow)} of {len(table)} rounds were slow"
+            + (f" (factors {slow['factor'].min():.2f}-{slow['factor'].max():.2f})" if len(slow) else "")
+            + f"; {len(through)} of the {n_unstable} unstable row(s) are unstable only through them"
+            + (": " + ", ".join(f"`{v}`" for v in through) if through else "") + ".", ""]

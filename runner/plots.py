@@ -1,4 +1,7 @@
-"""The report's accuracy-vs-latency plot, and the figure helper every report plot uses.
+"""The accuracy-vs-latency Pareto front and its plots, and the figure helper every report plot uses.
+
+    front = pareto_front(df, "top1_pct", "lat_p95_ms")
+    fig = plot_pareto(df, "top1_pct", "lat_p95_ms", label_col="variant_id", lat_scale=1000, lat_unit="us")
 
 The plot must stay readable with dozens of variants whose latencies span decades or only a few percent:
 every major tick of the log axis is labelled (ticks chosen from 1-2-5 or finer steps to fit the range),
@@ -15,13 +18,15 @@ import numpy as np
 import pandas as pd
 
 from runner import files
+from variants.spec import ACCURACY_BAR_PCT
 
 # Candidate tick mantissas per decade, coarse to fine; the first that gives at least 3 ticks is used.
 TICK_STEPS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0), tuple(np.arange(1.0, 10.0, 0.5)))
 
 
 def figure(size: tuple[float, float]):
-    """A Figure on an Agg canvas: no pyplot global state, no display; matplotlib imported only here."""
+    """A Figure on an Agg canvas: no pyplot global state or backend (headless workers, tests), no display;
+    matplotlib imported only here, so that reading results never pays for it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=size)
@@ -44,11 +49,20 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 
 
 def pareto_mask(latency: pd.Series, accuracy: pd.Series) -> np.ndarray:
-    """True where no other point is at least as fast and as accurate, and better in one of the two."""
+    """True where no other point is at least as fast and as accurate, and better in one of the two. n x n is
+    fine for the few hundred rows of a sweep and obviously right for ties (identical points all stay)."""
     lat, acc = latency.to_numpy(float), accuracy.to_numpy(float)
     better_or_equal = (lat[None, :] <= lat[:, None]) & (acc[None, :] >= acc[:, None])
     strictly = (lat[None, :] < lat[:, None]) | (acc[None, :] > acc[:, None])
     return ~(better_or_equal & strictly).any(axis=1)
+
+
+def pareto_front(df: pd.DataFrame, acc_col: str, lat_col: str) -> pd.DataFrame:
+    """The rows pareto_mask keeps (rows with NaN in either column left out), sorted by latency, then
+    accuracy descending."""
+    valid = df[df[acc_col].notna() & df[lat_col].notna()]
+    front = valid[pareto_mask(valid[lat_col], valid[acc_col])]
+    return front.iloc[np.lexsort((-front[acc_col].to_numpy(float), front[lat_col].to_numpy(float)))]
 
 
 def ci_errors(df: pd.DataFrame, col: str, scale: float = 1.0) -> np.ndarray | None:
@@ -77,7 +91,7 @@ def acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path:
         if xerr is not None:  # the 95% interval of each p95 (runner/intervals.py), where the rows have one
             ax.errorbar(g["lat_p95_ms"], g["top1_pct"], xerr=xerr, fmt="none", ecolor=f"C{i % 10}", alpha=0.6,
                         capsize=2, lw=1)
-    front = ok[pareto_mask(ok["lat_p95_ms"], ok["top1_pct"])].sort_values("lat_p95_ms", kind="stable")
+    front = pareto_front(ok, "top1_pct", "lat_p95_ms")
     # The best accuracy reachable within a latency budget is flat between front points: a post step.
     ax.plot(front["lat_p95_ms"], front["top1_pct"], drawstyle="steps-post", color="black", lw=1, zorder=1,
             marker="D", markersize=9, markerfacecolor="none", label="Pareto front: nothing both faster and "
@@ -113,4 +127,51 @@ def acc_vs_latency(ok: pd.DataFrame, chosen: pd.Series | None, bar: float, path:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     files.write_figure(fig, path)
+    return fig
+
+
+def plot_pareto(df: pd.DataFrame, acc_col: str, lat_col: str, *, label_col: str | None = None,
+                lat_scale: float = 1.0, lat_unit: str = "ms", acc_bars: tuple[float, ...] = (ACCURACY_BAR_PCT, 90.0),
+                title: str | None = None, ax=None):
+    """All rows as points (log latency axis; a horizontal bar for the 95% interval of rows that carry
+    `<lat_col>_lo_ms` / `_hi_ms`, runner/intervals.py), the front as a step line, labels on front points only, and a
+    dashed line per accuracy bar. Returns the matplotlib Figure; `lat_scale` converts the column's unit
+    (e.g. 1000 for ms -> us)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    if ax is None:
+        ax = figure((8, 5)).add_subplot()
+    fig = ax.figure
+    valid = df[df[acc_col].notna() & df[lat_col].notna()]
+    front = pareto_front(valid, acc_col, lat_col)
+    ax.scatter(valid[lat_col] * lat_scale, valid[acc_col], s=18, color="0.6", label="measured", zorder=2)
+    xerr = ci_errors(valid, lat_col, lat_scale)
+    if xerr is not None:  # each row's 95% interval (runner/intervals.py) where it has one
+        ax.errorbar(valid[lat_col] * lat_scale, valid[acc_col], xerr=xerr, fmt="none", ecolor="0.6", lw=1,
+                    capsize=2, zorder=2)
+    if len(front):
+        x, y = front[lat_col].to_numpy(dtype=float) * lat_scale, front[acc_col].to_numpy(dtype=float)
+        # The best accuracy reachable at a latency budget is flat between front points: a post step.
+        ax.step(x, y, where="post", color="C0", lw=1.5, label="Pareto front", zorder=3)
+        ax.scatter(x, y, s=28, color="C0", zorder=4)
+        if label_col is not None:
+            for xi, yi, text in zip(x, y, front[label_col].astype(str)):
+                ax.annotate(text, (xi, yi), xytext=(4, -10), textcoords="offset points", fontsize=7)
+    for bar in acc_bars:
+        ax.axhline(bar, color="C3", ls="--", lw=1, zorder=1)
+        ax.annotate(f"{bar:g}%", (0, bar), xycoords=("axes fraction", "data"), xytext=(2, 2),
+                    textcoords="offset points", color="C3", fontsize=8)
+    ax.set_xscale("log")
+    # Plain numbers on the log axis (20, 50, 100, ...), not powers of ten: latencies are read, not estimated.
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    # The column's own unit suffix would contradict lat_unit once scaled: lat_p95_ms -> "lat_p95 (us, ...)".
+    ax.set_xlabel(f"{lat_col.removesuffix('_ms').removesuffix('_us')} ({lat_unit}, log scale)")
+    ax.set_ylabel(acc_col)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
     return fig

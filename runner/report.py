@@ -11,55 +11,37 @@ prints as "—", never as a guess.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from runner import agreement, files, host_rounds, intervals, plots, report_latency, report_trust
-from runner.decisions import AXES, MAX_ACC_DROP_PTS, choose, decide, parent_key
-from runner.plots import figure as _figure
-from runner.report_format import DASH, _distinct, _missing, _ok, markdown_table
-from runner.report_tables import (BRIEF_ROWS, _all_section, _brief_section, _chosen_section,
-                                  _decision_section, _env_section, _header, _training_section, _tried_section)
+from runner.decisions import choose, decide
+from runner.report_format import _distinct, _missing, _ok
+from runner.report_tables import (_all_section, _brief_section, _chosen_section, _decision_section, _env_section,
+                                  _header, _training_section, _tried_section)
 from runner.results import RESULT_SCHEMA, TRAINING_SCHEMA, cv_pct, summarize
 from runner.schema import read
 from runner.timeline import section as timeline_section
 from variants.spec import ACCURACY_BAR_PCT
 
-# build_report is this module's job; the rest is re-exported for callers that import it from here.
-__all__ = ["build_report", "AXES", "BRIEF_ROWS", "DASH", "MAX_ACC_DROP_PTS", "choose", "decide", "markdown_table",
-           "parent_key"]
-
-
-# ---------------------------------------------------------------- inputs
 
 def _read_parquet(path: Path, schema: pa.Schema) -> pd.DataFrame:
     """The file (of this code's schema version, else SchemaError), or an empty frame when it is missing."""
     return read(path) if path.exists() else schema.empty_table().to_pandas()
 
 
-def _read_sweep(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "sweep.json"
-    return files.read_json(path) if path.exists() else {}
-
-
-def _repeat_stats(results: pd.DataFrame) -> pd.DataFrame:
-    """Per ok variant: the per-repeat p50 values, their min / max / CV %."""
+def _summary(results: pd.DataFrame) -> pd.DataFrame:
+    """`results.summarize` plus the spread of p50 over repeats (min / max / CV %), one line per (variant, status)."""
+    s = summarize(results)
     ok = _ok(results).dropna(subset=["lat_p50_ms"])
     if ok.empty:
-        return pd.DataFrame(columns=["p50_values", "p50_min", "p50_max", "p50_cv_pct"])
-    g = ok.groupby("variant_id", sort=False)["lat_p50_ms"]
-    out = pd.DataFrame({"p50_values": g.apply(list), "p50_min": g.min(), "p50_max": g.max()})
-    # CV over repeats needs at least two of them: with one, no spread is known (NaN prints as a dash).
-    out["p50_cv_pct"] = g.apply(lambda v: cv_pct(v) if len(v) > 1 else float("nan"))
-    return out
-
-
-def _summary(results: pd.DataFrame) -> pd.DataFrame:
-    """`results.summarize` plus the repeat spread of p50, one line per (variant, status)."""
-    s = summarize(results)
-    stats = _repeat_stats(results)
+        stats = pd.DataFrame(columns=["p50_min", "p50_max", "p50_cv_pct"])
+    else:
+        g = ok.groupby("variant_id", sort=False)["lat_p50_ms"]
+        # CV over repeats needs at least two of them: with one, no spread is known (NaN prints as a dash).
+        stats = pd.DataFrame({"p50_min": g.min(), "p50_max": g.max(),
+                              "p50_cv_pct": g.apply(lambda v: cv_pct(v) if len(v) > 1 else float("nan"))})
     return s.join(stats, on="variant_id") if not s.empty else s.assign(**{c: None for c in stats.columns})
 
 
@@ -70,13 +52,8 @@ def _plots(summary: pd.DataFrame, chosen: pd.Series | None, bar: float, out_dir:
     if ok.empty:
         return ["## Plots", "", "No plots: no variant finished with a latency and an accuracy.", ""]
     plots.acc_vs_latency(ok, chosen, bar, out_dir / "acc_vs_latency.png", cpu=cpu)  # shown with the front
-    _plot_latency_by_variant(ok, out_dir / "latency_by_variant.png")
-    return ["## Plots", "", "![p50 latency by variant, min..max over repeats](latency_by_variant.png)", ""]
-
-
-def _plot_latency_by_variant(ok: pd.DataFrame, path: Path) -> None:
     ok = ok.dropna(subset=["lat_p50_ms"]).sort_values("lat_p50_ms", ascending=False, kind="stable")
-    fig = _figure((8, 1.5 + 0.35 * len(ok)))
+    fig = plots.figure((8, 1.5 + 0.35 * len(ok)))
     ax = fig.add_subplot()
     med = ok["lat_p50_ms"].astype(float)
     lo = (med - ok["p50_min"].astype(float)).fillna(0).clip(lower=0)
@@ -87,7 +64,8 @@ def _plot_latency_by_variant(ok: pd.DataFrame, path: Path) -> None:
     ax.set_title("Latency by variant (fastest at the top)")
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    files.write_figure(fig, path)
+    files.write_figure(fig, out_dir / "latency_by_variant.png")
+    return ["## Plots", "", "![p50 latency by variant, min..max over repeats](latency_by_variant.png)", ""]
 
 
 # ---------------------------------------------------------------- entry point
@@ -97,7 +75,7 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    sweep = _read_sweep(run_dir)
+    sweep = files.read_json(run_dir / "sweep.json") if (run_dir / "sweep.json").exists() else {}
     results = _read_parquet(run_dir / "results.parquet", RESULT_SCHEMA)
     training = _read_parquet(run_dir / "training.parquet", TRAINING_SCHEMA)
     summary = intervals.across_processes(_summary(results), report_trust.read(run_dir, "twins"))
@@ -105,7 +83,7 @@ def build_report(run_dir: str | Path, *, out_dir: str | Path | None = None) -> P
     paired = not pair_rows.empty
     decisions = report_trust.paired_decisions(summary, pair_rows) if paired else decide(results)
     agree = agreement.agreement(summary, report_trust.read(run_dir, "rechecks"))
-    bad = report_trust.disagreeing(agree)
+    bad = set(agree.loc[~agree["within"].astype(bool), "variant_id"]) if not agree.empty else set()
     if not summary.empty:
         summary["flags"] = summary.apply(lambda r: agreement.flags(r, bad), axis=1)
     on_gpu = bool((results["device"] == "cuda").any())

@@ -2,8 +2,9 @@
 
 The front is drawn over every ok variant (accuracy vs CUDA-event p95); the targets are issue 24's
 (>= 85% top-1 at p95 <= 25 us, >= 90% at <= 40 us, >= 93% at <= 100 us on one H200, the host-clock p95
-within 1.5x of the event one): each is met by a named row or missed by a measured distance. The breakdown (runner/breakdown.py) gives kernels per forward, their summed time,
-the gap between them and the launch floor measured in the same task, so a reader sees why a row is slow.
+within 1.5x of the event one): each is met by a named row or missed by a measured distance. The breakdown
+(runner/breakdown.py) gives kernels per forward, their summed time, the gap between them and the launch floor
+measured in the same task, so a reader sees why a row is slow.
 """
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner.pareto import pareto_front
-from runner.report_tables import ci_note, with_ci
+from runner.plots import pareto_front
+from runner.report_format import DASH, _missing, _num, ci_note, with_ci
 
 TARGETS = ((85.0, 25.0), (90.0, 40.0), (93.0, 100.0))   # (top-1 % at least, event p95 us at most), batch 1
 HOST_RATIO = 1.5   # a target row's host-clock p95 at most this times its event p95 (what a caller waits)
-DASH = "—"
 
 
 def _ok(summary: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +48,7 @@ def targets_lines(ok: pd.DataFrame) -> list[str]:
         if not hit.empty:
             best = hit.sort_values("lat_p95_ms").iloc[0]
             hi = best.get("lat_p95_hi_ms")
-            unsure = "" if hi is None or pd.isna(hi) or hi * 1000 <= p95_us else \
+            unsure = "" if _missing(hi) or hi * 1000 <= p95_us else \
                 f"; not certainly: its 95% interval reaches {hi * 1000:.1f} us"
             ratio = best.get("host_p95_ms", float("nan")) / best["lat_p95_ms"]
             host = "" if pd.isna(ratio) else f"; host-clock p95 {ratio:.2f}x the event one" + (
@@ -79,20 +79,17 @@ def ratio_lines(ok: pd.DataFrame, front: pd.DataFrame) -> list[str]:
     if stock.empty:
         return []
     stock = stock.sort_values("lat_p95_ms").drop_duplicates("model")
+    best = [front[front["top1_pct"] >= acc].sort_values("lat_p95_ms").head(1) for acc, _ in TARGETS]
+    best = pd.concat(best).drop_duplicates("variant_id")
     lines = ["Against each model's stock path (eager ops in one CUDA graph, its fastest such variant), p95:", "",
-             "| Stock variant | Top-1 (%) | p95 (us) | " + " | ".join(
-                 f"`{r['variant_id']}` is x faster" for _, r in _best_per_target(front).iterrows()) + " |",
-             "|---|---|---|" + "---|" * len(_best_per_target(front))]
+             "| Stock variant | Top-1 (%) | p95 (us) | "
+             + " | ".join(f"`{r['variant_id']}` is x faster" for _, r in best.iterrows()) + " |",
+             "|---|---|---|" + "---|" * len(best)]
     for _, s in stock.iterrows():
-        cells = [f"{s['lat_p95_ms'] / r['lat_p95_ms']:.2f}" for _, r in _best_per_target(front).iterrows()]
+        cells = [f"{s['lat_p95_ms'] / r['lat_p95_ms']:.2f}" for _, r in best.iterrows()]
         lines.append(f"| `{s['variant_id']}` | {s['top1_pct']:.2f} | {s['lat_p95_ms'] * 1000:.1f} | "
                      + " | ".join(cells) + " |")
     return lines + [""]
-
-
-def _best_per_target(front: pd.DataFrame) -> pd.DataFrame:
-    picks = [front[front["top1_pct"] >= acc].sort_values("lat_p95_ms").head(1) for acc, _ in TARGETS]
-    return pd.concat(picks).drop_duplicates("variant_id") if picks else front.iloc[0:0]
 
 
 def breakdown_section(summary: pd.DataFrame) -> list[str]:
@@ -108,12 +105,8 @@ def breakdown_section(summary: pd.DataFrame) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for _, r in ok.iterrows():
         floor = r.get("floor_p50_us")
-        x = DASH if pd.isna(floor) or not floor else f"{r['lat_p50_ms'] * 1000 / floor:.1f}"
+        x = DASH if _missing(floor) or not floor else f"{r['lat_p50_ms'] * 1000 / floor:.1f}"
         lines.append(f"| `{r['variant_id']}` | {with_ci(r, 'lat_p50_ms', 1, 1000.0)} | "
-                     f"{_n(r.get('kernels_per_forward'), 0)} | "
-                     f"{_n(r.get('kernel_us_per_forward'))} | {_n(r.get('gap_us_per_forward'))} | {_n(floor)} | {x} |")
+                     f"{_num(r.get('kernels_per_forward'), 0)} | {_num(r.get('kernel_us_per_forward'), 1)} | "
+                     f"{_num(r.get('gap_us_per_forward'), 1)} | {_num(floor, 1)} | {x} |")
     return lines + [""]
-
-
-def _n(x, nd: int = 1) -> str:
-    return DASH if x is None or pd.isna(x) else f"{float(x):.{nd}f}"

@@ -6,8 +6,8 @@ import pandas as pd
 
 from runner import report_trust
 from runner.decisions import MAX_ACC_DROP_PTS, RULE, choose
-from runner.report_format import (DASH, _distinct, _first_line, _flag, _is_true, _missing, _num, _ok, _txt,
-                                  markdown_table)
+from runner.report_format import (DASH, _distinct, _first_line, _flag, _missing, _num, _ok, _txt,
+                                  ci_note, has_ci, markdown_table, with_ci)
 
 BRIEF_ROWS = [  # the brief's table, in its order, with its own wording of each row
     ("B1", "MobileNetV3 / ShuffleNet (FP32)"),
@@ -23,39 +23,6 @@ def _name(r: pd.Series) -> str:
     bid = "" if _missing(r.get("brief_id")) else f" ({r['brief_id']})"
     label = "" if _missing(r.get("label")) else f", {r['label']}"
     return f"`{r['variant_id']}`{bid}{label}"
-
-
-def with_ci(r: pd.Series, col: str, nd: int = 3, scale: float = 1.0) -> str:
-    """`col`'s value with its 95% interval, `3.420 [3.100, 3.900]` (runner/intervals.py: `lat_p95_ms` ->
-    `lat_p95_lo_ms` / `lat_p95_hi_ms`), in the same number format; the plain value where the row has none."""
-    v = r.get(col)
-    if _missing(v):
-        return DASH
-    lo, hi = r.get(col.removesuffix("_ms") + "_lo_ms"), r.get(col.removesuffix("_ms") + "_hi_ms")
-    text = f"{float(v) * scale:.{nd}f}"
-    return text if _missing(lo) or _missing(hi) else f"{text} [{float(lo) * scale:.{nd}f}, {float(hi) * scale:.{nd}f}]"
-
-
-def has_ci(frame: pd.DataFrame, col: str = "lat_p50_lo_ms") -> bool:
-    """Does any row carry a 95% interval (a variant timed in too few slices has none)?"""
-    return col in frame.columns and bool(frame[col].notna().any())
-
-
-def ci_note(frame: pd.DataFrame) -> str:
-    """The sentence that says what the brackets are, when any row has them."""
-    if not has_ci(frame):
-        return ""
-    units = pd.to_numeric(frame.get("ci_units"), errors="coerce").dropna().astype(int).unique()
-    n = f"{min(units)}-{max(units)}" if len(units) > 1 else (str(units[0]) if len(units) else "its")
-    two = int((pd.to_numeric(frame.get("ci_processes"), errors="coerce") == 2).sum()) if "ci_processes" in frame else 0
-    if two:  # runner/intervals.across_processes
-        return (f" In brackets: the 95% interval for the value a fresh process would read, from two processes "
-                f"({two} variants): each one's slices ({n} per variant, order statistics) for the within-process "
-                f"error, the gap between the two, pooled over graphed or eager variants, for the between-process "
-                f"one (runner/intervals.py); a value without brackets had too few slices for one.")
-    return (f" In brackets: the 95% interval, distribution-free, from the order statistics of the statistic "
-            f"taken per timing slice ({n} slices per variant; runner/intervals.py), one process: it does not "
-            f"hold what changes between processes; a value without brackets had too few slices for one.")
 
 
 def _chosen_section(summary: pd.DataFrame, decisions: pd.DataFrame, bar: float) -> list[str]:
@@ -114,17 +81,11 @@ def _header(name: str, sweep: dict, results: pd.DataFrame) -> list[str]:
 
 
 def _where_line(sweep: dict, results: pd.DataFrame) -> str:
-    when = ""
-    if sweep.get("started_at"):
-        when = f"Ran {sweep['started_at']} to {sweep.get('finished_at') or '?'}"
-    else:
-        when = "Ran (start time not recorded)"
-    wall_txt = _wall_text(sweep)
+    when = (f"Ran {sweep['started_at']} to {sweep.get('finished_at') or '?'}" if sweep.get("started_at")
+            else "Ran (start time not recorded)")
     devices = _distinct(results["device"])
     cluster = sweep.get("cluster") or {}
-    on_cpu = (devices and all(d.startswith("cpu") for d in devices)) or \
-        (not devices and cluster.get("gpus") == 0)
-    if on_cpu:
+    if (devices and all(d.startswith("cpu") for d in devices)) or (not devices and cluster.get("gpus") == 0):
         where = "CPU only: latencies are CPU timings, not GPU latency"
     else:
         # How many distinct GPUs (by UUID) of each name actually ran benchmarks.
@@ -133,9 +94,8 @@ def _where_line(sweep: dict, results: pd.DataFrame) -> str:
         kinds = ", ".join(f"{n} x{c}" for n, c in counts.items()) or "GPU names not recorded"
         kinds += " ran benchmarks" if not used.empty else ""
         gpus = cluster.get("gpus", len(used) if not used.empty else "?")
-        nodes = cluster.get("nodes", "?")
-        where = f"on {gpus} GPU(s), {nodes} node(s): {kinds}"
-    return f"{when}, {where}; {wall_txt}."
+        where = f"on {gpus} GPU(s), {cluster.get('nodes', '?')} node(s): {kinds}"
+    return f"{when}, {where}; {_wall_text(sweep)}."
 
 
 def _wall_text(sweep: dict) -> str:
@@ -211,7 +171,7 @@ def _all_section(summary: pd.DataFrame) -> list[str]:
         return lines + ["No rows in results.parquet.", ""]
     rows = []
     for _, r in summary.iterrows():
-        cv = _num(r.get("p50_cv_pct"), 1) + (" unstable" if _is_true(r.get("unstable")) else "")
+        cv = _num(r.get("p50_cv_pct"), 1) + (" unstable" if _flag(r.get("unstable")) == "yes" else "")
         rows.append([f"`{r['variant_id']}`", _txt(r["brief_id"]), _txt(r["model"]), _txt(r["precision"]),
                      _txt(r["memory_format"]), _txt(r["compile"]), _flag(r["cuda_graph"]), _flag(r["bn_fold"]),
                      r["status"], _num(r["top1_pct"]), _num(r["top1_drift_pts"]), with_ci(r, "lat_mean_ms"),
@@ -274,13 +234,13 @@ def _tried_section(decisions: pd.DataFrame) -> list[str]:
     d = d[d["axis"].astype(str).str.len() > 0]
     if d.empty:
         return []
-    out = ["## What was tried", "",
-           "Each optimisation, over every model and setting it was applied to (from the decisions below):", "",
-           "| Change | Tried | Kept | Dropped / slower | Median gain (%) | Best gain (%) |", "|---|---|---|---|---|---|"]
+    rows = []
     for change, g in d.groupby(d["change"] if "change" in d else d["axis"], sort=True):
         kept = int((g["decision"] == "keep").sum())
         gains = pd.to_numeric(g["gain_pct"], errors="coerce").dropna()
-        med = f"{gains.median():+.1f}" if not gains.empty else DASH
-        best = f"{gains.max():+.1f}" if not gains.empty else DASH
-        out.append(f"| {change} | {len(g)} | {kept} | {len(g) - kept} | {med} | {best} |")
-    return out + [""]
+        med, best = (f"{gains.median():+.1f}", f"{gains.max():+.1f}") if not gains.empty else (DASH, DASH)
+        rows.append([change, len(g), kept, len(g) - kept, med, best])
+    head = ["## What was tried", "",
+            "Each optimisation, over every model and setting it was applied to (from the decisions below):", ""]
+    return head + markdown_table(["Change", "Tried", "Kept", "Dropped / slower", "Median gain (%)", "Best gain (%)"],
+                                 rows) + [""]

@@ -13,10 +13,9 @@ import pandas as pd
 import pyarrow as pa
 
 from runner import agreement, pairs
+from runner.report_format import DASH, _missing, markdown_table, with_ci
 from runner.schema import PAIR_SCHEMA, RECHECK_SCHEMA, SchemaError
 from runner.schema import read as read_file
-
-DASH = "—"
 
 
 def read(run_dir: Path, name: str) -> pd.DataFrame:
@@ -84,30 +83,19 @@ def recheck_section(table: pd.DataFrame, any_gpu: bool) -> list[str]:
     if calibration:
         lines += [calibration, ""]
     ci = calibration is not None
-    lines += ["| Variant | Brief | Kind | In-sweep p50 (ms) | Re-check p50 (ms) | Ratio | Within |"
-              + (" Inside 95% interval |" if ci else ""), "|---|---|---|---|---|---|---|" + ("---|" if ci else "")]
+    rows = []
     for _, r in table.iterrows():
-        sweep = f"{r['sweep_p50_ms']:.4f}" + (f" [{r['sweep_p50_lo_ms']:.4f}, {r['sweep_p50_hi_ms']:.4f}]"
-                                              if ci and _has(r.get("inside")) else "")
-        recheck = f"{r['recheck_p50_ms']:.4f}" + (
-            f" [{r['recheck_p50_lo_ms']:.4f}, {r['recheck_p50_hi_ms']:.4f}]"
-            if ci and _has(r.get("recheck_p50_lo_ms")) and _has(r.get("recheck_p50_hi_ms")) else "")
-        inside = "" if not ci else f" {DASH} |" if not _has(r.get("inside")) else \
-            (" yes |" if bool(r["inside"]) else " **no** |")
-        lines.append(f"| `{r['variant_id']}` | {r['brief_id'] or DASH} | {r['kind']} | {sweep} | "
-                     f"{recheck} | {r['ratio']:.3f} | {'yes' if r['within'] else '**no**'} |" + inside)
-    return lines + [""]
-
-
-def _has(x) -> bool:
-    return x is not None and not pd.isna(x)
+        p50s = [with_ci(r, c, 4) if ci else f"{r[c]:.4f}" for c in ("sweep_p50_ms", "recheck_p50_ms")]
+        inside = [DASH if _missing(r.get("inside")) else "yes" if bool(r["inside"]) else "**no**"] * ci
+        rows.append([f"`{r['variant_id']}`", r["brief_id"] or DASH, r["kind"], *p50s, f"{r['ratio']:.3f}",
+                     "yes" if r["within"] else "**no**", *inside])
+    return lines + markdown_table(["Variant", "Brief", "Kind", "In-sweep p50 (ms)", "Re-check p50 (ms)", "Ratio",
+                                   "Within"] + ["Inside 95% interval"] * ci, rows) + [""]
 
 
 def calibration_line(table: pd.DataFrame) -> str | None:
     """The re-check as the calibration test of the in-sweep 95% intervals (runner/intervals.py): how many
     re-checked rows' re-check p50 fell inside the row's interval. None when no row has an interval."""
-    if table.empty:
-        return None
     inside = table["inside"].dropna()
     if inside.empty:
         return None
@@ -133,16 +121,11 @@ def _recheck_repeats(table: pd.DataFrame) -> str:
 
 
 def _values(table: pd.DataFrame, column: str) -> list[int]:
-    """The distinct values of an int column, sorted."""
     return sorted({int(x) for x in table[column].dropna()})
 
 
 def _span(values: list[int]) -> str:
     return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
-
-
-def disagreeing(table: pd.DataFrame) -> set[str]:
-    return set(table.loc[~table["within"].astype(bool), "variant_id"]) if not table.empty else set()
 
 
 def checks_section(summary: pd.DataFrame) -> list[str]:

@@ -1,16 +1,8 @@
 """Result rows on disk: atomic Parquet writes, stamped with the schema version; reads that check it; merge.
 
-Layout of a sweep folder (written by `runner/sweep.py`, read by `runner/report.py`):
-
-    runs/<sweep>/results/<variant_id>.parquet    one file per variant, written the moment it lands
-    runs/<sweep>/training/<model>.parquet        per-epoch log + summary of each trained model
-    runs/<sweep>/samples/<variant_id>.parquet    raw per-iteration latency samples
-    runs/<sweep>/checkpoints/<model>.pt          trained weights (never committed)
-    runs/<sweep>/results.parquet, training.parquet, final_table.csv   merged views
-
-The tables and their version are in runner/schema.py. A failure is a row with `status` error / skipped and
-`error`, never a missing row. A part file written by other code is refused by name (SchemaError), never
-read with blanks where its columns differ.
+The sweep folder's layout is in the README ("Where results go"); the tables and their version are in
+runner/schema.py. A failure is a row with `status` error / skipped and `error`, never a missing row. A part
+file written by other code is refused by name (SchemaError), never read with blanks where its columns differ.
 """
 from __future__ import annotations
 
@@ -23,7 +15,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from runner import files
-from runner.files import write_json  # noqa: F401 (the check scripts import it from here)
 from runner.intervals import COLUMNS as INTERVAL_COLUMNS, across_processes
 # The tables are runner/schema.py's; most callers import them from here, beside the writes and reads.
 from runner.schema import (PAIR_SCHEMA, RECHECK_SCHEMA, RESULT_SCHEMA, SAMPLES_SCHEMA, SCHEMAS,  # noqa: F401
@@ -123,12 +114,13 @@ def merge(run_dir: str | Path, skipped: list[Path] | None = None) -> dict[str, P
     out["results"] = write_frame(results, run_dir / "results.parquet", RESULT_SCHEMA)
     training = read_folder(run_dir / "training", TRAINING_SCHEMA, skipped)
     out["training"] = write_frame(training, run_dir / "training.parquet", TRAINING_SCHEMA)
+    read: dict[str, pd.DataFrame] = {}
     for name, schema in (("pairs", PAIR_SCHEMA), ("rechecks", RECHECK_SCHEMA), ("twins", RECHECK_SCHEMA)):
         if (run_dir / name).is_dir():
-            out[name] = write_frame(read_folder(run_dir / name, schema, skipped), run_dir / f"{name}.parquet", schema)
+            read[name] = read_folder(run_dir / name, schema, skipped)
+            out[name] = write_frame(read[name], run_dir / f"{name}.parquet", schema)
     csv = run_dir / "final_table.csv"
-    twins = read_folder(run_dir / "twins", RECHECK_SCHEMA) if (run_dir / "twins").is_dir() else None
-    table = across_processes(summarize(results), twins)
+    table = across_processes(summarize(results), read.get("twins"))
     files.write_new(csv, lambda f: table.to_csv(f, index=False, float_format="%.4f"), text=True)
     out["csv"] = csv
     return out

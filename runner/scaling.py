@@ -71,17 +71,13 @@ def _differences(runs: list[Run]) -> list[str]:
         values = {json.dumps(r.sweep.get(key), sort_keys=True) for r in runs}
         if len(values) > 1:
             notes.append(f"the runs differ in {what} (`{key}` in sweep.json)")
-    kinds = {tuple(_gpu_kinds(r)) for r in runs}
+    kinds = {tuple(sorted((r.sweep.get("cluster") or {}).get("gpu_kinds") or [])) for r in runs}
     if len(kinds) > 1:
         notes.append("the runs ran on different kinds of GPU: " + ", ".join("/".join(k) or "none" for k in kinds))
     for r in runs:
         if r.sweep.get("interrupted") or r.sweep.get("shortened"):
             notes.append(f"`{r.path.name}` is {'interrupted' if r.sweep.get('interrupted') else 'shortened'}")
     return notes
-
-
-def _gpu_kinds(r: Run) -> list[str]:
-    return sorted((r.sweep.get("cluster") or {}).get("gpu_kinds") or [])
 
 
 def section(runs: list[Run], figure_name: str = "scaling_timeline.png") -> list[str]:
@@ -100,7 +96,7 @@ def section(runs: list[Run], figure_name: str = "scaling_timeline.png") -> list[
         lines.append(f"| `{r.path.name}` | {r.gpus} | {(r.sweep.get('cluster') or {}).get('nodes', '—')} | "
                      f"`{str(r.sweep.get('git_commit') or 'unknown')[:10]}` | {len(r.invocations)} | {r.wall_s:.0f} | "
                      f"{speed:.2f}x | {1 / speed:.2f} | {100 * eff:.0f}% |")
-    kinds = [k for k in timeline.COLORS]
+    kinds = list(timeline.COLORS)
     lines += ["", "Where the time went: seconds of work summed over the steps of each kind (runner/timeline.py), "
               "and how busy the GPUs were over the wall time (an actor's process start not counted).", "",
               "| Run | " + " | ".join(kinds) + " | GPUs busy |",

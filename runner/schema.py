@@ -79,15 +79,16 @@ RESULT_SCHEMA = pa.schema(
     + [("stop_reason", pa.string()), ("target_pct", pa.float64()), ("slices_timed", pa.int32())]
 )
 
+# Where and by what code a pair or re-check row was timed, and when.
+_PROVENANCE = [(name, pa.int64() if name == "pid" else pa.string()) for name in (
+    "device", "gpu_name", "gpu_uuid", "ray_node_id", "pid", "code_digest", "torch_version", "cuda_version",
+    "cudnn_version", "ray_version", "hostname", "git_commit", "finished_at", "started_at")]
+
 # One row per (parent, child) pair timed interleaved in one task (runner/pairs.py); p50s as JSON lists.
 PAIR_SCHEMA = pa.schema(
     [("variant_id", pa.string()), ("parent_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
      ("rounds", pa.int32()), ("iters_per_round", pa.int32()), ("parent_p50s_ms", pa.string()),
-     ("child_p50s_ms", pa.string()), ("device", pa.string()), ("gpu_name", pa.string()),
-     ("gpu_uuid", pa.string()), ("ray_node_id", pa.string()), ("pid", pa.int64()), ("code_digest", pa.string()),
-     ("torch_version", pa.string()), ("cuda_version", pa.string()), ("cudnn_version", pa.string()),
-     ("ray_version", pa.string()), ("hostname", pa.string()), ("git_commit", pa.string()),
-     ("finished_at", pa.string()), ("started_at", pa.string())]
+     ("child_p50s_ms", pa.string())] + _PROVENANCE
 )
 
 # One row per variant timed again in a new process: a twin (the second process of its interval) or a
@@ -96,13 +97,10 @@ PAIR_SCHEMA = pa.schema(
 # each in `recheck_slices` slices (runner/engine/worker.py), with their CV and its own 95% p50 interval.
 RECHECK_SCHEMA = pa.schema(
     [("variant_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
-     ("recheck_p50_ms", pa.float64()), ("recheck_p95_ms", pa.float64()), ("recheck_host_p50_ms", pa.float64()),
-     ("device", pa.string()), ("gpu_name", pa.string()), ("gpu_uuid", pa.string()), ("ray_node_id", pa.string()),
-     ("pid", pa.int64()), ("code_digest", pa.string()), ("torch_version", pa.string()), ("cuda_version", pa.string()),
-     ("cudnn_version", pa.string()), ("ray_version", pa.string()), ("hostname", pa.string()),
-     ("git_commit", pa.string()), ("finished_at", pa.string()), ("started_at", pa.string()),
-     ("recheck_repeats", pa.int32()), ("recheck_cv_pct", pa.float64()), ("recheck_slices", pa.int32()),
-     ("recheck_p50_lo_ms", pa.float64()), ("recheck_p50_hi_ms", pa.float64())]
+     ("recheck_p50_ms", pa.float64()), ("recheck_p95_ms", pa.float64()), ("recheck_host_p50_ms", pa.float64())]
+    + _PROVENANCE
+    + [("recheck_repeats", pa.int32()), ("recheck_cv_pct", pa.float64()), ("recheck_slices", pa.int32()),
+       ("recheck_p50_lo_ms", pa.float64()), ("recheck_p50_hi_ms", pa.float64())]
 )
 
 TRAINING_SCHEMA = pa.schema(

@@ -18,6 +18,7 @@ import pandas as pd
 
 from runner import files
 from runner.plots import figure
+from runner.report_format import markdown_table
 from runner.results import STEPS_SCHEMA, read_folder
 
 COLORS = {"train": "#4C72B0", "start": "#CCCCCC", "load": "#8C8C8C", "prepare": "#DA8BC3", "time": "#55A868",
@@ -145,14 +146,7 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, float, int]:
         sweep = {}
     invs = invocations(sweep if isinstance(sweep, dict) else {})
     steps = read_steps(run_dir).dropna(subset=["start", "end"])
-    if steps.empty:
-        return steps, sum(w for _, w in invs), len(invs)
-    return place(assign_lanes(steps), invs), sum(w for _, w in invs), len(invs)
-
-
-def _table(headers: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + \
-        ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return (place(assign_lanes(steps), invs) if len(steps) else steps), sum(w for _, w in invs), len(invs)
 
 
 def section(run_dir: str | Path, out_dir: str | Path | None = None) -> list[str]:
@@ -169,9 +163,9 @@ def section(run_dir: str | Path, out_dir: str | Path | None = None) -> list[str]
              f"{n_inv} invocation(s), {wall:.0f} s of wall time in all (Ray's start and the report included); "
              f"{len(steps)} steps (runner/engine/steps.py). Busy: a step of ours working on that lane "
              "(an actor's process start not counted).", "", "![timeline](timeline.png)", ""]
-    lines += _table(["lane", "steps", "busy s", "busy % of wall"],
+    lines += markdown_table(["lane", "steps", "busy s", "busy % of wall"],
                     [[r.lane, r.steps, f"{r.busy_s:.0f}", f"{r.busy_pct:.0f}" if r.busy_pct is not None else "—"]
                      for r in stats.itertuples()]) + [""]
     rows = [[k, int((steps["kind"] == k).sum()), f"{s:.1f}"] for k, s in kinds.items()]
     rows.append(["Ray around the steps (scheduling, transfers)", len(steps), f"{overhead_seconds(steps):.1f}"])
-    return lines + _table(["kind", "steps", "seconds"], rows) + [""]
+    return lines + markdown_table(["kind", "steps", "seconds"], rows) + [""]

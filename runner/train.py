@@ -4,9 +4,10 @@
     (inside a sweep, `runner/sweep.py` calls `train()` in a Ray task pinned to one GPU)
 
 Recipe: SGD with Nesterov momentum, a one-cycle (linear up, linear down) LR per step, label smoothing,
-weight decay on weights only (not on BN / biases), bf16 autocast and channels_last on the GPU; flip,
-pad-crop and optional cutout on the GPU (runner/data.py); `deterministic` fixes cuDNN's algorithms, so
-a seed gives the same weights in every run (measured on an H200: reports/h200-training/).
+weight decay on weights only (not on BN / biases), bf16 autocast and channels_last on the GPU; the whole
+split as one tensor on the device, flip, pad-crop and optional cutout done batch-wide there (no DataLoader,
+no workers: airbench's way); `deterministic` fixes cuDNN's algorithms, so a seed gives the same weights in
+every run (measured on an H200: reports/h200-training/).
 Distillation (the brief's I4): loss = alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE,
 the teacher's logits computed on the same augmented batch in inference mode.
 """
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 
 from models import get_model
 from models.fastnet import has_whitening_stem, init_whitening
-from runner.batches import DeviceBatches
 from runner.data import Cifar, normalizer
 from runner.evaluate import accuracy
 from variants import TrainSpec
@@ -70,14 +70,84 @@ def make_optimizer(model: torch.nn.Module, recipe) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
+def augment(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image random horizontal flip and pad-and-crop (reflect pad), batch-wide on x's device.
+
+    One gather with per-image offsets instead of a loop over images: the whole batch costs a few kernels.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    flip = torch.rand(n, device=dev, generator=generator) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]          # (n,1,h,1)
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]          # (n,1,1,w)
+    idx_n = torch.arange(n, device=dev)[:, None, None, None]
+    idx_c = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+    return padded[idx_n, idx_c, rows, cols]
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero one size x size square per image (DeVries & Taylor 2017), batch-wide on x's device.
+
+    Applied after normalisation, so the square holds the dataset mean. The centre is anywhere in the image,
+    so squares near a border are clipped, as in the paper. One broadcast mask, no loop over images.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    cy = torch.randint(0, h, (n, 1, 1, 1), device=dev, generator=generator)
+    cx = torch.randint(0, w, (n, 1, 1, 1), device=dev, generator=generator)
+    rows = torch.arange(h, device=dev).view(1, 1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, 1, w)
+    lo = size // 2
+    inside = ((rows - cy + lo) >= 0) & ((rows - cy + lo) < size) & ((cols - cx + lo) >= 0) & ((cols - cx + lo) < size)
+    return x.masked_fill(inside, 0.0)
+
+
+class DeviceBatches:
+    """The whole split as one tensor on the device; an epoch is a device randperm sliced into batches."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, device: torch.device, batch_size: int, *,
+                 train: bool, seed: int = 0, channels_last: bool = False, cutout_size: int = 0):
+        # Arrays from Ray's object store are read-only views: copy once (to the device, or on the CPU).
+        self.x = torch.from_numpy(np.array(x)).to(device)
+        self.y = torch.from_numpy(np.array(y)).to(device)
+        self.batch_size, self.train, self.channels_last = batch_size, train, channels_last
+        self.cutout_size = cutout_size if train else 0
+        self.norm = normalizer(device)
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        order = (torch.randperm(n, device=self.x.device, generator=self.gen) if self.train
+                 else torch.arange(n, device=self.x.device))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.x[idx]
+            if self.train:  # drop_last in training keeps every step the same shape (compile-friendly)
+                xb = augment(xb, generator=self.gen)
+            xb = self.norm(xb)
+            if self.cutout_size:
+                xb = cutout(xb, self.cutout_size, generator=self.gen)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, self.y[idx]
+
+
 def train_one_epoch(model, batches, opt, sched, *, amp_dtype, label_smoothing, teacher=None, recipe=None):
     model.train()
-    device_type = batches.x.device.type
     loss_sum = torch.zeros((), device=batches.x.device)
     correct = torch.zeros((), device=batches.x.device, dtype=torch.long)
     seen = 0
     for xb, yb in batches:
-        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(xb.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(xb)
             if teacher is not None:
                 with torch.inference_mode():
@@ -120,13 +190,38 @@ def train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: d
         return _train(spec, data, device, teacher_ckpt=teacher_ckpt, log=log)
 
 
-def _epochs(spec, model, step_model, train_b, test_b, opt, sched, teacher, amp_dtype, log):
-    """The epoch loop: train, time (synchronized on a GPU), test; returns (per-epoch log, seconds, images)."""
-    recipe, device = spec.recipe, train_b.x.device
+def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: dict | None,
+           log: Callable[[str], None]) -> dict[str, Any]:
+    recipe = spec.recipe
+    torch.manual_seed(spec.seed)
+    data = data.subset(recipe.train_subset, recipe.test_subset)
     on_gpu = device.type == "cuda"
+    # Mixed precision and channels_last are GPU speed-ups; on CPU they only slow a test run down.
+    amp_dtype = AMP_DTYPES[recipe.amp] if on_gpu else None
+    channels_last = recipe.channels_last and on_gpu
+
+    model = build_model(spec.arch, dict(spec.arch_args)).to(device)
+    if has_whitening_stem(model):  # a whitening stem is set from the training patches, then frozen
+        first = torch.from_numpy(np.array(data.train_x[:5000])).to(device)
+        init_whitening(model, normalizer(device)(first))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    teacher = model_from_checkpoint(teacher_ckpt, device) if teacher_ckpt is not None else None
+    if teacher is not None and channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if (recipe.compile and on_gpu) else model
+
+    train_b = DeviceBatches(data.train_x, data.train_y, device, recipe.batch_size, train=True, seed=spec.seed,
+                            channels_last=channels_last, cutout_size=recipe.cutout)
+    test_b = DeviceBatches(data.test_x, data.test_y, device, 1000, train=False, channels_last=channels_last)
+    if len(train_b) == 0:
+        raise ValueError(f"batch_size {recipe.batch_size} is larger than the {len(data.train_y)} training images")
+    opt = make_optimizer(model, recipe)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(recipe.epochs * len(train_b), recipe.warmup_frac))
+
+    # The epoch loop: train, time (synchronized on a GPU), test.
     epochs_log: list[dict[str, Any]] = []
-    train_s = 0.0
-    images = 0
+    train_s, images = 0.0, 0
     for epoch in range(1, recipe.epochs + 1):
         if on_gpu:
             torch.cuda.synchronize(device)
@@ -144,40 +239,6 @@ def _epochs(spec, model, step_model, train_b, test_b, opt, sched, teacher, amp_d
                            "epoch_s": dt, "train_img_per_s": seen / dt})
         log(f"[train {spec.key}] epoch {epoch}/{recipe.epochs} loss {loss:.3f} train {acc:.1f}% "
             f"test {top1:.2f}% {dt:.1f}s {seen / dt:,.0f} img/s")
-    return epochs_log, train_s, images
-
-
-def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: dict | None,
-           log: Callable[[str], None]) -> dict[str, Any]:
-    recipe = spec.recipe
-    torch.manual_seed(spec.seed)
-    data = data.subset(recipe.train_subset, recipe.test_subset)
-    on_gpu = device.type == "cuda"
-    # Mixed precision and channels_last are GPU speed-ups; on CPU they only slow a test run down.
-    amp_dtype = AMP_DTYPES[recipe.amp] if on_gpu else None
-    channels_last = recipe.channels_last and on_gpu
-
-    model = build_model(spec.arch, dict(spec.arch_args)).to(device)
-    if has_whitening_stem(model):  # a whitening stem is set from the training patches, then frozen
-        images = torch.from_numpy(np.array(data.train_x[:5000])).to(device)
-        init_whitening(model, normalizer(device)(images))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    teacher = model_from_checkpoint(teacher_ckpt, device) if teacher_ckpt is not None else None
-    if teacher is not None and channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if (recipe.compile and on_gpu) else model
-
-    train_b = DeviceBatches(data.train_x, data.train_y, device, recipe.batch_size, train=True, seed=spec.seed,
-                            channels_last=channels_last, cutout_size=recipe.cutout)
-    test_b = DeviceBatches(data.test_x, data.test_y, device, 1000, train=False, channels_last=channels_last)
-    if len(train_b) == 0:
-        raise ValueError(f"batch_size {recipe.batch_size} is larger than the {len(data.train_y)} training images")
-    opt = make_optimizer(model, recipe)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(recipe.epochs * len(train_b), recipe.warmup_frac))
-
-    epochs_log, train_s, images = _epochs(spec, model, step_model, train_b, test_b, opt, sched, teacher,
-                                          amp_dtype, log)
 
     model.eval()
     # The number the sweep reports for the trained model: full fp32 (TF32 off), no autocast, contiguous.

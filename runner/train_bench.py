@@ -1,9 +1,6 @@
 """Train models of a sweep file on one device and tabulate time, throughput and accuracy (no Ray).
 
-    python -m runner train-bench [--config variants/default.yaml] [--models resnet18,mobilenet,...]
-                                 [--data PATH|cifar10|synthetic] [--seeds 0[,1,2]] [--teacher-seed N]
-                                 [--max-epochs N]
-                                 [--device cuda:0] [--out runs/train_bench.parquet]
+    python -m runner train-bench --config variants/default.yaml --models resnet18,mobilenet --seeds 0,1,2
 
 `--models` takes the model keys of the config (default: all). A distilled model needs its teacher:
 the teacher is trained first, in this process, once per seed (reused when it is in the list too; its
@@ -26,7 +23,7 @@ import pandas as pd
 import torch
 
 from runner import env
-from runner.data import DataError, load
+from runner.data import load
 from runner.results import write_frame
 from runner.train import train
 from variants import SpecError, TrainSpec, load_sweep
@@ -87,19 +84,16 @@ def run_one(m: TrainSpec, data, device: torch.device, teacher_ckpt: dict | None,
     t0 = time.perf_counter()
     ckpt = train(m, data, device, teacher_ckpt=teacher_ckpt)
     wall = time.perf_counter() - t0
+    # Steady throughput: the median img/s of epochs 2.., as epoch 1 also pays one-time costs (cuDNN
+    # autotuning, compilation).
+    rates = [e["train_img_per_s"] for e in ckpt["log"][1:]] or [e["train_img_per_s"] for e in ckpt["log"]]
     row = {"model": m.key, "arch": m.arch, "arch_args_json": json.dumps(dict(m.arch_args), sort_keys=True),
            "teacher": m.teacher, "requested": requested, "seed": m.seed, "epochs": ckpt["epochs"],
            "train_s": ckpt["train_s"], "wall_s": wall, "train_img_per_s": ckpt["train_img_per_s"],
            "top1_pct": ckpt["top1_pct"], "batch_size": m.recipe.batch_size, "spec_hash": m.spec_hash,
            "recipe_json": ckpt["recipe_json"], "data_source": ckpt["data_source"],
-           "steady_img_per_s": steady_throughput(ckpt["log"]), "log_json": json.dumps(ckpt["log"])}
+           "steady_img_per_s": float(pd.Series(rates).median()), "log_json": json.dumps(ckpt["log"])}
     return row, ckpt
-
-
-def steady_throughput(log: list[dict]) -> float:
-    """Median img/s of epochs 2.. : epoch 1 also pays one-time costs (cuDNN autotuning, compilation)."""
-    rates = [e["train_img_per_s"] for e in log[1:]] or [e["train_img_per_s"] for e in log]
-    return float(pd.Series(rates).median())
 
 
 def train_all(spec, order: list[Step], data, device: torch.device,
@@ -123,6 +117,7 @@ def train_all(spec, order: list[Step], data, device: torch.device,
 
 
 def print_table(df: pd.DataFrame) -> None:
+    """Every training, then top-1 over seeds for the models trained with more than one."""
     head = (f"{'model':<16} {'arch':<26} {'teacher':<10} {'seed':>4} {'epochs':>6} {'train_s':>8} "
             f"{'img/s':>10} {'img/s ep2+':>10} {'top1 %':>7}")
     print(head)
@@ -135,6 +130,13 @@ def print_table(df: pd.DataFrame) -> None:
     print("train_s: training epochs only (no evaluation); img/s over all epochs; ep2+: median after epoch 1")
     if not df["requested"].all():
         print("(t) trained only as a teacher, not requested")
+    summary = seed_summary(df)
+    if summary.empty:
+        return
+    print(f"\n{'top-1 over seeds':<16} {'seeds':>5} {'mean':>7} {'min':>7} {'max':>7} {'spread':>7}")
+    for model, r in summary.iterrows():
+        print(f"{model:<16} {int(r['seeds']):>5} {r['mean']:>7.2f} {r['min']:>7.2f} {r['max']:>7.2f} "
+              f"{r['spread']:>7.2f}")
 
 
 def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -143,15 +145,6 @@ def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
     s = pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "min": g.min(), "max": g.max()})
     s["spread"] = s["max"] - s["min"]
     return s[s["seeds"] > 1]
-
-
-def print_summary(summary: pd.DataFrame) -> None:
-    if summary.empty:
-        return
-    print(f"\n{'top-1 over seeds':<16} {'seeds':>5} {'mean':>7} {'min':>7} {'max':>7} {'spread':>7}")
-    for model, r in summary.iterrows():
-        print(f"{model:<16} {int(r['seeds']):>5} {r['mean']:>7.2f} {r['min']:>7.2f} {r['max']:>7.2f} "
-              f"{r['spread']:>7.2f}")
 
 
 def run(args) -> int:
@@ -163,11 +156,7 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        data = load(args.data or spec.data.source, spec.data.root)
-    except DataError as e:
-        print(f"data error: {e}", file=sys.stderr)
-        return 2
+    data = load(args.data or spec.data.source, spec.data.root)  # a DataError: one line from runner/cli.py
     order = plan(spec, requested, parse_seeds(args.seeds, spec.seed), args.teacher_seed)
     info = env.device_info(device)
     print(f"train_bench: {len(order)} training run(s) on {device} ({info['gpu_name'] or 'cpu'}); data: {data.source}")
@@ -185,6 +174,5 @@ def run(args) -> int:
     df = save(train_all(spec, order, data, device, on_row=save))
     print()
     print_table(df)
-    print_summary(seed_summary(df))
     print(f"\nwrote {out}")
     return 0

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from runner import data as data_mod
-from runner.batches import DeviceBatches, augment, cutout
+from runner.train import DeviceBatches, augment, cutout
 from runner.data import CLASSES, MEAN, STD, DataError, load, normalizer, synthetic
 
 CPU = torch.device("cpu")

@@ -216,7 +216,7 @@ def test_recheck_calibration_line():
 
 
 def test_plots_draw_interval_bars(tmp_path):
-    from runner.pareto import plot_pareto
+    from runner.plots import plot_pareto
     from runner.plots import acc_vs_latency, ci_errors
     s = _summary_rows()
     err = ci_errors(s, "lat_p95_ms")

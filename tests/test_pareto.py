@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner.pareto import pareto_front, plot_pareto
+from runner.plots import pareto_front, plot_pareto
 
 
 def _df(rows):

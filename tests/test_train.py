@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runner.batches import DeviceBatches
+from runner.train import DeviceBatches
 from runner.data import synthetic
 from runner.evaluate import accuracy
 from runner.train import build_model, distill_loss, make_optimizer, model_from_checkpoint, one_cycle, train

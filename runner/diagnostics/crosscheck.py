@@ -29,7 +29,7 @@ import torch
 from models import get_model
 from runner import bench, env
 from runner.diagnostics.table import Column, print_table
-from runner.results import write_json
+from runner.files import write_json
 from runner.optimize import GRAPHING_COMPILE_MODES, prepare, strict_fp32, unsupported_reason
 from variants import BenchSpec, Variant
 

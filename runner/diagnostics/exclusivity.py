@@ -27,7 +27,7 @@ from models import get_model
 from runner import bench, env
 from runner.diagnostics import nvml
 from runner.diagnostics.table import Column, print_table
-from runner.results import write_json
+from runner.files import write_json
 from runner.optimize import prepare
 from variants import BenchSpec, Variant
 
