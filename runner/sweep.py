@@ -21,7 +21,7 @@ from typing import Any, Callable
 import ray
 import torch
 
-from runner import decisions, env, files, guard, reaper, results
+from runner import env, files, guard, reaper, results
 from runner.engine import bench_phase, resume, run_folder, training
 from runner.engine.control import HEARTBEAT_S, Deadline, Progress, plain_output
 from runner.engine.steps import StepLog, now
@@ -130,13 +130,14 @@ def run_sweep(spec: SweepSpec, data: Cifar, run_dir: Path, *, address: str | Non
     # A finished sweep run again on this machine (to rebuild its report, say) needs no Ray: what a local
     # cluster would have is known without one. Joining a cluster, its devices are asked of Ray.
     here = None if address or os.environ.get("RAY_ADDRESS") else local_devices()
-    if here is not None and not _pending(spec, run_dir, hashes, here, log) and not _witnesses_runnable(spec, run_dir):
+    if here is not None and not resume.pending(spec, run_dir, hashes, here, log) \
+            and not resume.witnesses_runnable(spec, run_dir):
         log("nothing left to run: every variant, twin and re-check is on disk (Ray not started)")
         return run_folder.close(run_dir, True, log, spec=spec, data=data, cluster=here, started=started,
                                 shortened_note=shortened_note, code=code, worked=False)
     try:
         cluster = start_ray(address, log)
-        pending = _pending(spec, run_dir, hashes, cluster, log if here is None else lambda _: None)  # said above
+        pending = resume.pending(spec, run_dir, hashes, cluster, log if here is None else lambda _: None)  # said above
         _run(spec, data, run_dir, pending, hashes, cluster, log, deadline, steps)
         completed = True
     finally:  # also on Ctrl-C or a crash: whatever landed is merged, and the report describes exactly that
@@ -160,55 +161,6 @@ def local_devices() -> dict[str, Any] | None:
         return {"gpus": 0}
     names = set(nvml.device_names() or [])
     return {"gpus": gpus, "gpu_kinds": sorted(names)} if len(names) == 1 else None
-
-
-def _pending(spec: SweepSpec, run_dir: Path, hashes: dict[str, str], cluster: dict[str, Any],
-             log: Callable[[str], None]) -> list[Variant]:
-    """The variants without a finished row of this code on this kind of device, the resume said in a line."""
-    done = _finished_rows(run_dir, cluster)
-    pending = [v for v in spec.variants if done.get(v.variant_id) != hashes[v.variant_id]]
-    if len(pending) < len(spec.variants):
-        log(f"resuming: {len(spec.variants) - len(pending)} variant(s) already measured by this code on "
-            f"this kind of device in {run_dir}, {len(pending)} to run (--fresh measures everything again)")
-    return pending
-
-
-def _witnesses_due(spec: SweepSpec, run_dir: Path) -> dict[str, list[str]]:
-    """The ok rows that still need a twin (a second process, `bench.processes` > 1) or a re-check, by folder."""
-    summary = results.summarize(results.read_folder(run_dir / "results", RESULT_SCHEMA))
-    if summary.empty:
-        return {}
-    ours = {v.variant_id for v in spec.variants}
-    due = {}
-    if spec.bench.processes > 1:
-        due["twins"] = [i for i in summary.loc[summary["status"] == "ok", "variant_id"] if i in ours]
-    if spec.bench.recheck >= 0:
-        due["rechecks"] = [i for i in decisions.recheck_sample(summary, spec.bench.recheck, spec.accuracy_bar_pct)
-                           if i in ours]
-    return {k: left for k, ids in due.items() if (left := resume.unchecked(ids, run_dir, k))}
-
-
-def _witnesses_runnable(spec: SweepSpec, run_dir: Path) -> bool:
-    """Any twin or re-check due whose model has a checkpoint to time it from (with nothing to train, the
-    only way a witness can run)."""
-    due = {i for ids in _witnesses_due(spec, run_dir).values() for i in ids}
-    return any((run_dir / "checkpoints" / f"{spec.model(v.model).key}.pt").exists()
-               for v in spec.variants if v.variant_id in due)
-
-
-def _finished_rows(run_dir: Path, cluster: dict[str, Any]) -> dict[str, str]:
-    """variant_id -> spec_hash of rows on disk that need no re-run: ok or skipped, and measured on the
-    kind of device this cluster has (a CPU row does not stand for a GPU, nor an H100's for an H200)."""
-    df = results.read_folder(run_dir / "results", RESULT_SCHEMA)
-    df = df[df["status"].isin(["ok", "skipped"])]
-    kinds = cluster.get("gpu_kinds") or []
-    if cluster.get("gpus"):
-        same = df["device"].eq("cuda") & df["gpu_name"].fillna("").map(
-            lambda name: not kinds or any(k.lower() in name.lower() for k in kinds))
-    else:
-        same = df["device"].ne("cuda")
-    df = df[same | df["status"].eq("skipped")]
-    return dict(zip(df["variant_id"], df["spec_hash"]))
 
 
 def _load_checkpoint(run_dir: Path, spec: TrainSpec, data: Cifar, log: Callable[[str], None] = print) -> dict | None:
@@ -273,7 +225,7 @@ def _run(spec: SweepSpec, data: Cifar, run_dir: Path, pending: list[Variant], ha
     common = dict(spec=spec, run_dir=run_dir, models=models, data_ref=data_ref, hashes=hashes, actor_opts=actor_opts,
                   n_actors=n_actors, progress=progress, steps=steps, deadline=deadline, log=log)
     bench_phase.run(bench_phase.Phase(variants=ready, pairs=pairs, **common))
-    due = _witnesses_due(spec, run_dir)
+    due = resume.witnesses_due(spec, run_dir)
     if spec.bench.processes > 1:  # every ok row timed in a second process: its interval's between-process part
         twins = _witnessed_by(spec, run_dir, data, models, due.get("twins", []))
         progress.skip("twin", progress.plan["twin"] - len(twins), "rows not ok, or timed twice already")
@@ -297,7 +249,7 @@ def plan(spec: SweepSpec, queue: list, pending: list, pairs: list) -> dict[str, 
 
 
 def _witnessed_by(spec: SweepSpec, run_dir: Path, data: Cifar, models: dict, due: list[str]) -> list:
-    """The variants of `due` (from _witnesses_due) with their models loaded (a witness left by a stopped
+    """The variants of `due` (from resume.witnesses_due) with their models loaded (a witness left by a stopped
     invocation needs its checkpoint)."""
     chosen = [v for v in spec.variants if v.variant_id in due]
     for key in {v.model for v in chosen} - set(models):

@@ -165,12 +165,13 @@ def test_rows_from_other_code_are_measured_again(sweep_run, monkeypatch):
     """Resume keys carry a digest of the project's code: a row measured by other code does not count as done
     (the same comparison run_sweep makes before it submits anything)."""
     from runner import env, sweep
+    from runner.engine import resume
     spec, data, run_dir, _, _ = sweep_run
     ok = pd.read_parquet(run_dir / "results.parquet").query("status == 'ok'")
     assert set(ok["code_digest"]) == {env.code_digest()}  # the digest of the code the workers ran
     here = {"gpus": 1, "gpu_kinds": [torch.cuda.get_device_name(0)]} if GPU else {"gpus": 0}
     elsewhere = {"gpus": 0} if GPU else {"gpus": 1, "gpu_kinds": ["H200"]}
-    done = sweep._finished_rows(run_dir, here)
+    done = resume.finished_rows(run_dir, here)
 
     def finished(code: str) -> set[str]:
         return {v.variant_id for v in spec.variants
@@ -178,7 +179,7 @@ def test_rows_from_other_code_are_measured_again(sweep_run, monkeypatch):
 
     assert set(ok["variant_id"]) <= finished(env.code_digest())
     assert finished("0123456789ab") == set()  # other code: every variant is measured again
-    assert sweep._finished_rows(run_dir, elsewhere).keys() <= \
+    assert resume.finished_rows(run_dir, elsewhere).keys() <= \
         {v for v, s in pd.read_parquet(run_dir / "results.parquet").groupby("variant_id")["status"].first().items()
          if s == "skipped"}  # a CPU row does not stand for a GPU one, nor a GPU row for a CPU one
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one round of training experiments on a two-GPU machine (the lent nvidia-h200-x2), one training
 # process at a time per GPU. ROUND.gpu0 / ROUND.gpu1 list the jobs of each GPU, one per line:
-#     <output name> <python -m runner.train_bench arguments, without --data / --out>
+#     <output name> <python -m runner train-bench arguments, without --data / --out>
 # Usage (repo root, CIFAR-10 unpacked in $DATA):
 #     DATA=/tmp/cifar OUT=/tmp/out bash reports/h200-training/two_gpus.sh round2
 # Everything lands in $OUT/ROUND.tgz (one train_bench Parquet per job, the logs, the GPUs), also when the
@@ -26,7 +26,7 @@ jobs_on() {  # GPU index, job file
     [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
     echo "### $name: $args"
     # shellcheck disable=SC2086  # the job's arguments are meant to split
-    python3 -m runner.train_bench --data "$DATA" $args --out "$DIR/$name.parquet"
+    python3 -m runner train-bench --data "$DATA" $args --out "$DIR/$name.parquet"
   done < "$2"
 }
 
