@@ -195,6 +195,8 @@ def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: 
     recipe = spec.recipe
     torch.manual_seed(spec.seed)
     data = data.subset(recipe.train_subset, recipe.test_subset)
+    if recipe.batch_size > len(data.train_y):  # checked before a model is built: such a task fails at once
+        raise ValueError(f"batch_size {recipe.batch_size} is larger than the {len(data.train_y)} training images")
     on_gpu = device.type == "cuda"
     # Mixed precision and channels_last are GPU speed-ups; on CPU they only slow a test run down.
     amp_dtype = AMP_DTYPES[recipe.amp] if on_gpu else None
@@ -214,8 +216,6 @@ def _train(spec: TrainSpec, data: Cifar, device: torch.device, *, teacher_ckpt: 
     train_b = DeviceBatches(data.train_x, data.train_y, device, recipe.batch_size, train=True, seed=spec.seed,
                             channels_last=channels_last, cutout_size=recipe.cutout)
     test_b = DeviceBatches(data.test_x, data.test_y, device, 1000, train=False, channels_last=channels_last)
-    if len(train_b) == 0:
-        raise ValueError(f"batch_size {recipe.batch_size} is larger than the {len(data.train_y)} training images")
     opt = make_optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(recipe.epochs * len(train_b), recipe.warmup_frac))
 
