@@ -42,6 +42,19 @@ def _positive(unit: str):
     return _number(float, lambda v: 0 < v < math.inf, f"a number of {unit}", f"a finite number of {unit} above 0")
 
 
+def _address(text: str) -> str:
+    """--address: 'auto', 'local', host:port or ray://host:port, the port a number in range (whether a cluster
+    answers there is asked when the sweep starts: runner.guard.probe_address)."""
+    from runner.guard import host_port
+
+    if text not in ("auto", "local"):
+        try:
+            host_port(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"'{text}': {e}") from None
+    return text
+
+
 # A seed fits the int64 seed column (torch takes these; 2**64 was a traceback once the models had loaded,
 # and 2**63 made train-bench's seed column uint64).
 _seed = _number(int, lambda v: -2**63 <= v <= 2**63 - 1, "a whole number", "a seed from -2**63 to 2**63-1")
@@ -64,7 +77,7 @@ SHARED: dict[str, dict[str, Any]] = {
                      help="sweep file: the models, their training recipes and the grid of variants"),
     "--data": dict(metavar="SOURCE", help="cifar10 (downloaded once), synthetic (tests only) or PATH of an "
                                           "image-folder copy; None means the sweep file's data.source"),
-    "--address": dict(metavar="ADDR", help="join a running Ray cluster ('auto' on a cluster node, or "
+    "--address": dict(type=_address, metavar="ADDR", help="join a running Ray cluster ('auto' on a cluster node, or "
                                            "host:port); None starts a local Ray on this machine"),
     "--out": dict(default="runs", metavar="DIR", help="parent folder: results go to DIR/<sweep>/"),
     "--max-epochs": dict(type=_at_least(1), metavar="N", help="cap every model's epochs (the report then says "

@@ -146,9 +146,18 @@ def sweep_lock(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[di
 
 # ---- --address -----------------------------------------------------------------------------------------
 
+def host_port(address: str) -> tuple[str, int]:
+    """(host, port) of host:port or ray://host:port; ValueError, saying what is expected, for anything else."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:  # a port out of range: OverflowError
+        raise ValueError("expected host:port (port 1-65535), 'auto', or ray://host:port")
+    return host, int(port)
+
+
 def probe_address(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """Fail in seconds when the Ray cluster at `address` (or RAY_ADDRESS, which ray.init would use) does
     not answer: ray.init itself retries a dead address for minutes. Returns the host:port probed."""
+    named = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address in (None, "local"):
         return None  # a local cluster is started, nothing to reach
@@ -159,10 +168,10 @@ def probe_address(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> st
         except (ConnectionError, ValueError) as e:
             raise GuardError(f"--address auto: no running Ray cluster found on this machine ({e}). Start one "
                              f"with `ray start --head`, or leave --address out to start a local one.") from None
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:  # a port out of range: OverflowError
-        raise GuardError(f"--address {address!r}: expected host:port (port 1-65535), 'auto', or ray://host:port")
+    try:
+        host, port = host_port(address)
+    except ValueError as e:
+        raise GuardError(f"{named} {address!r}: {e}") from None
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:

@@ -189,6 +189,10 @@ def test_train_never_writes_over_a_sweeps_checkpoint(tmp_path, capsys):
     (["exclusivity", "--device-index", "-1"], "argument --device-index: -1: give a number >= 0"),
     (["sweep", "--stop-after", "1e999"], "argument --stop-after: 1e999: give a finite number of seconds above 0"),
     (["sweep", "--stop-after", "soon"], "argument --stop-after: 'soon' is not a number of seconds"),
+    # a port out of range was an OverflowError traceback once the sweep had loaded its data (issue 27)
+    (["sweep", "--address", "127.0.0.1:99999"], "argument --address: '127.0.0.1:99999': expected host:port (port 1-65535)"),
+    (["sweep", "--address", "head-node"], "argument --address: 'head-node': expected host:port"),
+    (["sweep", "--address", "ray://head:"], "argument --address: 'ray://head:': expected host:port"),
 ])
 def test_numeric_flags_are_refused_at_parse_time(argv, words, capsys):
     """Issue 27: a count of 0 or a word where a number belongs ends in argparse's one-line usage error (exit

@@ -168,20 +168,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("address,words", [
-    ("127.0.0.1:{port}", "no Ray cluster answers at 127.0.0.1:{port}"),
-    ("ray://127.0.0.1:{port}", "no Ray cluster answers at 127.0.0.1:{port}"),
-    ("not-an-address", "expected host:port"),
-    ("127.0.0.1:99999", "expected host:port (port 1-65535)"),   # was an OverflowError traceback (issue 27)
+@pytest.mark.parametrize("how,address,words", [
+    ("flag", "127.0.0.1:{port}", "no Ray cluster answers at 127.0.0.1:{port}"),
+    ("flag", "ray://127.0.0.1:{port}", "no Ray cluster answers at 127.0.0.1:{port}"),
+    # RAY_ADDRESS, which ray.init reads too, is checked when the sweep starts (the flag at parse time: test_cli)
+    ("env", "not-an-address", "RAY_ADDRESS 'not-an-address': expected host:port"),
+    ("env", "127.0.0.1:99999", "RAY_ADDRESS '127.0.0.1:99999': expected host:port (port 1-65535)"),   # was an OverflowError traceback (issue 27)
 ])
-def test_dead_address_fails_in_seconds(address, words, tmp_path, capsys, monkeypatch):
+def test_dead_address_fails_in_seconds(how, address, words, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     port = _free_port()
+    address = address.format(port=port)
+    if how == "env":
+        monkeypatch.setenv("RAY_ADDRESS", address)
     cfg = _write(tmp_path / "ok.yaml", "sweep: s\n" + GOOD_MODELS)
     before = listing(tmp_path)
     t0 = time.perf_counter()
     rc, _, err = run_cli(["sweep", "--config", str(cfg), "--data", "synthetic", "--out", str(tmp_path / "runs"),
-                          "--address", address.format(port=port)], capsys)
+                          *(["--address", address] if how == "flag" else [])], capsys)
     assert rc == 2 and words.format(port=port) in err, err
     assert time.perf_counter() - t0 < 15  # ray.init would retry for minutes
     import ray
