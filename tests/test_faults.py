@@ -577,6 +577,8 @@ def test_second_ctrl_c_does_not_cut_the_cleanup_short(fault_runs):
     assert "Traceback" not in text
     before, after = fault_runs["term_rows"], fault_runs["int_rows"]
     assert set(before["variant_id"]) <= set(after["variant_id"])  # nothing landed earlier was lost
+    ok = before[before["status"] == "ok"].set_index(["variant_id", "repeat"])["finished_at"]
+    assert len(ok) and after.set_index(["variant_id", "repeat"])["finished_at"].loc[ok.index].equals(ok)  # nor redone
     assert not after.duplicated(["variant_id", "repeat"]).any()
     assert not (fault_runs["run_dir"] / guard.LOCK_NAME).exists()
     assert children and not _gone(children), "Ray processes left running after two Ctrl-C"

@@ -2,7 +2,8 @@
 one: the same assertions, with what differs by device said where it differs).
 
 Checks the spine: YAML -> Ray train / distill / bench tasks -> Parquet rows as they land -> merged files
--> report; a model that fails to train becomes error rows while the rest goes on; a second run resumes.
+-> report; a model that fails to train becomes error rows while the rest goes on; what a second run
+would resume.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import pytest
 import torch
 
 from runner import timeline
-from runner.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 GPU = torch.cuda.is_available()  # the sweep runs on the GPU when there is one: graphs run, CUDA events time
@@ -138,27 +138,31 @@ def test_steps_account_for_the_work_and_timings_run_alone(sweep_run):
     assert (run_dir / "timeline.png").exists() and "## Where the time went" in text and "| time |" in text
 
 
-def test_rerun_resumes_and_keeps_finished_rows(sweep_run, copy_of):
-    """Finished rows are kept as they are; re-checks missing (as if the sweep had stopped in its re-check
-    phase) are run, with nothing else to measure."""
+def test_a_sweep_stopped_in_its_recheck_phase_has_only_its_rechecks_left(sweep_run, copy_of):
+    """What the next invocation runs, as run_sweep asks it (runner/engine/resume.py): with the re-check rows gone
+    (a sweep stopped in its re-check phase), every measured variant stays done, only the failed model's variant
+    is pending, and exactly the re-checked variants are due again, from checkpoints on disk. (The re-check phase
+    itself runs through Ray in the session sweep; resuming through Ray: test_faults.)"""
+    from runner import env, sweep
+    from runner.engine import resume
     spec, data, shared, _, _ = sweep_run
     run_dir = copy_of(shared)
-    before = pd.read_parquet(run_dir / "results.parquet")
+    here = {"gpus": 1, "gpu_kinds": [torch.cuda.get_device_name(0)]} if GPU else {"gpus": 0}
+    hashes = {v.variant_id: sweep.variant_hash(v, spec.model(v.model), spec.bench, data.source, env.code_digest())
+              for v in spec.variants}
+    status = pd.read_parquet(run_dir / "results.parquet").groupby("variant_id")["status"].first()
     checked = set(pd.read_parquet(run_dir / "rechecks.parquet")["variant_id"])
+    assert len(checked) >= 2 and resume.witnesses_due(spec, run_dir) == {}  # the finished sweep: nothing due
     for part in (run_dir / "rechecks").glob("*.parquet"):
         part.unlink()
     lines: list[str] = []
-    run_sweep(spec, data, run_dir, log=lines.append)
-    assert sum(" ok      recheck:" in l for l in lines) == len(checked) >= 2
-    assert set(pd.read_parquet(run_dir / "rechecks.parquet")["variant_id"]) == checked
-    after = pd.read_parquet(run_dir / "results.parquet")
-    done = (before["status"].isin(["ok", "skipped"])).groupby(before["variant_id"]).all().sum()
-    assert any(f"resuming: {done} variant(s) already measured" in l for l in lines)
-    assert any("reusing checkpoint of tiny" in l for l in lines) is False  # tiny's variants are all done
-    ok_before = before[before["status"] == "ok"].set_index(["variant_id", "repeat"])["finished_at"]
-    ok_after = after[after["status"] == "ok"].set_index(["variant_id", "repeat"])["finished_at"]
-    assert ok_after.loc[ok_before.index].equals(ok_before)  # finished rows untouched
-    assert not any("train:tiny " in l or l.endswith("train:tiny") for l in lines)
+    pending = resume.pending(spec, run_dir, hashes, here, lines.append)
+    assert {v.variant_id for v in pending} == set(status[status == "error"].index) == {"broken-fp32-nchw-eager"}
+    assert lines == [f"resuming: {len(spec.variants) - 1} variant(s) already measured by this code on this kind "
+                     f"of device in {run_dir}, 1 to run (--fresh measures everything again)"]
+    due = resume.witnesses_due(spec, run_dir)
+    assert set(due) == {"rechecks"} and set(due["rechecks"]) == checked  # no twin: those are all still there
+    assert resume.witnesses_runnable(spec, run_dir)  # their model's checkpoint is there
 
 
 def test_rows_from_other_code_are_measured_again(sweep_run, monkeypatch):
