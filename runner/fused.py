@@ -220,10 +220,10 @@ def fused_forward(model: nn.Module, example_x: torch.Tensor, *, target_programs:
     layers with fewer tiles than `target_programs` split K; `fuse_stem`: a small first conv (3 channels in,
     k <= 3, <= 64 out, no pool) runs inside the second one's kernel. `num_warps` None: by tile size."""
     dev, f16 = example_x.device, torch.float16
+    convs, head, fc, scale = _parse(model)  # the network's refusals first: they hold on any device
     if dev.type != "cuda" and not INTERPRETED or example_x.dim() != 4:
         raise Unsupported(f"fused: Triton kernels need a CUDA device and (B, C, H, W) images, got {example_x.shape} "
                           f"on {dev.type}")
-    convs, head, fc, scale = _parse(model)
     (_, c, h, w), nc, ncp, st = example_x.shape, fc.out_features, max(16, _p2(fc.out_features)), convs[0][0]
     no_stem, stem = dict(STEM_K=0, STEM_PAD=0, STEM_ACT=0, STEM_E=16), dict(sw=None, sb=None)
     if fuse_stem and len(convs) > 2 and not convs[0][2] and c == 3 and st.kernel_size[0] <= 3 and st.out_channels <= 64:

@@ -27,6 +27,7 @@ TINY_SWEEP = """
 sweep: e2e
 data: {source: synthetic}
 bench: {warmup: 3, iters: 10, repeats: 3, eval_batch_size: 64}   # CPU calls, not launch overhead, set its time
+train: {per_gpu: 3}             # on a GPU machine tiny and broken train side by side (a CPU: one per CPU)
 models:
   tiny:
     arch: airbench_cifar

@@ -389,6 +389,7 @@ FAULT_SWEEP = """
 sweep: fault
 bench: {warmup: 2, iters: 10, repeats: 3, eval_batch_size: 64, processes: 1, recheck: -1}  # no twins, no re-check
 # phase: test_sweep_e2e has them, and each is one more process to start
+train: {per_gpu: 2}             # on a GPU machine both train at once (a CPU: one per CPU)
 models:
   tiny:
     arch: airbench_cifar

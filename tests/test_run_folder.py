@@ -144,13 +144,17 @@ def test_a_fresh_move_cut_short_is_finished_by_the_next_invocation(tmp_path):
 def test_a_no_op_resume_keeps_the_real_timing_section(tmp_path):
     """Running a finished sweep again leaves the report's timing as the real run measured it, and starts no
     Ray: what a local cluster would have is known without one (runner.sweep.local_devices)."""
-    from runner.sweep import run_sweep, variant_hash
+    from runner.sweep import local_devices, run_sweep, variant_hash
 
     spec, data = _spec(tmp_path, "synthetic"), load("synthetic")
     spec = dataclasses.replace(spec, bench=dataclasses.replace(spec.bench, recheck=-1))
     (v,) = spec.variants
     done = variant_hash(v, spec.model(v.model), spec.bench, data.source, env.code_digest())
-    run_dir = _finished_run(tmp_path, spec, data, [_ok_row(v.variant_id, 91.0, 2.0, r, done) for r in range(3)])
+    # The rows as this machine would have timed them: a CPU row does not stand for a GPU machine's
+    here = local_devices()
+    device = {"device": "cuda", "gpu_name": here["gpu_kinds"][0], "timer": "cuda_event"} if here["gpus"] else {}
+    rows = [{**_ok_row(v.variant_id, 91.0, 2.0, r, done), **device} for r in range(3)]
+    run_dir = _finished_run(tmp_path, spec, data, rows)
     before = (run_dir / "report.md").read_text()
     timing = _section(before, "Where the time went")
     assert "2 steps" in timing and "120 s of wall time" in timing
