@@ -15,6 +15,7 @@ from variants import OPTIMISATION_ORDER
 
 # Optimisation axes from last-applied to first, with the value that means "not applied".
 AXES = tuple(reversed(OPTIMISATION_ORDER))
+UNJUDGED = "no parent measured"   # a variant whose parent row is missing: no keep / drop decision
 
 
 def _axis_value(row: pd.Series, axis: str, base: Any) -> Any:
@@ -95,7 +96,7 @@ def decide(summary_or_results: pd.DataFrame) -> pd.DataFrame:
             row["decision"] = "baseline (no parent)"
         elif parent is None:
             row["change"] = f"{axis}: {_axis_value(r, axis, dict(AXES)[axis])}"
-            row["decision"] = "no parent measured"
+            row["decision"] = UNJUDGED
         else:
             row.update(_compare(r, parent, axis, v, values.get(parent["variant_id"], [])))
         rows.append(row)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from runner import report_trust
-from runner.decisions import MAX_ACC_DROP_PTS, RULE, choose
+from runner.decisions import MAX_ACC_DROP_PTS, RULE, UNJUDGED, choose
 from runner.report_format import (DASH, _distinct, _first_line, _flag, _missing, _num, _ok, _txt,
                                   ci_note, has_ci, markdown_table, with_ci)
 
@@ -231,7 +231,8 @@ def _tried_section(decisions: pd.DataFrame) -> list[str]:
     if decisions is None or decisions.empty or "axis" not in decisions:
         return []
     d = decisions.dropna(subset=["axis"])
-    d = d[d["axis"].astype(str).str.len() > 0]
+    # A variant whose parent was not measured was not tried against anything: neither kept nor dropped
+    d = d[(d["axis"].astype(str).str.len() > 0) & (d["decision"] != UNJUDGED)]
     if d.empty:
         return []
     rows = []

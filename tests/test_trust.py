@@ -222,3 +222,27 @@ def test_cpu_checks_make_fewer_calls():
     assert calls == [1] * rows.AGREE_IMAGES_CPU
     assert batches == [64, 64, 64]  # 150 images in batches of 64 (the last padded), and nothing more
     assert out["b1_agree_pct"] == 100.0 and out["top1_pct"] is not None and "check_error" not in out
+
+
+def test_a_batch_1_path_that_sometimes_answers_wrong_is_an_error_row():
+    """The timed callable must give the eval callable's answers: one that is wrong on 1 call in 10 (as a race in
+    a kernel would be) makes the row an error, whatever its accuracy and logit error say."""
+    from runner.data import synthetic
+    from runner.engine import rows
+    from variants import BenchSpec, Recipe, TrainSpec
+
+    cpu = torch.device("cpu")
+    model = _conv_bn()
+    prepared = optimize.prepare(model, Variant("m"), cpu)
+    fn1, x1, _ = prepared.callable_for(1)
+    calls = []
+
+    def racy(x):
+        calls.append(1)
+        y = fn1(x)
+        return -y if len(calls) % 10 == 0 else y  # the lowest logit becomes the highest
+    spec = TrainSpec(key="m", arch="airbench_cifar", recipe=Recipe(test_subset=150))
+    out = rows.checks(model, prepared, racy, x1, synthetic(n_train=64, n_test=150), spec, BenchSpec(eval_batch_size=64),
+                      cpu, Variant("m"))
+    assert out["b1_agree_pct"] <= 90.0 and out["top1_pct"] is not None
+    assert "the timed batch-1 path predicts other classes than the evaluation" in out["check_error"]
