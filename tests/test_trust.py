@@ -195,10 +195,9 @@ def test_the_recheck_text_says_how_its_repeats_were_spread():
     assert text.startswith("3 repeats each") and "each repeat in 5 slices spread over the task" in text
 
 
-def test_cpu_checks_make_fewer_calls():
-    """On a CPU the batch-1 agreement runs AGREE_IMAGES_CPU calls (each one is slow there), on the test
-    subset's first images, and still compares every one of them with the eval callable's predictions; the
-    accuracy pass makes no warm-up calls (each would be a whole batch)."""
+def _cpu_checks(wrap, on_forward=None) -> dict:
+    """runner.engine.rows.checks on a CPU, a small conv net, 150 synthetic test images in batches of 64;
+    `wrap(fn1)` is the timed batch-1 callable the checks get, `on_forward(batch)` sees each eval batch."""
     from runner.data import synthetic
     from runner.engine import rows
     from variants import BenchSpec, Recipe, TrainSpec
@@ -207,17 +206,22 @@ def test_cpu_checks_make_fewer_calls():
     model = _conv_bn()
     prepared = optimize.prepare(model, Variant("m"), cpu)
     fn1, x1, _ = prepared.callable_for(1)
-    calls = []
-
-    def counted(x):
-        calls.append(x.shape[0])
-        return fn1(x)
-    batches = []
-    forward = prepared.forward
-    object.__setattr__(prepared, "forward", lambda x: batches.append(x.shape[0]) or forward(x))
+    if on_forward is not None:
+        forward = prepared.forward
+        object.__setattr__(prepared, "forward", lambda x: on_forward(x.shape[0]) or forward(x))
     spec = TrainSpec(key="m", arch="airbench_cifar", recipe=Recipe(test_subset=150))
-    bench = BenchSpec(eval_batch_size=64)
-    out = rows.checks(model, prepared, counted, x1, synthetic(n_train=64, n_test=150), spec, bench, cpu, Variant("m"))
+    return rows.checks(model, prepared, wrap(fn1), x1, synthetic(n_train=64, n_test=150), spec,
+                       BenchSpec(eval_batch_size=64), cpu, Variant("m"))
+
+
+def test_cpu_checks_make_fewer_calls():
+    """On a CPU the batch-1 agreement runs AGREE_IMAGES_CPU calls (each one is slow there), on the test
+    subset's first images, and still compares every one of them with the eval callable's predictions; the
+    accuracy pass makes no warm-up calls (each would be a whole batch)."""
+    from runner.engine import rows
+
+    calls, batches = [], []
+    out = _cpu_checks(lambda fn1: lambda x: calls.append(x.shape[0]) or fn1(x), batches.append)
     assert rows.AGREE_IMAGES_CPU < rows.AGREE_IMAGES
     assert calls == [1] * rows.AGREE_IMAGES_CPU
     assert batches == [64, 64, 64]  # 150 images in batches of 64 (the last padded), and nothing more
@@ -227,22 +231,14 @@ def test_cpu_checks_make_fewer_calls():
 def test_a_batch_1_path_that_sometimes_answers_wrong_is_an_error_row():
     """The timed callable must give the eval callable's answers: one that is wrong on 1 call in 10 (as a race in
     a kernel would be) makes the row an error, whatever its accuracy and logit error say."""
-    from runner.data import synthetic
-    from runner.engine import rows
-    from variants import BenchSpec, Recipe, TrainSpec
-
-    cpu = torch.device("cpu")
-    model = _conv_bn()
-    prepared = optimize.prepare(model, Variant("m"), cpu)
-    fn1, x1, _ = prepared.callable_for(1)
     calls = []
 
-    def racy(x):
-        calls.append(1)
-        y = fn1(x)
-        return -y if len(calls) % 10 == 0 else y  # the lowest logit becomes the highest
-    spec = TrainSpec(key="m", arch="airbench_cifar", recipe=Recipe(test_subset=150))
-    out = rows.checks(model, prepared, racy, x1, synthetic(n_train=64, n_test=150), spec, BenchSpec(eval_batch_size=64),
-                      cpu, Variant("m"))
+    def racy(fn1):
+        def call(x):
+            calls.append(1)
+            y = fn1(x)
+            return -y if len(calls) % 10 == 0 else y  # the lowest logit becomes the highest
+        return call
+    out = _cpu_checks(racy)
     assert out["b1_agree_pct"] <= 90.0 and out["top1_pct"] is not None
     assert "the timed batch-1 path predicts other classes than the evaluation" in out["check_error"]
